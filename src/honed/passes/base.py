@@ -1,0 +1,143 @@
+"""The pass contract and the one pass registry.
+
+A pass is a class with a pydantic config model and ``run(model, config, output_dir, ctx)``.
+Each built-in pass registers itself at the bottom of its own module with ``register_pass``;
+third-party passes register through the ``honed.passes`` entry point group.  The registry
+refuses a second pass under a name already taken.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+import pkgutil
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from honed.data.config import DataConfig
+    from honed.models.handle import ModelHandle
+    from honed.systems.accelerator import Accelerator
+
+
+class PassConfig(BaseModel):
+    """Base of every pass config: unknown keys are errors, never silently dropped."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class ProgressTask:
+    """A progress bar inside a long pass; the engine supplies a rich-backed one."""
+
+    def advance(self, n: float = 1, **fields: Any) -> None:  # pragma: no cover - interface
+        """Move the bar forward by ``n``; ``fields`` are shown beside it (loss, tokens/s)."""
+
+    def close(self) -> None:  # pragma: no cover - interface
+        """Remove the bar."""
+
+
+@dataclass
+class PassContext:
+    """What a pass may use besides its own config and input model."""
+
+    pass_name: str
+    host: Accelerator
+    target: Accelerator
+    data_configs: dict[str, DataConfig]
+    work_dir: Path
+    """Survives a killed run (checkpoints go here); deleted once the pass succeeds."""
+    cache_dir: Path
+    progress: Any = None
+    """Callable ``(description, total) -> ProgressTask``."""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    """Numbers the pass wants in its footprint (train loss, tokens/s, max abs diff)."""
+
+    def task(self, description: str, total: float | None) -> ProgressTask:
+        """Open a progress bar (a silent one when the engine shows none)."""
+        if self.progress is None:
+            return ProgressTask()
+        return self.progress(description, total)
+
+    def track(self, items: Iterable[Any], total: int | None, description: str) -> Iterator[Any]:
+        """Iterate with a progress bar."""
+        bar = self.task(description, total)
+        try:
+            for item in items:
+                yield item
+                bar.advance(1)
+        finally:
+            bar.close()
+
+
+class Pass:
+    """Base class of a pass. Subclasses set the class variables and implement ``run``."""
+
+    name: ClassVar[str]
+    """The ``type`` users write in a workflow (``LoRA``, ``ModelBuilder``)."""
+    description: ClassVar[str]
+    """One line for ``honed passes`` and the docs."""
+    config_class: ClassVar[type[PassConfig]]
+    requires: ClassVar[tuple[str, ...]] = ()
+    """Importable module names of optional dependencies (``bitsandbytes``)."""
+    libraries: ClassVar[tuple[str, ...]] = ()
+    """Distributions whose versions enter the cache key (``torch``, ``peft``)."""
+    accepts: ClassVar[tuple[str, ...]] = ("hf",)
+    """Model kinds (``ModelHandle.kind``) this pass takes as input."""
+
+    def run(self, model: ModelHandle, config: Any, output_dir: Path, ctx: PassContext) -> ModelHandle:
+        """Write the output model under ``output_dir`` and return its handle."""
+        raise NotImplementedError
+
+    @classmethod
+    def missing_requirements(cls) -> list[str]:
+        """Optional dependencies that are not importable here."""
+        return [mod for mod in cls.requires if importlib.util.find_spec(mod) is None]
+
+
+_REGISTRY: dict[str, type[Pass]] = {}
+_LOADED = False
+
+
+def register_pass(cls: type[Pass]) -> type[Pass]:
+    """Add a pass class to the registry. A name may be registered once."""
+    for attr in ("name", "description", "config_class"):
+        if not hasattr(cls, attr):
+            raise TypeError(f"pass class {cls.__qualname__} must define '{attr}'")
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise ValueError(
+            f"a pass named '{cls.name}' is already registered by {_REGISTRY[cls.name].__module__}"
+        )
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def _load_all() -> None:
+    """Import every built-in pass module, then the entry-point plugins, once."""
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
+    import honed.passes as pkg
+
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if info.name != "base" and not info.name.startswith("_"):
+            importlib.import_module(f"honed.passes.{info.name}")
+    for ep in importlib.metadata.entry_points(group="honed.passes"):
+        register_pass(ep.load())
+
+
+def get_pass(name: str) -> type[Pass] | None:
+    """The pass registered under ``name``, or None."""
+    _load_all()
+    return _REGISTRY.get(name)
+
+
+def all_passes() -> dict[str, type[Pass]]:
+    """Every registered pass, by name."""
+    _load_all()
+    return dict(sorted(_REGISTRY.items()))

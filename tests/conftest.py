@@ -1,0 +1,38 @@
+"""Session-wide fixtures: tiny models are built once and shared read-only."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+from tests.tiny_models import build_bert_classifier, build_causal_lm  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_causal_lm(tmp_path_factory.mktemp("tiny") / "llama", "llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_phi3(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_causal_lm(tmp_path_factory.mktemp("tiny") / "phi3", "phi3")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_bert_classifier(tmp_path_factory.mktemp("tiny") / "bert")
+
+
+@pytest.fixture(params=["llama", "phi3"])
+def tiny_causal_lm(request: pytest.FixtureRequest) -> Path:
+    """Each test using this runs once per architecture."""
+    return request.getfixturevalue(f"tiny_{request.param}")
