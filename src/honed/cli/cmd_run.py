@@ -1,0 +1,63 @@
+"""``honed run``: run a workflow file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from rich.console import Console
+from rich.table import Table
+
+from honed.config.load import load_workflow
+from honed.engine.progress import RunDisplay
+from honed.engine.runner import RunResult, run_workflow
+
+console = Console(highlight=False)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run", help="Run a workflow file (honed's schema or any Olive generation).",
+        description="Run a workflow file: every pass in order, each output cached by content.",
+        epilog="example:\n  honed run --config examples/emotion/workflow.json --dry-run",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", "-c", required=True, help="Workflow file (JSON or YAML).")
+    p.add_argument("--output-dir", help="Overrides engine.output_dir.")
+    p.add_argument("--cache-dir", help="Overrides engine.cache_dir.")
+    p.add_argument("--dry-run", action="store_true", help="Validate and print the resolved plan; run nothing.")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="How much to log; 'debug' also shows tracebacks.")
+    p.set_defaults(func=_run)
+
+
+def print_plan(result: RunResult) -> None:
+    console.print(f"[bold]plan[/] ({len(result.plan)} passes; output -> {result.output_dir})")
+    for i, step in enumerate(result.plan, 1):
+        state = "[green]cached[/]" if step.cached else "[yellow]to run[/]"
+        console.print(f"{i}. [bold]{step.name}[/] ({step.type}) {state}  key {step.key}")
+        console.print(json.dumps(step.config, indent=2, sort_keys=True), markup=False)
+
+
+def print_summary(result: RunResult) -> None:
+    table = Table(title="honed run", title_justify="left")
+    for col in ("pass", "type", "cached", "time (s)", "peak RSS (MB)"):
+        table.add_column(col)
+    for s in result.steps:
+        table.add_row(s.name, s.type, "yes" if s.cached else "no", f"{s.wall_s:.1f}",
+                      "-" if s.peak_rss_mb is None else f"{s.peak_rss_mb:.0f}")
+    console.print(table)
+    console.print(f"model: {result.output_dir}  ({result.model.kind if result.model else '-'})")
+    console.print(f"footprints: {result.footprints_path}")
+
+
+def _run(args: argparse.Namespace) -> int:
+    wf = load_workflow(args.config)
+    display = RunDisplay(quiet=args.dry_run)
+    result = run_workflow(wf, output_dir=args.output_dir, cache_dir=args.cache_dir, dry_run=args.dry_run,
+                          display=display)
+    if args.dry_run:
+        print_plan(result)
+    else:
+        print_summary(result)
+    return 0

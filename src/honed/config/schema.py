@@ -1,0 +1,118 @@
+"""honed's workflow schema (pydantic v2).
+
+Every field is described once; that text feeds ``honed config schema`` (JSON Schema for
+editors), the generated docs and CLI help.  Pass parameters are validated against each
+pass's own config model (see ``honed.config.load``), so this file knows no pass.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from honed.data.config import DataConfig
+from honed.systems.accelerator import Accelerator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class InputModelConfig(_Strict):
+    """The model a workflow starts from."""
+
+    type: Literal["HfModel", "OnnxModel", "GenAIModel"] = Field(
+        "HfModel", description="HfModel (transformers folder, hub id, GGUF file), OnnxModel or GenAIModel."
+    )
+    model_path: str = Field(
+        description="Local folder or file, a hub id (org/name), a .gguf file, or a file inside an installed "
+        "Python package written 'pkg://package/relative/path'."
+    )
+    task: str = Field("text-generation", description="What the model does: text-generation, text-classification, ...")
+    adapter_path: str | None = Field(None, description="A PEFT adapter folder to apply over model_path.")
+    load_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Arguments for from_pretrained (torch_dtype, revision, ...). trust_remote_code is honoured "
+        "only when set here.",
+    )
+
+
+class SystemConfig(_Strict):
+    """Where passes run (host) or what a model is built for (target)."""
+
+    type: Literal["LocalSystem", "PythonEnvironment"] = Field(
+        "LocalSystem", description="LocalSystem runs in this process; PythonEnvironment in another interpreter."
+    )
+    accelerators: list[Accelerator] = Field(
+        default_factory=lambda: [Accelerator()], description="Devices and their execution providers."
+    )
+    python_environment_path: str | None = Field(
+        None, description="PythonEnvironment only: the folder holding the interpreter (a venv's bin/)."
+    )
+
+    @field_validator("accelerators")
+    @classmethod
+    def _at_least_one(cls, v: list[Accelerator]) -> list[Accelerator]:
+        if not v:
+            raise ValueError("needs at least one accelerator, e.g. [{'device': 'cpu'}]")
+        return v
+
+
+class EngineConfig(_Strict):
+    """How the workflow runs: where outputs and the cache go, which systems to use."""
+
+    cache_dir: str = Field("cache", description="Content-addressed cache of pass outputs; reruns reuse it.")
+    output_dir: str = Field("models", description="The final model's files, footprints.json and the report.")
+    host: str | None = Field(None, description="Name of the system passes run on (default: local CPU).")
+    target: str | None = Field(None, description="Name of the system the model is built for (default: host).")
+    evaluator: str | None = Field(None, description="Name of the evaluator that scores models.")
+    evaluate_input_model: bool | None = Field(
+        None, description="Score the input model too, so the report shows before and after (default: yes "
+        "when an evaluator is set)."
+    )
+    seed: int = Field(0, description="Seed for search samplers and anything else random in the engine.")
+
+
+class SearchStrategy(_Strict):
+    """How to search pass parameters (see honed.search)."""
+
+    execution_order: Literal["joint", "pass-by-pass"] = Field("joint", description="Search all passes jointly.")
+    sampler: Literal["sequential", "random", "tpe"] = Field("sequential", description="How to pick trials.")
+    max_iter: int | None = Field(None, gt=0, description="Stop after this many trials.")
+    max_time: float | None = Field(None, gt=0, description="Stop after this many seconds.")
+    stop_when_goals_met: bool = Field(False, description="Stop at the first trial meeting every goal.")
+    seed: int = Field(0, description="Seed of the sampler.")
+
+
+class PassEntry(BaseModel):
+    """One pass in the workflow: its registered type plus that pass's parameters (flat)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description="Registered pass type (see `honed passes`).")
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class WorkflowConfig(_Strict):
+    """A whole workflow file, in honed's own schema."""
+
+    input_model: InputModelConfig
+    systems: dict[str, SystemConfig] = Field(default_factory=dict, description="Named systems.")
+    data_configs: list[DataConfig] = Field(default_factory=list, description="Named data sources.")
+    evaluators: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Named evaluators.")
+    passes: dict[str, PassEntry] = Field(default_factory=dict, description="Passes, run in this order.")
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    search_strategy: SearchStrategy | None = Field(None, description="Set to search pass parameters.")
+
+    @field_validator("data_configs")
+    @classmethod
+    def _unique_names(cls, v: list[DataConfig]) -> list[DataConfig]:
+        names = [d.name for d in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"data config names must be unique; repeated: {', '.join(dup)}")
+        return v

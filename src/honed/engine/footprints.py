@@ -1,0 +1,45 @@
+"""footprints.json: the provenance of every model a run touched."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class StepRecord:
+    """One pass as it happened: config, input and output ids, cache hit, time, memory, metrics."""
+
+    name: str
+    type: str
+    config: dict[str, Any]
+    input_id: str
+    output_id: str
+    cached: bool | None = None
+    wall_s: float | None = None
+    peak_rss_mb: float | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Footprints:
+    source: str | None
+    generation: str
+    honed_version: str
+    input_model: dict[str, Any]
+    steps: list[StepRecord]
+    output_model: dict[str, Any]
+    created: float = field(default_factory=time.time)
+
+    def write(self, path: Path) -> None:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2, default=str))
+        os.replace(tmp, path)
+
+
+def read_footprints(path: Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())

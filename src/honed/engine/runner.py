@@ -1,0 +1,196 @@
+"""The engine: run a workflow's passes in order through the cache, then write the output folder.
+
+How a config value reaches a pass: ``load_workflow`` validates ``passes.<name>`` against the
+pass's config model -> ``run_workflow`` hashes that config into the step's cache key -> on a
+miss, the host system calls ``Pass.run(model, config, tmp_dir, ctx)`` -> the output is renamed
+into the cache and its handle feeds the next pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import honed
+from honed.config.load import Workflow
+from honed.engine.cache import Cache
+from honed.engine.footprints import Footprints, StepRecord
+from honed.engine.hashing import hash_json, hash_path
+from honed.engine.keys import pass_key
+from honed.engine.monitor import PeakMemory
+from honed.engine.outputs import write_output_dir
+from honed.engine.progress import RunDisplay
+from honed.errors import PassFailed, UserError
+from honed.models.handle import ModelHandle
+from honed.models.resolve import resolve_model
+from honed.passes.base import PassContext
+from honed.systems.accelerator import Accelerator
+from honed.systems.local import LocalSystem, device_problem
+
+log = logging.getLogger("honed")
+
+
+@dataclass
+class PlannedStep:
+    name: str
+    type: str
+    config: dict[str, Any]
+    key: str | None
+    cached: bool
+
+
+@dataclass
+class RunResult:
+    """What ``honed.run`` returns: the final model, where outputs went, and every step's record."""
+
+    model: ModelHandle | None
+    output_dir: Path
+    steps: list[StepRecord] = field(default_factory=list)
+    plan: list[PlannedStep] = field(default_factory=list)
+    dry_run: bool = False
+
+    @property
+    def footprints_path(self) -> Path:
+        return self.output_dir / "footprints.json"
+
+
+def _accelerators(wf: Workflow) -> tuple[Accelerator, Accelerator]:
+    systems = wf.config.systems
+    host_name = wf.engine.host
+    target_name = wf.engine.target or host_name
+    host = systems[host_name].accelerators[0] if host_name else Accelerator()
+    target = systems[target_name].accelerators[0] if target_name else host
+    return host, target
+
+
+def _input_handle(wf: Workflow, cache_root: Path, dry_run: bool) -> ModelHandle:
+    im = wf.input_model
+    handle = resolve_model(im.model_path, model_type=im.type, task=im.task, load_kwargs=im.load_kwargs,
+                           config_dir=wf.config_dir, download=not dry_run)
+    gguf = handle.attributes.get("gguf_file")
+    if gguf:
+        ident = "gguf:" + hash_path(Path(gguf))
+        if not dry_run:
+            from honed.models.gguf import gguf_to_hf
+
+            handle = handle.model_copy(update={"path": str(gguf_to_hf(Path(gguf), cache_root))})
+    elif Path(handle.path).exists():
+        ident = hash_path(Path(handle.path))
+    else:  # a hub id not downloaded yet (dry run): identify by id and revision
+        ident = "hub:" + handle.path + "@" + str(im.load_kwargs.get("revision", "main"))
+    if im.adapter_path:
+        adapter = resolve_model(im.adapter_path, config_dir=wf.config_dir, download=not dry_run)
+        ident = hash_json([ident, hash_path(Path(adapter.path))])
+        handle = adapter.model_copy(update={"kind": "peft", "base": handle.model_copy(update={"id": ident})})
+    return handle.model_copy(update={"id": hash_json([ident, im.load_kwargs])[:32]})
+
+
+def run_workflow(
+    wf: Workflow, *, output_dir: str | Path | None = None, cache_dir: str | Path | None = None,
+    dry_run: bool = False, display: RunDisplay | None = None,
+) -> RunResult:
+    """Run (or with ``dry_run``, only plan) a validated workflow."""
+    display = display or RunDisplay(quiet=True)
+    out_dir = Path(output_dir or wf.engine.output_dir).resolve()
+    cache_root = Path(cache_dir or wf.engine.cache_dir).resolve()
+    if out_dir == cache_root:
+        raise UserError(f"engine.output_dir and engine.cache_dir are both {out_dir}; give them different folders")
+    host, target = _accelerators(wf)
+    if not dry_run:
+        for role, acc, key in (("host", host, wf.engine.host), ("target", target, wf.engine.target)):
+            problem = device_problem(acc) if role == "host" else None
+            if problem:
+                raise UserError(f"engine.{role}: system '{key}' {problem}; set its device to cpu")
+    cache = Cache(cache_root) if not dry_run else None
+    if cache:
+        cache.clean_stale()
+    model = _input_handle(wf, cache_root, dry_run)
+    system = LocalSystem(host)
+    result = RunResult(model=None, output_dir=out_dir, dry_run=dry_run)
+    data_configs = wf.data_configs
+    current_id = model.id
+    for step in wf.steps:
+        key = pass_key(current_id, step.pass_cls, step.config, data_configs, host, target)
+        config_json = step.config.model_dump(mode="json")
+        if dry_run:
+            cached = (cache_root / "entries" / key / "handle.json").exists()
+            result.plan.append(PlannedStep(step.name, step.pass_cls.name, config_json, key, cached))
+            current_id = key
+            continue
+        if model.kind not in step.pass_cls.accepts:
+            raise UserError(
+                f"passes.{step.name}: {step.pass_cls.name} takes {'/'.join(step.pass_cls.accepts)} models but "
+                f"receives a {model.kind} model; reorder the passes"
+            )
+        missing = step.pass_cls.missing_requirements()
+        if missing:
+            raise UserError(f"passes.{step.name}: {step.pass_cls.name} needs {', '.join(missing)}; "
+                            f"install it with `pip install {' '.join(missing)}`")
+        record = StepRecord(name=step.name, type=step.pass_cls.name, config=config_json, input_id=current_id,
+                            output_id=key)
+        entry = cache.get(key)
+        if entry is None:
+            with cache.lock(key):
+                entry = cache.get(key)  # another run may have finished it while we waited
+                if entry is None:
+                    entry = _run_step(step, model, key, cache, system, host, target, data_configs, display, record)
+        if record.cached is None:
+            record.cached = True
+            record.wall_s = 0.0
+            record.metrics = entry.meta.get("metrics", {})
+            display.line(f"[green]✓[/] {step.name} ({step.pass_cls.name}) [dim]cached[/]")
+        model = entry.handle.model_copy(update={"id": key})
+        current_id = key
+        result.steps.append(record)
+    if dry_run:
+        return result
+    result.model = model
+    footprints = Footprints(
+        source=str(wf.source) if wf.source else None, generation=wf.generation, honed_version=honed.__version__,
+        input_model=_input_summary(wf), steps=result.steps, output_model=model.model_dump(mode="json"),
+    )
+    write_output_dir(model, out_dir, cache.root, footprints)
+    return result
+
+
+def _input_summary(wf: Workflow) -> dict[str, Any]:
+    return wf.input_model.model_dump(mode="json")
+
+
+def _run_step(step, model, key, cache, system, host, target, data_configs, display, record):
+    """Run one pass into a temp folder and commit it; failures propagate and nothing is cached."""
+    label = f"{step.name} ({step.pass_cls.name})"
+    work = cache.work_dir(key)
+    work.mkdir(parents=True, exist_ok=True)
+    ctx = PassContext(pass_name=step.name, host=host, target=target, data_configs=data_configs,
+                      work_dir=work, cache_dir=cache.root, progress=display.task)
+    display.start_pass(label)
+    start = time.perf_counter()
+    with cache.writing(key) as tmp, PeakMemory() as mem:
+        out = tmp / "model"
+        out.mkdir()
+        try:
+            handle = system.run_pass(step.pass_cls, model, step.config, out, ctx)
+        except UserError:
+            display.end_pass(f"[red]✗[/] {label}")
+            raise
+        except (KeyboardInterrupt, SystemExit):
+            display.end_pass(f"[red]✗[/] {label} interrupted")
+            raise
+        except Exception as e:  # a bug or a library failure inside the pass: report it as the pass's
+            display.end_pass(f"[red]✗[/] {label}")
+            raise PassFailed(step.name, e) from e
+        wall = time.perf_counter() - start
+        record.cached, record.wall_s, record.peak_rss_mb = False, round(wall, 3), mem.peak_mb
+        record.metrics = dict(ctx.metrics)
+        meta = {"pass": step.name, "type": step.pass_cls.name, "config": record.config, "input_id": model.id,
+                "created": time.time(), "wall_s": record.wall_s, "peak_rss_mb": mem.peak_mb,
+                "metrics": record.metrics, "honed_version": honed.__version__, "pid": os.getpid()}
+        entry = cache.commit(key, tmp, handle, meta)
+    display.end_pass(f"[green]✓[/] {label} {wall:.1f}s  peak {mem.peak_mb:.0f} MB")
+    return entry
+

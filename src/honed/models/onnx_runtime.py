@@ -1,0 +1,325 @@
+"""Running what the ONNX passes produce: onnxruntime sessions (with past key/values fed
+explicitly), onnxruntime-genai folders, and one streaming ``generate`` API over genai
+folders, ONNX causal LMs and HF folders alike (``honed generate`` / ``honed chat``)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from honed.errors import ModelNotFoundError, UserError
+
+_NP_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(bfloat16)": "float32",
+             "tensor(int64)": "int64", "tensor(int32)": "int32"}
+
+
+def model_kind(path: str | Path) -> str:
+    """'genai', 'onnx' or 'hf' for a folder or file on disk."""
+    p = Path(path)
+    if not p.exists():
+        raise ModelNotFoundError(f"model not found: {p}; give a genai, ONNX or Hugging Face model folder")
+    if p.is_file():
+        if p.suffix == ".onnx":
+            return "onnx"
+        raise UserError(f"{p} is not a model: give a folder or a .onnx file")
+    if (p / "genai_config.json").is_file():
+        return "genai"
+    if list(p.glob("*.onnx")):
+        return "onnx"
+    if (p / "config.json").is_file():
+        return "hf"
+    raise UserError(f"{p} holds no genai_config.json, .onnx file or config.json; it is not a model folder")
+
+
+class OnnxSession:
+    """An onnxruntime session plus the feeding rules of exported LMs: position ids from the
+    mask, zero token_type_ids, empty past key/values on the first step."""
+
+    def __init__(self, path: str | Path, providers: list[str] | None = None, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        p = Path(path)
+        if p.is_dir():
+            p = p / "model.onnx" if (p / "model.onnx").exists() else next(iter(sorted(p.glob("*.onnx"))), p)
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        opts.log_severity_level = 3
+        self.path = p
+        self.session = ort.InferenceSession(str(p), opts, providers=providers or ["CPUExecutionProvider"])
+        self.inputs = {i.name: i for i in self.session.get_inputs()}
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.past_names = [n for n in self.inputs if n.startswith("past_key_values")]
+        self.present_names = [n for n in self.output_names if n.startswith("present")]
+
+    @property
+    def is_causal_lm(self) -> bool:
+        return bool(self.past_names) or ("logits" in self.output_names and "position_ids" in self.inputs)
+
+    @staticmethod
+    def position_ids(mask: Any, past_len: int = 0) -> Any:
+        """HF's convention: cumulative count of real tokens, 0-based, padding at 1."""
+        import numpy as np
+
+        pos = np.cumsum(mask, axis=-1) - 1
+        pos[mask == 0] = 1
+        return pos[:, past_len:].astype(np.int64)
+
+    def empty_past(self, batch: int) -> dict[str, Any]:
+        import numpy as np
+
+        past = {}
+        for name in self.past_names:
+            meta = self.inputs[name]
+            heads, head_dim = meta.shape[1], meta.shape[3]
+            if not isinstance(head_dim, int):
+                head_dim = self._head_size()
+            if not isinstance(heads, int) or not isinstance(head_dim, int):
+                raise UserError(f"{self.path}: input {name} has no fixed head count/size ({meta.shape})")
+            past[name] = np.zeros((batch, heads, 0, head_dim), dtype=_NP_TYPES.get(meta.type, "float32"))
+        return past
+
+    def _head_size(self) -> int | None:
+        """Head size from genai_config.json or config.json beside the model (symbolic in the graph)."""
+        folder = self.path.parent
+        if (folder / "genai_config.json").is_file():
+            return json.loads((folder / "genai_config.json").read_text())["model"]["decoder"].get("head_size")
+        if (folder / "config.json").is_file():
+            cfg = json.loads((folder / "config.json").read_text())
+            return cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+        return None
+
+    def feeds(self, ids: Any, mask: Any, past: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Inputs for one step: ``mask`` covers past + new tokens; ``past`` None means empty."""
+        import numpy as np
+
+        feeds: dict[str, Any] = {"input_ids": ids.astype(np.int64)}
+        past_len = mask.shape[1] - ids.shape[1]
+        if "attention_mask" in self.inputs:
+            feeds["attention_mask"] = mask.astype(_NP_TYPES.get(self.inputs["attention_mask"].type, "int64"))
+        if "position_ids" in self.inputs:
+            feeds["position_ids"] = self.position_ids(mask, past_len)
+        if "token_type_ids" in self.inputs:
+            feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
+        if self.past_names:
+            feeds.update(past if past is not None else self.empty_past(ids.shape[0]))
+        return feeds
+
+    def run(self, ids: Any, mask: Any, past: dict[str, Any] | None = None) -> list[Any]:
+        return self.session.run(None, self.feeds(ids, mask, past))
+
+    def step(self, ids: Any, mask: Any, past: dict[str, Any] | None) -> tuple[Any, dict[str, Any]]:
+        """Logits and the next step's past (presents renamed to past inputs)."""
+        outs = dict(zip(self.output_names, self.run(ids, mask, past), strict=True))
+        new_past = {
+            p: outs[p.replace("past_key_values", "present")] for p in self.past_names
+        }
+        return outs["logits"], new_past
+
+
+# ---------------------------------------------------------------- generation
+
+
+def _eos_ids(folder: Path, tokenizer: Any) -> set[int]:
+    ids: set[int] = set()
+    for name, key in (("genai_config.json", None), ("generation_config.json", "eos_token_id"),
+                      ("config.json", "eos_token_id")):
+        f = folder / name
+        if not f.is_file():
+            continue
+        data = json.loads(f.read_text())
+        value = data.get("model", {}).get("eos_token_id") if key is None else data.get(key)
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, list):
+            ids.update(v for v in value if isinstance(v, int))
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+@dataclass
+class GenerationStats:
+    """Timing of one generate call."""
+
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    tokens: list[int] = field(default_factory=list)
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Decode rate: tokens after the first over the time they took."""
+        if self.new_tokens > 1 and self.decode_s > 0:
+            return (self.new_tokens - 1) / self.decode_s
+        return 0.0
+
+
+class TextGenerator:
+    """Greedy/sampled streaming generation over one of three backends.
+
+    ``stream_ids`` yields token ids; ``stream`` yields text pieces as they become printable.
+    """
+
+    kind: str = ""
+
+    def __init__(self, folder: Path) -> None:
+        from transformers import AutoTokenizer
+
+        self.folder = folder
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.eos = _eos_ids(folder, self.tokenizer)
+        self.stats = GenerationStats()
+
+    def _steps(self, ids: list[int], max_new_tokens: int) -> Iterator[int]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def stream_ids(self, ids: list[int], max_new_tokens: int = 64, stop_at_eos: bool = True) -> Iterator[int]:
+        """Yield up to ``max_new_tokens`` greedy tokens after ``ids``; timing goes to ``self.stats``."""
+        self.stats = GenerationStats(prompt_tokens=len(ids))
+        start = time.perf_counter()
+        first = None
+        for tok in self._steps(ids, max_new_tokens):
+            now = time.perf_counter()
+            if first is None:
+                first = now
+                self.stats.prefill_s = now - start
+            self.stats.new_tokens += 1
+            self.stats.decode_s = now - first
+            self.stats.tokens.append(tok)
+            yield tok
+            if stop_at_eos and tok in self.eos:
+                return
+
+    def generate_ids(self, ids: list[int], max_new_tokens: int = 64, stop_at_eos: bool = True) -> list[int]:
+        return list(self.stream_ids(ids, max_new_tokens, stop_at_eos))
+
+    def format_prompt(self, prompt: str, template: str | None, history: list[dict[str, str]] | None = None) -> str:
+        """``template``: None = prompt as is; 'chat' = the tokenizer's chat template; else a format
+        string with ``{prompt}``."""
+        if template is None:
+            return prompt
+        if template == "chat":
+            if not getattr(self.tokenizer, "chat_template", None):
+                raise UserError(f"{self.folder} has no chat template; use --template '...{{prompt}}...' instead")
+            messages = [*(history or []), {"role": "user", "content": prompt}]
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        if "{prompt}" not in template:
+            raise UserError(f"--template '{template}' must contain {{prompt}} (or be 'chat')")
+        return template.replace("{prompt}", prompt)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text)["input_ids"])
+
+    def stream(self, text: str, max_new_tokens: int = 64) -> Iterator[str]:
+        """Yield printable text pieces of the continuation of ``text``."""
+        ids = self.encode(text)
+        out: list[int] = []
+        shown = ""
+        for tok in self.stream_ids(ids, max_new_tokens):
+            if tok in self.eos:
+                break
+            out.append(tok)
+            full = self.tokenizer.decode(out, skip_special_tokens=True)
+            if full.endswith("\ufffd"):  # an incomplete UTF-8 sequence; wait for the rest
+                continue
+            yield full[len(shown):]
+            shown = full
+
+
+class GenaiGenerator(TextGenerator):
+    """onnxruntime-genai: og.Model -> og.Generator, greedy search."""
+
+    kind = "genai"
+
+    def __init__(self, folder: Path, providers: list[str] | None = None) -> None:
+        import onnxruntime_genai as og
+
+        super().__init__(folder)
+        self.model = og.Model(str(folder))
+        cfg = json.loads((folder / "genai_config.json").read_text())
+        self.context_length = int(cfg.get("model", {}).get("context_length", 2048))
+
+    def _steps(self, ids: list[int], max_new_tokens: int) -> Iterator[int]:
+        import onnxruntime_genai as og
+
+        params = og.GeneratorParams(self.model)
+        max_length = min(len(ids) + max_new_tokens, self.context_length)
+        params.set_search_options(max_length=max_length, do_sample=False)
+        gen = og.Generator(self.model, params)
+        gen.append_tokens(ids)
+        while not gen.is_done():
+            gen.generate_next_token()
+            yield int(gen.get_next_tokens()[0])
+
+
+class OnnxGenerator(TextGenerator):
+    """An ONNX causal LM with past key/values inputs (from OnnxConversion), run by onnxruntime."""
+
+    kind = "onnx"
+
+    def __init__(self, path: Path, providers: list[str] | None = None) -> None:
+        folder = path if path.is_dir() else path.parent
+        super().__init__(folder)
+        self.session = OnnxSession(path, providers)
+        if not self.session.past_names or "logits" not in self.session.output_names:
+            raise UserError(
+                f"{path} is not an ONNX causal LM with past key/values; export it with OnnxConversion "
+                "(use_past) or ModelBuilder"
+            )
+
+    def _steps(self, ids: list[int], max_new_tokens: int) -> Iterator[int]:
+        import numpy as np
+
+        cur = np.array([ids], dtype=np.int64)
+        mask = np.ones_like(cur)
+        past = None
+        for _ in range(max_new_tokens):
+            logits, past = self.session.step(cur, mask, past)
+            tok = int(logits[0, -1].argmax())
+            yield tok
+            cur = np.array([[tok]], dtype=np.int64)
+            mask = np.concatenate([mask, np.ones((1, 1), dtype=np.int64)], axis=1)
+
+
+class HFGenerator(TextGenerator):
+    """A transformers causal LM, greedy with its KV cache."""
+
+    kind = "hf"
+
+    def __init__(self, folder: Path, device: str = "cpu", dtype: str | None = "float32") -> None:
+        from honed.models.handle import ModelHandle
+        from honed.models.loaders import load_model
+
+        super().__init__(folder)
+        self.model = load_model(ModelHandle(kind="hf", path=str(folder)), dtype=dtype, device=device)
+        self.device = device
+
+    def _steps(self, ids: list[int], max_new_tokens: int) -> Iterator[int]:
+        import torch
+
+        cur = torch.tensor([ids], device=self.device)
+        past = None
+        with torch.inference_mode():
+            for _ in range(max_new_tokens):
+                out = self.model(input_ids=cur, past_key_values=past, use_cache=True)
+                past = out.past_key_values
+                tok = int(out.logits[0, -1].argmax())
+                yield tok
+                cur = torch.tensor([[tok]], device=self.device)
+
+
+def load_generator(path: str | Path, providers: list[str] | None = None) -> TextGenerator:
+    """A TextGenerator for a genai folder, an ONNX causal LM or an HF folder."""
+    p = Path(path)
+    kind = model_kind(p)
+    if kind == "genai":
+        return GenaiGenerator(p, providers)
+    if kind == "onnx":
+        return OnnxGenerator(p, providers)
+    return HFGenerator(p)
