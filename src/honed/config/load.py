@@ -250,9 +250,8 @@ def validate(raw: dict[str, Any], source: Path | None = None) -> Workflow:
         if cfg.engine.evaluator is not None and cfg.engine.evaluator not in cfg.evaluators:
             problems.append(ConfigProblem("engine.evaluator", f"no evaluator named '{cfg.engine.evaluator}'",
                                           "define it under evaluators"))
-    if problems:
+    if problems or cfg is None:
         raise ConfigError(problems, src)
-    assert cfg is not None  # no problems means validation succeeded
     cfg.passes = {}
     return Workflow(cfg, steps, source, translation.generation, translation.warnings)
 

@@ -83,7 +83,8 @@ def detect_generation(raw: dict[str, Any]) -> str:
         return "legacy"
     if "'params'" in text or "hf_config" in text:
         return "seed"
-    if any(isinstance(p, dict) and "config" in p for p in (raw.get("passes") or {}).values()):
+    passes = raw.get("passes")
+    if isinstance(passes, dict) and any(isinstance(p, dict) and "config" in p for p in passes.values()):
         return "seed"
     if "engine" in raw and not (ENGINE_KEYS | set(IGNORED_ENGINE_KEYS)) & set(raw):
         return "honed"

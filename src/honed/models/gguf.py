@@ -37,6 +37,10 @@ def gguf_to_hf(gguf: Path, cache_dir: Path, dtype: str = "float32") -> Path:
             model = transformers.AutoModelForCausalLM.from_pretrained(
                 gguf.parent, gguf_file=gguf.name, dtype=getattr(torch, dtype)
             )
+            # The weights are dequantized already; drop transformers' GGUF markers so it saves them.
+            model.hf_quantizer = None
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
             model.save_pretrained(tmp, safe_serialization=True)
             tok = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
             tok.save_pretrained(tmp)

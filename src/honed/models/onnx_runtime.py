@@ -237,7 +237,7 @@ class GenaiGenerator(TextGenerator):
 
     kind = "genai"
 
-    def __init__(self, folder: Path, providers: list[str] | None = None) -> None:
+    def __init__(self, folder: Path) -> None:
         import onnxruntime_genai as og
 
         super().__init__(folder)
@@ -301,14 +301,18 @@ class HFGenerator(TextGenerator):
         self.device = device
 
     def _steps(self, ids: list[int], max_new_tokens: int) -> Iterator[int]:
-        import torch
+        import inspect
 
+        import torch
+        from transformers import DynamicCache
+
+        # transformers 5.2x names the argument ``cache``; earlier versions ``past_key_values``.
+        key = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        cache = DynamicCache(config=self.model.config)
         cur = torch.tensor([ids], device=self.device)
-        past = None
         with torch.inference_mode():
             for _ in range(max_new_tokens):
-                out = self.model(input_ids=cur, past_key_values=past, use_cache=True)
-                past = out.past_key_values
+                out = self.model(input_ids=cur, use_cache=True, **{key: cache})
                 tok = int(out.logits[0, -1].argmax())
                 yield tok
                 cur = torch.tensor([[tok]], device=self.device)
@@ -319,7 +323,7 @@ def load_generator(path: str | Path, providers: list[str] | None = None) -> Text
     p = Path(path)
     kind = model_kind(p)
     if kind == "genai":
-        return GenaiGenerator(p, providers)
+        return GenaiGenerator(p)
     if kind == "onnx":
         return OnnxGenerator(p, providers)
     return HFGenerator(p)

