@@ -56,3 +56,30 @@ def test_passes_command_lists_all(capsys: pytest.CaptureFixture) -> None:
 
 def test_schema_function_is_deterministic() -> None:
     assert workflow_schema() == workflow_schema()
+
+
+def test_entry_point_plugins_are_registered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A third-party package registers passes through the ``honed.passes`` entry point group."""
+    import importlib.metadata
+
+    import honed.passes.base as base
+
+    class PluginConfig(PassConfig):
+        pass
+
+    class Plugin(Pass):
+        name = "ThirdPartyPass"
+        description = "A pass from another package."
+        config_class = PluginConfig
+
+    class FakeEntryPoint:
+        def load(self) -> type[Pass]:
+            return Plugin
+
+    def entry_points(group: str) -> list[FakeEntryPoint]:
+        return [FakeEntryPoint()] if group == "honed.passes" else []
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
+    monkeypatch.setattr(base, "_LOADED", False)
+    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
+    assert base.get_pass("ThirdPartyPass") is Plugin
