@@ -182,10 +182,11 @@ def test_explicit_eval_config_drops_overlapping_train_rows(tok, data_file: str, 
     assert s.stats["eval_rows"] == 2
 
 
-@pytest.mark.parametrize(("size", "match"), [(1.5, "fraction"), (12, "leaves no rows"), (0, "leaves no rows")])
+@pytest.mark.parametrize(("size", "match"), [(1.5, "fraction"), (12, "leaves no rows"), (-2, "leaves no rows")])
 def test_bad_eval_sizes(tok, data_file: str, size, match: str) -> None:
     with pytest.raises(DataError, match=match):
         build_datasets(cfg(data_file), tok, eval_dataset_size=size)
+    assert build_datasets(cfg(data_file), tok, eval_dataset_size=0).eval is None
 
 
 @pytest.mark.parametrize(("overflow", "expected"), [("truncate", 12), ("drop", 0)])

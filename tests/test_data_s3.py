@@ -18,6 +18,14 @@ ROWS = [{"q": "is the kettle on", "a": "yes"}, {"q": "did it rain today", "a": "
 BUCKET = "honed-data-test"
 
 
+@pytest.fixture(autouse=True)
+def _own_datasets_cache(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """datasets' arrow copies of the test files go to the test's folder, not ~/.cache."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-datasets")
+
+
 @pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
     import os

@@ -193,3 +193,22 @@ def test_cache_ls_and_clean(project: Path, capsys: pytest.CaptureFixture) -> Non
     assert cli("cache", "clean", "--cache-dir", "cache") == 0
     assert not any((project / "cache" / "entries").iterdir())
     assert cli("cache", "ls", "--cache-dir", "nowhere") == 2
+
+
+def test_python_environment_system_runs_passes_in_another_interpreter(project: Path) -> None:
+    import sys
+
+    import yaml
+
+    raw = yaml.safe_load((project / "wf.yaml").read_text())
+    raw["systems"] = {"env": {"type": "PythonEnvironment", "python_environment_path": sys.prefix}}
+    raw["engine"]["host"] = "env"
+    del raw["passes"]["append"]  # test passes are registered only in this interpreter
+    write_config(project / "env.yaml", raw)
+    assert cli("run", "-c", "env.yaml") == 0
+    fp = json.loads((project / "out" / "footprints.json").read_text())
+    assert fp["steps"][0]["metrics"]["python"] == str(Path(sys.prefix) / "bin" / "python")
+    assert fp["steps"][0]["metrics"]["parameters"] > 0
+    raw["systems"]["env"]["python_environment_path"] = str(project / "no-venv")
+    write_config(project / "env.yaml", raw)
+    assert cli("run", "-c", "env.yaml") == 2

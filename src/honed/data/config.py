@@ -6,9 +6,9 @@ Field names follow Olive's current schema (``load_dataset_config``,
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from honed.config.paths import InputPath
 
@@ -31,13 +31,30 @@ class LoadDatasetConfig(_Strict):
     subset: str | None = Field(None, description="Dataset configuration name of a hub dataset.")
     split: str = Field("train", description="Split to load.")
     trust_remote_code: bool = Field(False, description="Allow a hub dataset's loading script to run.")
+    revision: str | None = Field(
+        None, description="Hub dataset revision (branch, tag or commit); part of the cache key."
+    )
+    storage_options: dict[str, Any] | None = Field(
+        None,
+        description="fsspec options for URLs (endpoint_url, anon, ...); credentials come from the usual "
+        "environment variables (AWS_*, GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_*) when omitted.",
+    )
+
+
+class ChatMessage(_Strict):
+    """One message of a chat built from columns."""
+
+    role: str = Field(description="system, user or assistant.")
+    content: str = Field(description="Python format string over columns, e.g. '{phrase}'.")
 
 
 class PreProcessDataConfig(_Strict):
     """How rows become token sequences."""
 
     text_template: str | None = Field(
-        None, description="Python format string over columns, e.g. '### Text: {phrase}\\n### Tone: {tone}'."
+        None,
+        description="Python format string over columns, e.g. '### Text: {phrase}\\n### Tone: {tone}'; "
+        "write '{{' and '}}' for literal braces.",
     )
     text_cols: list[str] | None = Field(None, description="Columns joined with a newline when there is no template.")
     strategy: Literal["join", "join-sliding-window", "line-by-line", "packed"] = Field(
@@ -50,6 +67,43 @@ class PreProcessDataConfig(_Strict):
     completion_only: bool | None = Field(
         None, description="Mask prompt tokens out of the loss; default on when the template ends in a field."
     )
+    drop_short_sequences: bool = Field(False, description="Drop sequences shorter than max_seq_len.")
+    padding_side: Literal["left", "right"] = Field("right", description="Side pad_to_max_len pads on.")
+    add_special_tokens: bool = Field(
+        True, description="Let the tokenizer add its special tokens (BOS) to each row; off for chat templates."
+    )
+    append_eos: bool = Field(True, description="End each row with the tokenizer's EOS so the model learns to stop.")
+    joiner: str = Field("", description="Text put between rows by join strategies (after each row's EOS).")
+    overflow: Literal["error", "truncate", "drop"] = Field(
+        "error", description="What line-by-line and packed do with a row longer than max_seq_len."
+    )
+    shuffle: bool = Field(False, description="Shuffle rows (seeded) before max_samples and packing.")
+    seed: int | None = Field(None, description="Seed of shuffling and of the eval split; the pass's seed if unset.")
+    dedupe: bool = Field(True, description="Drop exact duplicate rows before splitting, so eval never repeats train.")
+    chat_template: bool | str = Field(
+        False,
+        description="Format rows with a chat template: true uses the tokenizer's, a string is a Jinja template.",
+    )
+    messages_column: str = Field("messages", description="Column of role/content lists used by chat_template.")
+    chat_messages: list[ChatMessage] | None = Field(
+        None, description="Messages built from columns for chat_template when rows have no messages column."
+    )
+    user_script: InputPath | None = Field(None, description="Python file that defines formatting_func.")
+    formatting_func: str | None = Field(
+        None,
+        description="Name of a function in user_script: row dict -> text, or (prompt, answer) for "
+        "completion-only loss.",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PreProcessDataConfig:
+        if self.stride is not None and self.stride > self.max_seq_len:
+            raise ValueError(f"stride {self.stride} is larger than max_seq_len {self.max_seq_len}; lower it")
+        if self.formatting_func and not self.user_script:
+            raise ValueError("formatting_func needs user_script (the Python file that defines it)")
+        if self.chat_messages and not self.chat_template:
+            raise ValueError("chat_messages is used only with chat_template: set chat_template: true")
+        return self
 
 
 class DataConfig(_Strict):

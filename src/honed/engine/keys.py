@@ -89,7 +89,7 @@ def data_refs(config: PassConfig, data_configs: dict[str, DataConfig]) -> dict[s
 
 def pass_key(
     input_id: str, pass_cls: type[Pass], config: PassConfig, data_configs: dict[str, DataConfig],
-    host: Accelerator, target: Accelerator,
+    host: Accelerator, target: Accelerator, system: str = "local",
 ) -> str:
     """The cache key of running ``pass_cls`` with ``config`` on the model ``input_id``."""
     module = inspect.getmodule(pass_cls)
@@ -99,6 +99,7 @@ def pass_key(
         "config": with_content_hashes(config.model_dump(mode="json")),
         "data": data_refs(config, data_configs),
         "host": host.model_dump(),
+        "system": system,
         "target": target.model_dump(),
         "honed": honed.__version__,
         "code": code_fingerprint(module.__name__) if module else "",

@@ -30,6 +30,7 @@ from honed.models.resolve import resolve_model
 from honed.passes.base import PassContext
 from honed.systems.accelerator import Accelerator
 from honed.systems.local import LocalSystem, device_problem
+from honed.systems.python_env import PythonEnvironmentSystem, find_python
 
 log = logging.getLogger("honed")
 
@@ -65,6 +66,16 @@ def _accelerators(wf: Workflow) -> tuple[Accelerator, Accelerator]:
     host = systems[host_name].accelerators[0] if host_name else Accelerator()
     target = systems[target_name].accelerators[0] if target_name else host
     return host, target
+
+
+def _host_system(wf: Workflow, host: Accelerator) -> LocalSystem | PythonEnvironmentSystem:
+    cfg = wf.config.systems.get(wf.engine.host) if wf.engine.host else None
+    if cfg is not None and cfg.type == "PythonEnvironment":
+        if not cfg.python_environment_path:
+            raise UserError(f"systems.{wf.engine.host}.python_environment_path: required for a PythonEnvironment; "
+                            "give the venv folder")
+        return PythonEnvironmentSystem(host, find_python(cfg.python_environment_path))
+    return LocalSystem(host)
 
 
 def _input_handle(wf: Workflow, cache_root: Path, dry_run: bool) -> ModelHandle:
@@ -109,12 +120,12 @@ def run_workflow(
     if cache:
         cache.clean_stale()
     model = _input_handle(wf, cache_root, dry_run)
-    system = LocalSystem(host)
+    system = _host_system(wf, host)
     result = RunResult(model=None, output_dir=out_dir, dry_run=dry_run)
     data_configs = wf.data_configs
     current_id = model.id
     for step in wf.steps:
-        key = pass_key(current_id, step.pass_cls, step.config, data_configs, host, target)
+        key = pass_key(current_id, step.pass_cls, step.config, data_configs, host, target, system.identity)
         config_json = step.config.model_dump(mode="json")
         if dry_run:
             cached = (cache_root / "entries" / key / "handle.json").exists()

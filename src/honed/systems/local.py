@@ -24,6 +24,9 @@ def device_problem(acc: Accelerator) -> str | None:
 class LocalSystem:
     """Runs each pass in-process. The simplest system and the default."""
 
+    identity = "local"
+    """Enters cache keys: outputs made by another interpreter are other outputs."""
+
     def __init__(self, accelerator: Accelerator) -> None:
         self.accelerator = accelerator
 

@@ -1,0 +1,260 @@
+"""From a data config and a tokenizer to train/eval datasets, split before packing, cached.
+
+Order: load rows -> check columns -> (shuffle) -> format -> drop duplicate rows -> max_samples
+-> split rows into train/eval (rows sharing a prompt stay on one side) -> tokenize -> pack.
+Splitting rows before packing is what keeps eval honest: Olive splits packed blocks, so a
+phrase repeated in the data lands in both halves.
+
+The result is cached under ``cache_dir/tokenized/<key>`` where the key hashes the source
+bytes, every option and the tokenizer, so a second run only memory-maps arrow files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+import time
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from honed.data.config import DataConfig
+from honed.data.formatting import Formatted, check_columns, completion_default, format_examples
+from honed.data.packing import pack, tokenize
+from honed.data.sources import drop_raw_cache, load_rows, locate_row, quiet_datasets, source_fingerprint
+from honed.errors import DataError
+
+FORMAT_VERSION = "1"
+"""Bump when the produced sequences change for the same inputs (invalidates caches)."""
+
+
+@dataclass
+class Splits:
+    """Train and eval sequences plus what happened on the way (rows, duplicates, tokens ...)."""
+
+    train: Any
+    eval: Any | None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def fingerprint(cfg: DataConfig) -> str:
+    """Content hash of the rows' source (file bytes, hub id+revision, URL) and every option.
+
+    Paths and mtimes are left out: moving or touching a file keeps the key, editing it changes it.
+    """
+    options = cfg.model_dump(mode="json", exclude={"name": True, "load_dataset_config": {"data_files"}})
+    user_script = cfg.pre_process_data_config.user_script
+    script = hashlib.sha256(Path(user_script).read_bytes()).hexdigest() if user_script else None
+    options["pre_process_data_config"]["user_script"] = script
+    return _digest({"source": source_fingerprint(cfg), "options": options, "v": FORMAT_VERSION})
+
+
+_BODY_HASHES: weakref.WeakKeyDictionary[Any, tuple[int, str]] = weakref.WeakKeyDictionary()
+
+
+def _body_hash(tokenizer: Any) -> str:
+    """Hash of the vocabulary/merges/normalizer; remembered per tokenizer object (serializing a 49k
+    vocabulary takes ~50 ms) and recomputed when tokens were added."""
+    size = len(tokenizer)
+    try:
+        known = _BODY_HASHES.get(tokenizer)
+    except TypeError:  # not weak-referenceable
+        known = None
+    if known and known[0] == size:
+        return known[1]
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    # a slow tokenizer has no backend; its vocabulary is what we can see
+    body = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    digest = hashlib.sha256(body.encode()).hexdigest()
+    with contextlib.suppress(TypeError):
+        _BODY_HASHES[tokenizer] = (size, digest)
+    return digest
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """Hash of what decides the tokens: vocabulary/merges/normalizer, special tokens, chat template."""
+    extra = {
+        "class": type(tokenizer).__name__,
+        "special": {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())},
+        "chat_template": getattr(tokenizer, "chat_template", None),
+        "bos": tokenizer.bos_token_id, "eos": tokenizer.eos_token_id, "pad": tokenizer.pad_token_id,
+    }
+    return _digest({"body": _body_hash(tokenizer), "extra": extra})
+
+
+def _prepare_rows(cfg: DataConfig, tokenizer: Any, cache_dir: Path | None, seed: int) -> tuple[list[Formatted], dict]:
+    """Formatted, de-duplicated rows of one config and counts about them."""
+    ds = load_rows(cfg, cache_dir=cache_dir)
+    try:
+        check_columns(cfg, ds, lambda i: locate_row(cfg, i))
+    except DataError:
+        drop_raw_cache(ds, cache_dir)
+        raise
+    pp = cfg.pre_process_data_config
+    stats: dict[str, Any] = {"rows": len(ds)}
+    examples = format_examples(cfg, ds, tokenizer)
+    if pp.shuffle:  # shuffled after formatting so each row keeps its index (errors name its line)
+        random.Random(pp.seed if pp.seed is not None else seed).shuffle(examples)
+    if pp.dedupe:
+        seen: set[str] = set()
+        unique = []
+        for e in examples:
+            if e.text not in seen:
+                seen.add(e.text)
+                unique.append(e)
+        stats["duplicates_dropped"] = len(examples) - len(unique)
+        examples = unique
+    else:
+        stats["duplicates_dropped"] = 0
+    if pp.max_samples is not None:
+        examples = examples[: pp.max_samples]
+    return examples, stats
+
+
+def _split(examples: list[Formatted], size: float | int, seed: int) -> tuple[list[Formatted], list[Formatted]]:
+    """Seeded split by prompt groups: rows that share a prompt never straddle train and eval."""
+    groups: dict[str, list[int]] = {}
+    for i, e in enumerate(examples):
+        groups.setdefault(e.prompt or e.text, []).append(i)
+    n = len(examples)
+    if isinstance(size, float):
+        if not 0 < size < 1:
+            raise DataError(f"eval_dataset_size {size} must be a fraction between 0 and 1, or a row count")
+        target = max(1, round(size * n))
+    else:
+        target = size
+    if target < 1 or target >= n:
+        raise DataError(f"eval_dataset_size {size} leaves no rows for train or eval ({n} rows); lower it")
+    keys = list(groups)
+    random.Random(seed).shuffle(keys)
+    eval_idx: set[int] = set()
+    for k in keys:
+        if len(eval_idx) >= target:
+            break
+        eval_idx.update(groups[k])
+    train = [e for i, e in enumerate(examples) if i not in eval_idx]
+    evals = [e for i, e in enumerate(examples) if i in eval_idx]
+    return train, evals
+
+
+def _to_dataset(rows: list[dict[str, list[int]]]) -> Any:
+    import datasets
+
+    names = ["input_ids", "attention_mask", "labels", "position_ids"]
+    present = [k for k in names if rows and k in rows[0]] or names[:3]
+    features = datasets.Features({k: datasets.Sequence(datasets.Value("int32")) for k in present})
+    return datasets.Dataset.from_dict({k: [r[k] for r in rows] for k in present}, features=features)
+
+
+def _sequences(cfg: DataConfig, examples: list[Formatted], tokenizer: Any, prefix: str) -> tuple[Any, dict]:
+    pp = cfg.pre_process_data_config
+    toks = tokenize(examples, tokenizer, pp, completion_default(cfg))
+    joiner = tokenizer(pp.joiner, add_special_tokens=False)["input_ids"] if pp.joiner else []
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    packed = pack(toks, pp, pad_id=pad, joiner_ids=joiner, where=lambda i: locate_row(cfg, examples[i].index))
+    lengths = [len(t.ids) for t in toks]
+    stats = {
+        f"{prefix}_rows": len(examples),
+        f"{prefix}_sequences": len(packed.rows),
+        f"{prefix}_tokens": sum(len(r["input_ids"]) for r in packed.rows),
+        f"{prefix}_label_tokens": sum(sum(1 for x in r["labels"] if x != -100) for r in packed.rows),
+        f"{prefix}_longest_row_tokens": max(lengths, default=0),
+    } | {f"{prefix}_{k}": v for k, v in packed.stats.items() if v}
+    if not packed.rows:
+        raise DataError(f"data config '{cfg.name}': packing left no {prefix} sequences (max_seq_len "
+                        f"{pp.max_seq_len}, drop_short_sequences {pp.drop_short_sequences}); lower max_seq_len")
+    return _to_dataset(packed.rows), stats
+
+
+def build_datasets(
+    cfg: DataConfig,
+    tokenizer: Any,
+    *,
+    cache_dir: Path | None = None,
+    eval_dataset_size: float | int | None = None,
+    eval_config: DataConfig | None = None,
+    seed: int = 0,
+) -> Splits:
+    """Train (and eval) sequences for ``cfg``: rows split before packing, deduplicated, cached.
+
+    ``eval_dataset_size`` (a fraction or a row count) carves eval rows out of ``cfg``'s rows;
+    ``eval_config`` loads eval rows from another source instead, and train rows whose prompt
+    also appears in eval are dropped.  Each row of the datasets has ``input_ids``,
+    ``attention_mask``, ``labels`` (and ``position_ids`` for the packed strategy).
+    """
+    import datasets
+
+    if eval_dataset_size is not None and eval_config is not None:
+        raise DataError("set either eval_dataset_size or an eval data config, not both")
+    if not eval_dataset_size:  # Olive treats 0 as "no eval split"
+        eval_dataset_size = None
+    if isinstance(eval_dataset_size, float) and eval_dataset_size.is_integer() and eval_dataset_size >= 1:
+        eval_dataset_size = int(eval_dataset_size)
+    start = time.perf_counter()
+    key = None
+    if cache_dir is not None:
+        key = _digest({
+            "train": fingerprint(cfg), "eval": fingerprint(eval_config) if eval_config else None,
+            "size": eval_dataset_size, "seed": seed, "tok": tokenizer_fingerprint(tokenizer),
+        })
+        entry = Path(cache_dir) / "tokenized" / key
+        if (entry / "stats.json").is_file():
+            stats = json.loads((entry / "stats.json").read_text())
+            train = datasets.load_from_disk(str(entry / "train"))
+            evals = datasets.load_from_disk(str(entry / "eval")) if (entry / "eval").is_dir() else None
+            stats |= {"cache": "hit", "seconds": round(time.perf_counter() - start, 3), "cache_key": key}
+            return Splits(train, evals, stats)
+
+    examples, stats = _prepare_rows(cfg, tokenizer, cache_dir, seed)
+    eval_examples: list[Formatted] | None = None
+    if eval_config is not None:
+        eval_examples, estats = _prepare_rows(eval_config, tokenizer, cache_dir, seed)
+        stats |= {f"eval_source_{k}": v for k, v in estats.items()}
+        eval_keys = {e.prompt or e.text for e in eval_examples}
+        kept = [e for e in examples if (e.prompt or e.text) not in eval_keys]
+        stats["train_rows_in_eval_dropped"] = len(examples) - len(kept)
+        examples = kept
+        if not examples:
+            raise DataError(f"every train row of '{cfg.name}' also appears in eval data '{eval_config.name}'")
+    elif eval_dataset_size is not None:
+        split_seed = cfg.pre_process_data_config.seed
+        examples, eval_examples = _split(examples, eval_dataset_size, seed if split_seed is None else split_seed)
+
+    train, tstats = _sequences(cfg, examples, tokenizer, "train")
+    stats |= tstats
+    evals = None
+    if eval_examples is not None:
+        evals, estats = _sequences(eval_config or cfg, eval_examples, tokenizer, "eval")
+        stats |= estats
+    stats |= {"cache": "miss" if key else "off", "seconds": round(time.perf_counter() - start, 3)}
+    if key is not None:
+        stats["cache_key"] = key
+        _store(Path(cache_dir) / "tokenized", key, train, evals, stats)  # type: ignore[arg-type]
+    return Splits(train, evals, stats)
+
+
+def _store(root: Path, key: str, train: Any, evals: Any | None, stats: dict[str, Any]) -> None:
+    """Write the entry in a temp folder then rename it, so a killed run leaves no half entry."""
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))
+    try:
+        with quiet_datasets():
+            train.save_to_disk(str(tmp / "train"))
+            if evals is not None:
+                evals.save_to_disk(str(tmp / "eval"))
+        (tmp / "stats.json").write_text(json.dumps(stats, indent=1, default=str))
+        with contextlib.suppress(OSError):  # another process stored the same entry first
+            os.replace(tmp, root / key)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+

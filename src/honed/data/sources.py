@@ -1,0 +1,372 @@
+"""Where rows come from: local files, folders, globs, fsspec URLs and hub datasets.
+
+Everything loads through ``datasets.load_dataset`` so every format and filesystem it knows
+works here.  What this module adds is the error a user can act on: when a load fails it
+re-reads the offending local file to name the line (malformed JSON, wrong encoding), and
+after a load it checks that the columns a template needs are present in every row.
+"""
+
+from __future__ import annotations
+
+import codecs
+import glob
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from honed.config.paths import is_url
+from honed.data.config import DataConfig
+from honed.errors import DataError
+
+log = logging.getLogger("honed")
+
+# Loader of each file extension; ".json" holds either a JSON array or JSON Lines.
+LOADERS = {
+    ".json": "json", ".jsonl": "json", ".ndjson": "json", ".csv": "csv", ".tsv": "csv",
+    ".parquet": "parquet", ".txt": "text", ".text": "text", ".arrow": "arrow",
+}
+FILE_LOADERS = {"json", "csv", "parquet", "text", "arrow"}
+
+
+def data_files(cfg: DataConfig) -> list[str]:
+    """The config's data_files as a flat list (URLs and globs kept as written)."""
+    files = cfg.load_dataset_config.data_files
+    if files is None:
+        return []
+    return [files] if isinstance(files, str) else list(files)
+
+
+def expand_local(entry: str) -> list[Path]:
+    """Files a local path, folder or glob names, sorted (the order datasets reads them)."""
+    p = Path(entry.removeprefix("file://")).expanduser()
+    if p.is_dir():
+        found = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in LOADERS)
+        if not found:
+            raise DataError(f"folder {p} has no data files ({', '.join(sorted(LOADERS))}); put files in it or "
+                            "point data_files at a file")
+        return found
+    if glob.has_magic(str(p)):
+        found = sorted(Path(q) for q in glob.glob(str(p), recursive=True) if Path(q).is_file())
+        if not found:
+            raise DataError(f"no file matches '{entry}'; fix the glob in data_files")
+        return found
+    if not p.is_file():
+        raise DataError(f"data file not found: {p}; fix data_files or create the file")
+    return [p]
+
+
+def loader_name(cfg: DataConfig, files: list[str]) -> str:
+    """The datasets builder to use: data_name when it is one, else the files' extension."""
+    name = cfg.load_dataset_config.data_name
+    if name in FILE_LOADERS:
+        return name
+    exts = {LOADERS.get(Path(f.split("?")[0]).suffix.lower()) for f in files}
+    exts.discard(None)
+    if len(exts) == 1:
+        return exts.pop()
+    listed = ", ".join(files[:3])
+    raise DataError(f"cannot tell the format of {listed}; set load_dataset_config.data_name to one of "
+                    f"{sorted(FILE_LOADERS)}")
+
+
+def is_hub(cfg: DataConfig) -> bool:
+    """True when rows come from a hub dataset id (or a dataset folder) rather than data files."""
+    lc = cfg.load_dataset_config
+    return not data_files(cfg) and bool(lc.data_name) and lc.data_name not in FILE_LOADERS
+
+
+def resolved_files(cfg: DataConfig) -> list[str]:
+    """Local files expanded to absolute paths; URLs kept as strings."""
+    out: list[str] = []
+    for entry in data_files(cfg):
+        if is_url(entry):
+            out.append(entry)
+        else:
+            out.extend(str(p) for p in expand_local(entry))
+    return out
+
+
+@contextmanager
+def quiet_datasets() -> Iterator[None]:
+    """No progress bars or error logs from datasets: it logs its own error before raising, and ours
+    is the one the user should read."""
+    import datasets
+    from datasets.utils import are_progress_bars_disabled
+
+    level = datasets.logging.get_verbosity()
+    bars_off = are_progress_bars_disabled()
+    datasets.logging.set_verbosity(logging.CRITICAL)
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        datasets.logging.set_verbosity(level)
+        if not bars_off:
+            datasets.enable_progress_bars()
+
+
+def load_rows(cfg: DataConfig, *, cache_dir: Path | None = None) -> Any:
+    """Raw rows of ``cfg`` as a ``datasets.Dataset`` (no formatting, no tokenizing).
+
+    Raises DataError naming the file, the line and the fix for a missing, empty, malformed
+    or wrongly encoded file, or a hub dataset that is not reachable.
+    """
+    import datasets
+    import pyarrow as pa
+
+    lc = cfg.load_dataset_config
+    hf_cache = str(cache_dir / "raw") if cache_dir else None
+    if is_hub(cfg):
+        return _load_hub(cfg, hf_cache)
+    if not data_files(cfg):
+        raise DataError(f"data config '{cfg.name}' names no source; set load_dataset_config.data_files "
+                        "(a file, folder, glob or URL) or data_name (a hub dataset id)")
+    entries = resolved_files(cfg)
+    urls = [f for f in entries if is_url(f)]
+    shown: dict[str, str] = {}
+    if urls:  # fetched with fsspec so hub offline mode (HF_HUB_OFFLINE) does not block s3:// or https://
+        shown = _fetch(urls, lc.storage_options or {}, cache_dir)
+    files = [f for f in entries if not is_url(f)] + list(shown)
+    for f in files:
+        if os.path.getsize(f) == 0:
+            raise DataError(f"data file {shown.get(f, f)} is empty; put rows in it or remove it from data_files")
+    builder = loader_name(cfg, files)
+    if builder in ("json", "csv", "text"):
+        for f in files:  # pyarrow reads invalid UTF-8 without complaint and fails later, far from the file
+            _check_utf8(f, shown.get(f, f))
+    kwargs: dict[str, Any] = {}
+    if builder == "csv" and all(f.endswith(".tsv") for f in files):
+        kwargs["sep"] = "\t"
+    try:
+        with quiet_datasets():
+            ds = datasets.load_dataset(builder, data_files=files, split=lc.split, cache_dir=hf_cache, **kwargs)
+    except FileNotFoundError as e:
+        raise DataError(f"data file not found: {e}; fix data_files") from e
+    except UnicodeDecodeError as e:
+        raise _renamed(_diagnose(files, builder), shown) or DataError(
+            f"{files[0]}: not UTF-8 ({e}); re-save it as UTF-8") from e
+    except (datasets.exceptions.DatasetsError, pa.ArrowException, StopIteration, ValueError) as e:
+        cause = e.__cause__ or e.__context__ or e
+        found = _renamed(_diagnose(files, builder), shown)
+        if found:
+            raise found from e
+        names = ", ".join(shown.get(f, f) for f in files[:3])
+        raise DataError(f"cannot read {names} as {builder}: {type(cause).__name__}: "
+                        f"{str(cause)[:300] or 'no rows'}; fix the file or set data_name") from e
+    if len(ds) == 0:
+        raise DataError(f"{', '.join(files[:3])} has no rows; put rows in it")
+    return ds
+
+
+def _check_utf8(path: str, shown: str) -> None:
+    """DataError naming the line of the first byte that is not UTF-8."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    lines = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as e:
+                line = lines + chunk[: max(e.start, 0)].count(b"\n") + 1
+                raise DataError(f"{shown}, line {line}: not UTF-8 (byte 0x{chunk[e.start]:02x}); re-save the file "
+                                "as UTF-8, e.g. `iconv -f latin1 -t utf-8`") from None
+            lines += chunk.count(b"\n")
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise DataError(f"{shown}: ends inside a UTF-8 character; re-save the file as UTF-8") from None
+
+
+def _renamed(error: DataError | None, shown: dict[str, str]) -> DataError | None:
+    """The same error naming URLs instead of their downloaded copies."""
+    if error is None:
+        return None
+    text = str(error)
+    for local, url in shown.items():
+        text = text.replace(local, url)
+    return DataError(text)
+
+
+def _fetch(urls: list[str], storage: dict[str, Any], cache_dir: Path | None) -> dict[str, str]:
+    """Copy the files URLs name (globs and folders expanded) to local disk; {local copy: URL}.
+
+    Credentials come from fsspec's usual sources (AWS_*, GOOGLE_APPLICATION_CREDENTIALS,
+    AZURE_STORAGE_*, ~/.aws ...) unless storage_options gives them.
+    """
+    import fsspec
+
+    root = (cache_dir / "downloads") if cache_dir else Path(tempfile.gettempdir()) / "honed-downloads"
+    out: dict[str, str] = {}
+    for url in urls:
+        try:
+            fs, path = fsspec.core.url_to_fs(url, **storage)
+            if glob.has_magic(path):
+                paths = sorted(fs.glob(path))
+            elif fs.isdir(path):
+                paths = sorted(p for p in fs.find(path) if Path(p).suffix.lower() in LOADERS)
+            else:
+                paths = [path]
+            if not paths:
+                raise DataError(f"no file matches '{url}'; fix data_files")
+            dest = root / hashlib.sha256(url.encode()).hexdigest()[:16]
+            dest.mkdir(parents=True, exist_ok=True)
+            for p in paths:
+                local = dest / Path(p).name
+                fs.get_file(p, str(local))
+                out[str(local)] = fs.unstrip_protocol(p)
+        except (FileNotFoundError, PermissionError) as e:
+            raise DataError(f"cannot read {url}: {type(e).__name__}: {e}; check the URL and the credentials "
+                            "in the environment (AWS_*, GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_*)") from e
+        except (ImportError, ValueError) as e:  # no filesystem for the protocol (s3fs, gcsfs, adlfs missing)
+            raise DataError(f"cannot read {url}: {e}; install the fsspec filesystem for it "
+                            "(pip install s3fs / gcsfs / adlfs)") from e
+        except OSError as e:
+            raise DataError(f"cannot read {url}: {e}; check the URL, network and credentials") from e
+    return out
+
+
+def _load_hub(cfg: DataConfig, hf_cache: str | None) -> Any:
+    import datasets
+    from huggingface_hub.errors import HfHubHTTPError
+
+    lc = cfg.load_dataset_config
+    if lc.trust_remote_code:
+        log.info("datasets %s runs no loading scripts; trust_remote_code is ignored", datasets.__version__)
+    try:
+        with quiet_datasets():
+            ds = datasets.load_dataset(lc.data_name, lc.subset, split=lc.split, revision=lc.revision,
+                                       cache_dir=hf_cache)
+    except (datasets.exceptions.DatasetNotFoundError, FileNotFoundError, ConnectionError, HfHubHTTPError) as e:
+        offline = " (HF_HUB_OFFLINE is set and it is not in the cache)" if os.environ.get("HF_HUB_OFFLINE") else ""
+        raise DataError(f"hub dataset '{lc.data_name}' could not be loaded{offline}: {str(e)[:200]}; "
+                        "check the id, or download it once while online") from e
+    except ValueError as e:  # unknown split or subset
+        raise DataError(f"hub dataset '{lc.data_name}': {str(e)[:300]}; fix split/subset") from e
+    return ds
+
+
+def _diagnose(files: list[str], builder: str) -> DataError | None:
+    """Re-read local files in Python to find the first bad byte or line; None when all look fine."""
+    for f in files:
+        raw = Path(f).read_bytes()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = raw[: e.start].count(b"\n") + 1
+            return DataError(f"{f}, line {line}: not UTF-8 (byte 0x{raw[e.start]:02x}); re-save the file as "
+                             "UTF-8, e.g. `iconv -f latin1 -t utf-8`")
+        if builder != "json":
+            continue
+        if not text.strip():
+            return DataError(f"data file {f} is empty; put rows in it or remove it from data_files")
+        if text.lstrip().startswith("["):
+            try:
+                json.loads(text)
+            except json.JSONDecodeError as e:
+                return DataError(f"{f}, line {e.lineno}: malformed JSON ({e.msg}); fix that line")
+            continue
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as e:
+                return DataError(f"{f}, line {number}: malformed JSON ({e.msg}, column {e.colno}); fix that line "
+                                 "(each line must be one JSON object)")
+            if not isinstance(value, dict):
+                return DataError(f"{f}, line {number}: expected a JSON object, got {type(value).__name__}; "
+                                 "write one object per line")
+    return None
+
+
+def locate_row(cfg: DataConfig, index: int) -> str:
+    """'file, line N' of the row at ``index`` for local line-based files; else 'row N'."""
+    if is_hub(cfg):
+        return f"row {index}"
+    try:
+        files = resolved_files(cfg)
+    except DataError:
+        return f"row {index}"
+    if any(is_url(f) for f in files):
+        return f"row {index}"
+    remaining = index
+    for f in files:
+        suffix = Path(f).suffix.lower()
+        if suffix == ".parquet" or suffix == ".arrow":
+            return f"row {index}"
+        with open(f, encoding="utf-8", errors="replace") as fh:
+            text = fh.read()
+        if text.lstrip().startswith("["):
+            return f"row {index}"
+        lines = text.splitlines()
+        header = 1 if LOADERS.get(suffix) == "csv" else 0
+        numbered = [n for n, line in enumerate(lines[header:], 1 + header) if line.strip()]
+        if remaining < len(numbered):
+            return f"{f}, line {numbered[remaining]}"
+        remaining -= len(numbered)
+    return f"row {index}"
+
+
+def drop_raw_cache(ds: Any, cache_dir: Path | None) -> None:
+    """Remove the arrow files datasets wrote for ``ds`` when they live in our own cache folder.
+
+    Called when rows turn out to be unusable, so nothing from a failed load stays cached.
+    """
+    if cache_dir is None:
+        return
+    root = (cache_dir / "raw").resolve()
+    for entry in getattr(ds, "cache_files", []):
+        folder = Path(entry["filename"]).resolve().parent
+        if root in folder.parents:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _hash_file(h: Any, path: Path) -> None:
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+
+
+def source_fingerprint(cfg: DataConfig) -> dict[str, Any]:
+    """Identity of the rows: file bytes (not paths or mtimes), a hub id+revision, a URL's string."""
+    lc = cfg.load_dataset_config
+    if is_hub(cfg):
+        return {"hub": lc.data_name, "subset": lc.subset, "revision": lc.revision or _cached_revision(lc.data_name)}
+    parts: list[str] = []
+    for entry in data_files(cfg):
+        if is_url(entry):
+            parts.append("url:" + entry)
+            continue
+        files = expand_local(entry)
+        base = Path(entry).expanduser() if Path(entry).is_dir() else None
+        for f in files:
+            h = hashlib.sha256()
+            _hash_file(h, f)
+            name = str(f.relative_to(base)) if base else f.suffix
+            parts.append(f"{name}:{h.hexdigest()}")
+    return {"files": parts}
+
+
+def _cached_revision(repo_id: str | None) -> str | None:
+    """Commit of a hub dataset already in the local hub cache (no network), else None."""
+    if not repo_id or Path(repo_id).exists():
+        return _folder_digest(Path(repo_id)) if repo_id and Path(repo_id).is_dir() else None
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    ref = Path(HF_HUB_CACHE) / f"datasets--{repo_id.replace('/', '--')}" / "refs" / "main"
+    return ref.read_text().strip() if ref.is_file() else None
+
+
+def _folder_digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(q for q in folder.rglob("*") if q.is_file() and ".cache" not in q.parts):
+        h.update(str(f.relative_to(folder)).encode())
+        _hash_file(h, f)
+    return h.hexdigest()
