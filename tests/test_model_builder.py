@@ -94,7 +94,7 @@ def test_int4_has_matmulnbits_and_is_small(tmp_path: Path) -> None:
 
     sizes = {}
     for precision in ("fp32", "int4"):
-        handle, ctx = _build(src, tmp_path / precision, precision=precision)
+        handle, _ = _build(src, tmp_path / precision, precision=precision)
         folder = Path(handle.path)
         sizes[precision] = sum(f.stat().st_size for f in folder.glob("model.onnx*"))
         ops = {n.op_type for n in onnx.load(str(folder / "model.onnx"), load_external_data=False).graph.node}

@@ -168,3 +168,12 @@ def test_static_quantization_unknown_data_config(onnx_bert, tmp_path: Path) -> N
 
     with pytest.raises(UserError, match="data_config 'nope'"):
         _run("OnnxStaticQuantization", onnx_bert[0], tmp_path, data_config="nope")
+
+
+def test_onnx_causal_lm_greedy_matches_hf(onnx_llama, tiny_llama: Path) -> None:
+    from honed.models.onnx_runtime import load_generator
+
+    onnx_gen, hf_gen = load_generator(onnx_llama[0].path), load_generator(tiny_llama)
+    assert (onnx_gen.kind, hf_gen.kind) == ("onnx", "hf")
+    ids = hf_gen.encode("### Text: They threw me a party")
+    assert onnx_gen.generate_ids(ids, 10, stop_at_eos=False) == hf_gen.generate_ids(ids, 10, stop_at_eos=False)

@@ -60,7 +60,8 @@ def build_causal_lm(out: Path, arch: str = "llama", seed: int = 0) -> Path:
         pad_token_id=tok.pad_token_id,
         tie_word_embeddings=False,
     )
-    cfg = Phi3Config(**common) if arch == "phi3" else LlamaConfig(**common)
+    cfg = (Phi3Config(**common, original_max_position_embeddings=256) if arch == "phi3"
+           else LlamaConfig(**common))
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg)
     model.generation_config.pad_token_id = tok.pad_token_id

