@@ -64,6 +64,8 @@ def _setup_logging(level: str) -> None:
     transformers.utils.logging.disable_progress_bar()
     datasets.disable_progress_bars()
     if level != "debug":
+        # bitsandbytes warns at import about an optional CPU kernel package it can do without.
+        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
         transformers.utils.logging.set_verbosity_error()
         datasets.logging.set_verbosity_error()
 

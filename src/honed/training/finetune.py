@@ -1,0 +1,281 @@
+"""What the fine-tuning passes do: pick dtype/device, load data and model, train, save.
+
+Kept apart from ``honed.passes`` so the pass modules stay light to import (the registry
+imports every pass module; torch is imported only when a pass runs).
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from honed.errors import UserError
+from honed.models.handle import ModelHandle
+from honed.models.loaders import load_model, load_tokenizer, torch_dtype
+from honed.passes.base import PassContext
+from honed.training.loop import Callback, train
+
+log = logging.getLogger("honed")
+
+# Every linear layer of the decoder blocks, by architecture (LoRA's usual best choice for accuracy).
+DEFAULT_TARGETS: dict[str, list[str]] = {
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "qwen3": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "gemma": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "phi3": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
+    "phi": ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"],
+}
+
+
+# ----------------------------------------------------------------------------- device and dtype
+
+
+@functools.cache
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU has AMX bf16 tiles; avx512_bf16 alone trains slower in bf16 than in fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags
+
+
+def default_dtype(device: str) -> str:
+    """The dtype this device trains fastest in without losing accuracy."""
+    import torch
+
+    if device.startswith("cuda"):
+        return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
+    return "bfloat16" if cpu_has_fast_bf16() else "float32"
+
+
+def training_device(ctx: PassContext) -> str:
+    """``cuda`` when the host is a GPU and torch sees one; else ``cpu``."""
+    import torch
+
+    if ctx.host.device == "gpu":
+        if not torch.cuda.is_available():
+            raise UserError("host accelerator is 'gpu' but torch sees no CUDA device; set the host device to cpu")
+        return "cuda"
+    return "cpu"
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def load_splits(config: Any, tokenizer: Any, ctx: PassContext) -> tuple[Any, Any]:
+    """Train and eval token rows from the data configs the pass names."""
+    import honed.data as data
+
+    def named(name: str, key: str) -> Any:
+        if name not in ctx.data_configs:
+            near = difflib.get_close_matches(name, list(ctx.data_configs), n=1)
+            hint = f"did you mean '{near[0]}'?" if near else f"defined: {sorted(ctx.data_configs) or 'none'}"
+            raise UserError(f"passes.{ctx.pass_name}.{key}: no data config named '{name}'; {hint}")
+        return ctx.data_configs[name]
+
+    train_cfg = named(config.train_data_config, "train_data_config")
+    eval_cfg = named(config.eval_data_config, "eval_data_config") if config.eval_data_config else None
+    splits = data.build_datasets(
+        train_cfg, tokenizer, cache_dir=ctx.cache_dir / "data", eval_dataset_size=config.eval_dataset_size,
+        eval_config=eval_cfg, seed=config.training_args.effective_data_seed,
+    )
+    return splits.train, splits.eval
+
+
+def pad_id(tokenizer: Any) -> int:
+    """Padding id; padded positions are masked, so eos serves when the tokenizer has no pad."""
+    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
+        if tid is not None:
+            return int(tid)
+    return 0
+
+
+# ----------------------------------------------------------------------------- target modules
+
+
+def linear_module_names(model: Any) -> list[str]:
+    """Distinct leaf names of the model's linear layers, output head excluded."""
+    import torch
+
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    names: set[str] = set()
+    for full, mod in model.named_modules():
+        is_linear = isinstance(mod, torch.nn.Linear) or type(mod).__name__ in ("Linear4bit", "Linear8bitLt")
+        if is_linear and mod is not head:
+            names.add(full.rsplit(".", 1)[-1])
+    return sorted(names)
+
+
+def resolve_target_modules(model: Any, wanted: Sequence[str] | str | None, key: str) -> list[str]:
+    """The target modules to adapt: checked against the model, or the architecture's default.
+
+    None of them in the model is an error listing the model's linear layers; some missing is a warning.
+    """
+    available = linear_module_names(model)
+    if wanted is None or wanted == "all-linear":
+        model_type = getattr(model.config, "model_type", "")
+        default = [m for m in DEFAULT_TARGETS.get(model_type, []) if m in available]
+        return default or available
+    matched = [m for m in wanted if m in available]
+    unmatched = [m for m in wanted if m not in available]
+    if not matched:
+        raise UserError(
+            f"{key}: none of {list(wanted)} is a linear layer of this model; its linear layers are "
+            f"{available}"
+        )
+    if unmatched:
+        log.warning("%s: %s match no layer of this model (linear layers: %s); adapting only %s",
+                    key, unmatched, available, matched)
+    return matched
+
+
+# ----------------------------------------------------------------------------- passes
+
+
+def _model_type(handle: ModelHandle) -> str:
+    import json
+
+    cfg = Path(handle.path) / "config.json"
+    if cfg.exists():
+        return json.loads(cfg.read_text()).get("model_type", "")
+    return ""
+
+
+def _load_for_training(model: ModelHandle, dtype: str, device: str, quant: Any = None) -> Any:
+    """The base model in ``dtype`` with SDPA attention (4-bit through bitsandbytes when ``quant``)."""
+    extra: dict[str, Any] = {"attn_implementation": "sdpa"}
+    if quant is not None:
+        extra["quantization_config"] = quant
+        extra["device_map"] = {"": device}
+        return load_model(model, dtype=dtype, **extra)
+    return load_model(model, dtype=dtype, device=device, **extra)
+
+
+def _bnb_config(config: Any, dtype: str) -> Any:
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=config.quant_type,
+        bnb_4bit_use_double_quant=config.double_quant,
+        bnb_4bit_compute_dtype=torch_dtype(config.compute_dtype or dtype),
+    )
+
+
+def _safetensors_of(handle: ModelHandle) -> str:
+    """The model's safetensors path LoftQ reads the original weights from."""
+    p = Path(handle.path)
+    if (p / "model.safetensors").exists() or (p / "model.safetensors.index.json").exists():
+        return str(p)
+    raise UserError(f"LoftQ needs the base model's safetensors weights in {p}")
+
+
+def finetune_adapter(
+    model: ModelHandle, config: Any, output_dir: Path, ctx: PassContext, *, variant: str,
+    callbacks: Sequence[Callback] = (),
+) -> ModelHandle:
+    """Train a LoRA/DoRA/QLoRA/LoftQ adapter; return a ``peft`` handle over ``model``."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    device = training_device(ctx)
+    dtype = config.torch_dtype or default_dtype(device)
+    args = config.training_args
+    tokenizer = load_tokenizer(model)
+    train_rows, eval_rows = load_splits(config, tokenizer, ctx)
+    quantized = variant in ("qlora", "loftq")
+    if variant == "loftq" and device != "cuda":
+        raise UserError(
+            f"passes.{ctx.pass_name}: LoftQ runs only on CUDA (peft computes its initialisation there); "
+            "use QLoRA on this host, or set the host device to gpu"
+        )
+
+    with _threads():
+        base = _load_for_training(model, dtype, device, _bnb_config(config, dtype) if quantized else None)
+        targets = resolve_target_modules(base, config.target_modules, f"passes.{ctx.pass_name}.target_modules")
+        if quantized:
+            from peft import prepare_model_for_kbit_training
+
+            base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=args.gradient_checkpointing)
+        elif args.gradient_checkpointing:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            base.enable_input_require_grads()
+        torch.manual_seed(args.seed)
+        lora = LoraConfig(
+            r=config.r, lora_alpha=config.alpha, lora_dropout=config.lora_dropout, target_modules=targets,
+            modules_to_save=config.modules_to_save, use_rslora=config.use_rslora,
+            use_dora=variant == "dora", task_type="CAUSAL_LM", bias="none",
+        )
+        peft_model = get_peft_model(base, lora)
+        if variant == "loftq":
+            from peft import replace_lora_weights_loftq
+
+            for _ in range(config.loftq_iter):
+                replace_lora_weights_loftq(peft_model, model_path=_safetensors_of(model))
+        trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+        run_id = {"variant": variant, "base": model.id or model.path, "lora": lora.to_dict(), "dtype": dtype}
+        result = train(
+            peft_model, train_rows, args, work_dir=ctx.work_dir, pad_token_id=pad_id(tokenizer),
+            eval_data=eval_rows, device=device, progress=_progress(ctx), callbacks=callbacks, run_id=run_id,
+        )
+    adapter_dir = output_dir / "adapter"
+    peft_model.save_pretrained(str(adapter_dir))
+    tokenizer.save_pretrained(str(adapter_dir))
+    ctx.metrics.update(result.metrics)
+    ctx.metrics["trainable_params"] = trainable
+    attributes = dict(model.attributes)
+    attributes.update({"adapter": variant, "target_modules": targets, "train_dtype": dtype})
+    if quantized:
+        attributes["base_quantization"] = f"bnb-4bit-{config.quant_type}" + ("-dq" if config.double_quant else "")
+    del peft_model, base
+    return ModelHandle(kind="peft", path=str(adapter_dir), base=model, task=model.task, attributes=attributes)
+
+
+def finetune_full(
+    model: ModelHandle, config: Any, output_dir: Path, ctx: PassContext, callbacks: Sequence[Callback] = ()
+) -> ModelHandle:
+    """Train every weight (optionally not the embeddings); return an ``hf`` handle to the saved model."""
+    device = training_device(ctx)
+    dtype = config.torch_dtype or default_dtype(device)
+    args = config.training_args
+    tokenizer = load_tokenizer(model)
+    train_rows, eval_rows = load_splits(config, tokenizer, ctx)
+    with _threads():
+        net = _load_for_training(model, dtype, device)
+        if args.gradient_checkpointing:
+            net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        for p in net.parameters():
+            p.requires_grad_(True)
+        if config.freeze_embeddings:
+            net.get_input_embeddings().weight.requires_grad_(False)
+        run_id = {"variant": "full", "base": model.id or model.path, "dtype": dtype,
+                  "freeze_embeddings": config.freeze_embeddings}
+        result = train(
+            net, train_rows, args, work_dir=ctx.work_dir, pad_token_id=pad_id(tokenizer), eval_data=eval_rows,
+            device=device, progress=_progress(ctx), callbacks=callbacks, run_id=run_id,
+        )
+    out = output_dir / "model"
+    net.save_pretrained(str(out), safe_serialization=True)
+    tokenizer.save_pretrained(str(out))
+    ctx.metrics.update(result.metrics)
+    return ModelHandle(kind="hf", path=str(out), task=model.task,
+                       load_kwargs={k: v for k, v in model.load_kwargs.items() if k == "trust_remote_code"},
+                       attributes=dict(model.attributes))
+
+
+def _threads() -> Any:
+    from honed.training.loop import physical_core_threads
+
+    return physical_core_threads()
+
+
+def _progress(ctx: PassContext) -> Any:
+    """A bar factory the loop calls once it knows the number of steps."""
+    return lambda total: ctx.task(f"{ctx.pass_name}: training", total)

@@ -1,0 +1,527 @@
+"""A lean training loop for causal LMs (LoRA adapters or full weights).
+
+Why not the Hugging Face ``Trainer``: on a CPU or one GPU most of a small model's step
+goes to the output head and padding.  This loop
+
+* computes the output head only where a label is (completion-only loss trains on a few
+  tokens per row, so the ``vocab x seq`` logits are mostly never needed),
+* batches sequences of similar length and pads each batch only to its own longest row,
+* normalises the loss by the label tokens of the whole optimizer step, so gradient
+  accumulation gives the same update as one big batch,
+* checkpoints the trainable weights, optimizer, scheduler, RNG and data position every
+  ``save_steps`` into the work dir and resumes from the newest one when rerun.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from honed.data.collate import Collator
+from honed.training.args import TrainingArgs
+
+log = logging.getLogger("honed")
+
+IGNORE_INDEX = -100
+# Architectures whose logits are exactly ``lm_head(last_hidden_state)``: the loop may apply the head
+# to the labelled positions only.  Others (logit soft-capping, logit scaling) run the full forward.
+SPARSE_HEAD_TYPES = frozenset(
+    {"llama", "mistral", "qwen2", "qwen3", "phi3", "phi", "gemma", "olmo", "olmo2", "smollm3", "starcoder2"}
+)
+
+
+@dataclass
+class TrainState:
+    """Where a run is; saved in every checkpoint."""
+
+    global_step: int = 0
+    epoch: int = 0
+    micro_in_epoch: int = 0
+    """Micro-batches of ``epoch`` already consumed."""
+    tokens_seen: int = 0
+    train_seconds: float = 0.0
+    best_eval_loss: float | None = None
+    bad_evals: int = 0
+    resumed_from: int = 0
+    should_stop: bool = False
+    log_history: list[dict[str, float]] = field(default_factory=list)
+
+
+class Callback:
+    """Hooks into the loop (tests use them to simulate a crash; users to log elsewhere)."""
+
+    def on_step_end(self, state: TrainState, args: TrainingArgs) -> None:
+        """After each optimizer step (and after a checkpoint due at that step)."""
+
+    def on_log(self, state: TrainState, logs: dict[str, float]) -> None:
+        """After train or eval metrics were computed."""
+
+
+@dataclass
+class TrainResult:
+    """What a finished run reports."""
+
+    state: TrainState
+    metrics: dict[str, float]
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def as_rows(data: Any) -> list[dict[str, list[int]]]:
+    """Rows of token lists from a ``datasets.Dataset``, a dict of columns or a list of dicts."""
+    if data is None:
+        return []
+    if isinstance(data, list):
+        return data
+    cols = data.to_dict() if hasattr(data, "to_dict") else dict(data)
+    keep = [k for k in ("input_ids", "attention_mask", "labels", "position_ids") if k in cols]
+    n = len(cols["input_ids"])
+    return [{k: cols[k][i] for k in keep} for i in range(n)]
+
+
+def epoch_batches(
+    lengths: Sequence[int], batch_size: int, seed: int, epoch: int, group_by_length: bool
+) -> list[list[int]]:
+    """The micro-batches (row indices) of one epoch, in a seeded order.
+
+    With ``group_by_length`` rows are shuffled, cut into mega-batches of 50 batches, each sorted
+    by length and split (as HF's LengthGroupedSampler), so padding is small while the order stays
+    random; the longest batch runs first so an out-of-memory shows at once.
+    """
+    rng = random.Random(seed * 1_000_003 + epoch)
+    idx = list(range(len(lengths)))
+    rng.shuffle(idx)
+    if not group_by_length:
+        return [idx[i : i + batch_size] for i in range(0, len(idx), batch_size)]
+    mega = batch_size * 50
+    batches: list[list[int]] = []
+    for m in range(0, len(idx), mega):
+        chunk = sorted(idx[m : m + mega], key=lambda i: -lengths[i])
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    if len(batches) > 1:
+        longest = max(range(len(batches)), key=lambda b: max(lengths[i] for i in batches[b]))
+        batches[0], batches[longest] = batches[longest], batches[0]
+        rest = batches[1:]
+        rng.shuffle(rest)
+        batches = [batches[0], *rest]
+    return batches
+
+
+def collate(rows: Sequence[dict[str, list[int]]], pad_id: int) -> dict[str, Any]:
+    """Right-pad a batch to its own longest row (labels with -100).
+
+    Packed rows carry restarting ``position_ids`` and no attention mask, which is how transformers
+    keeps the rows of one block from attending to each other (see ``honed.data.Collator``).
+    """
+    return Collator(pad_id)(rows)
+
+
+# ----------------------------------------------------------------------------- model pieces
+
+
+def _causal_lm(model: Any) -> Any:
+    """The transformers model inside a peft wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def sparse_head_parts(model: Any) -> tuple[Any, Any] | None:
+    """(decoder, lm_head) when logits are plain ``lm_head(hidden)``; None otherwise."""
+    lm = _causal_lm(model)
+    cfg = getattr(lm, "config", None)
+    if cfg is None or getattr(cfg, "model_type", None) not in SPARSE_HEAD_TYPES:
+        return None
+    if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None):
+        return None
+    try:
+        decoder, head = lm.get_decoder(), lm.get_output_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None
+    if decoder is None or head is None or decoder is lm:
+        return None
+    return decoder, head
+
+
+def loss_sum(model: Any, batch: dict[str, Any], parts: tuple[Any, Any] | None) -> tuple[Any, int]:
+    """Summed next-token cross-entropy over labelled positions, and how many there were."""
+    import torch.nn.functional as F
+
+    labels = batch["labels"][:, 1:]
+    keep = labels != IGNORE_INDEX
+    n = int(keep.sum())
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    if parts is not None:
+        decoder, head = parts
+        hidden = decoder(**inputs, use_cache=False).last_hidden_state[:, :-1]
+        logits = head(hidden[keep])
+    else:
+        logits = model(**inputs, use_cache=False).logits[:, :-1][keep]
+    loss = F.cross_entropy(logits.float(), labels[keep], reduction="sum")
+    return loss, n
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _trainable(model: Any) -> dict[str, Any]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def fingerprint(args: TrainingArgs, extra: Any, rows: Sequence[dict[str, list[int]]]) -> str:
+    """Identity of a run: a checkpoint of another run in the same work dir is not resumed."""
+    h = hashlib.sha256(args.model_dump_json().encode())
+    h.update(json.dumps(extra, sort_keys=True, default=str).encode())
+    h.update(json.dumps([len(r["input_ids"]) for r in rows]).encode())
+    if rows:
+        h.update(json.dumps(rows[0]["input_ids"]).encode())
+    return h.hexdigest()[:16]
+
+
+def latest_checkpoint(ckpt_root: Path, fp: str) -> Path | None:
+    """The newest complete checkpoint of this run, if any."""
+    if not ckpt_root.is_dir():
+        return None
+    found = []
+    for d in ckpt_root.glob("checkpoint-*"):
+        meta = d / "state.json"
+        if d.is_dir() and meta.exists():
+            with contextlib.suppress(ValueError, OSError):
+                if json.loads(meta.read_text()).get("fingerprint") == fp:
+                    found.append((int(d.name.split("-")[1]), d))
+    return max(found)[1] if found else None
+
+
+def save_checkpoint(
+    ckpt_root: Path, model: Any, optimizer: Any, scheduler: Any, state: TrainState, fp: str, limit: int
+) -> Path:
+    """Write a checkpoint atomically (temp dir, then rename) and prune old ones."""
+    import torch
+    from safetensors.torch import save_file
+
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    final = ckpt_root / f"checkpoint-{state.global_step}"
+    tmp = ckpt_root / f".tmp-{state.global_step}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    weights = {n: p.detach().to("cpu").contiguous() for n, p in _trainable(model).items()}
+    save_file(weights, str(tmp / "trainable.safetensors"))
+    rng = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng},
+               tmp / "optimizer.pt")
+    (tmp / "state.json").write_text(json.dumps({"fingerprint": fp, "state": asdict(state)}))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    olds = sorted(
+        (int(d.name.split("-")[1]), d) for d in ckpt_root.glob("checkpoint-*") if d.is_dir() and d != final
+    )
+    for _, d in olds[: max(0, len(olds) - (limit - 1))]:
+        shutil.rmtree(d, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -> TrainState:
+    """Restore weights, optimizer, scheduler and RNG; return the saved state."""
+    import torch
+    from safetensors.torch import load_file
+
+    weights = load_file(str(path / "trainable.safetensors"))
+    params = _trainable(model)
+    missing = set(params) - set(weights)
+    if missing:
+        raise RuntimeError(f"checkpoint {path} lacks {sorted(missing)[:3]}")
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(weights[n].to(p.device, p.dtype))
+    blob = torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu")
+    optimizer.load_state_dict(blob["optimizer"])
+    scheduler.load_state_dict(blob["scheduler"])
+    rng = blob["rng"]
+    torch.set_rng_state(rng["torch"])
+    random.setstate((3, tuple(rng["python"]), None))
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    saved = json.loads((path / "state.json").read_text())["state"]
+    return TrainState(**saved)
+
+
+# ----------------------------------------------------------------------------- device helpers
+
+
+@contextlib.contextmanager
+def physical_core_threads() -> Iterator[None]:
+    """Use one torch thread per physical core (hyper-threads slow GEMMs down); restore afterwards.
+
+    An explicit ``OMP_NUM_THREADS`` wins.
+    """
+    import psutil
+    import torch
+
+    before = torch.get_num_threads()
+    want = int(os.environ["OMP_NUM_THREADS"]) if os.environ.get("OMP_NUM_THREADS", "").isdigit() else (
+        psutil.cpu_count(logical=False) or before
+    )
+    torch.set_num_threads(max(1, want))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def peak_memory_mb(device: str) -> float:
+    """Peak memory of this process: CUDA allocator peak on GPU, peak RSS on CPU."""
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def make_optimizer(params: list[Any], args: TrainingArgs, device: str) -> Any:
+    """The optimizer ``args.optim`` names; bitsandbytes ones only where CUDA is."""
+    import torch
+
+    name = args.optim
+    betas = (args.adam_beta1, args.adam_beta2)
+    if name in ("paged_adamw_32bit", "paged_adamw_8bit", "adamw_8bit", "adamw_bnb_8bit"):
+        if device.startswith("cuda"):
+            import bitsandbytes as bnb
+
+            cls = {"paged_adamw_32bit": bnb.optim.PagedAdamW32bit, "paged_adamw_8bit": bnb.optim.PagedAdamW8bit}
+            opt_cls = cls.get(name, bnb.optim.AdamW8bit)
+            return opt_cls(params, lr=args.learning_rate, betas=betas, eps=args.adam_epsilon,
+                           weight_decay=args.weight_decay)
+        log.info("optim '%s' needs CUDA; using adamw_torch on %s", name, device)
+        name = "adamw_torch"
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=args.learning_rate, weight_decay=args.weight_decay)
+    if name == "adafactor":
+        return torch.optim.Adafactor(params, lr=args.learning_rate, weight_decay=args.weight_decay)
+    fused = device.startswith("cuda") or name == "adamw_torch_fused"
+    return torch.optim.AdamW(params, lr=args.learning_rate, betas=betas, eps=args.adam_epsilon,
+                             weight_decay=args.weight_decay, fused=fused or None, foreach=None if fused else True)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def train(
+    model: Any,
+    train_data: Any,
+    args: TrainingArgs,
+    *,
+    work_dir: Path,
+    pad_token_id: int,
+    eval_data: Any = None,
+    device: str = "cpu",
+    progress: Callable[[int], Any] | None = None,
+    callbacks: Sequence[Callback] = (),
+    run_id: Any = None,
+) -> TrainResult:
+    """Train ``model``'s trainable parameters on token rows; resume from ``work_dir`` if it holds a checkpoint.
+
+    ``progress(total_steps)`` opens a progress bar (``advance(n, **fields)``, ``close()``); ``run_id`` is anything that
+    identifies the model and adapter setup, mixed into the checkpoint fingerprint.
+    """
+    import torch
+
+    rows = as_rows(train_data)
+    eval_rows = as_rows(eval_data)
+    if not rows:
+        raise ValueError("no training rows")
+    lengths = [len(r["input_ids"]) for r in rows]
+    bs, ga = args.per_device_train_batch_size, args.gradient_accumulation_steps
+    micro_per_epoch = math.ceil(len(rows) / bs)
+    steps_per_epoch = math.ceil(micro_per_epoch / ga)
+    total_steps = args.max_steps if args.max_steps > 0 else math.ceil(steps_per_epoch * args.num_train_epochs)
+    warmup = args.warmup_steps or math.ceil(args.warmup_ratio * total_steps)
+    data_seed = args.effective_data_seed
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    optimizer = make_optimizer(params, args, device)
+    from transformers import get_scheduler
+
+    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=warmup,
+                              num_training_steps=total_steps)
+    parts = sparse_head_parts(model)
+    autocast = (
+        torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16 if args.bf16 else torch.float16)
+        if (args.bf16 or args.fp16) else contextlib.nullcontext()
+    )
+
+    ckpt_root = work_dir / "checkpoints"
+    fp = fingerprint(args, run_id, rows)
+    state = TrainState()
+    last = latest_checkpoint(ckpt_root, fp)
+    if last is not None:
+        state = load_checkpoint(last, model, optimizer, scheduler)
+        state.resumed_from = state.global_step
+        log.info("resuming from %s (step %d of %d)", last, state.global_step, total_steps)
+    else:
+        torch.manual_seed(args.seed)
+        random.seed(args.seed)
+
+    task = progress(total_steps) if progress is not None else None
+    if task is not None and state.global_step:
+        task.advance(state.global_step)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+
+    best_weights: dict[str, Any] | None = None
+    window_loss, window_tokens, window_label_tokens, window_t = 0.0, 0, 0, time.perf_counter()
+    first_loss: float | None = None
+    last_train_loss: float | None = None
+    eval_loss: float | None = None
+    model.train()
+
+    # bitsandbytes repacks a 4-bit layer for CPU inference the first time it runs in eval mode, and
+    # the repacked kernel has no autograd: training after an evaluation would get no gradient through
+    # it.  Those layers therefore stay in train mode (they have no dropout) while evaluating.
+    quant4 = [m for m in model.modules() if type(m).__name__ in ("Linear4bit", "LinearNF4", "LinearFP4")]
+
+    def run_eval() -> float:
+        model.eval()
+        for m in quant4:
+            m.train()
+        tot, cnt = 0.0, 0
+        ebs = args.per_device_eval_batch_size
+        order = sorted(range(len(eval_rows)), key=lambda i: len(eval_rows[i]["input_ids"]))
+        with torch.no_grad(), autocast:
+            for i in range(0, len(order), ebs):
+                batch = collate([eval_rows[j] for j in order[i : i + ebs]], pad_token_id)
+                batch = {k: v.to(device) for k, v in batch.items()}
+                s, n = loss_sum(model, batch, parts)
+                tot += float(s)
+                cnt += n
+        model.train()
+        return tot / max(cnt, 1)
+
+    def after_eval(loss: float) -> None:
+        nonlocal best_weights
+        improved = state.best_eval_loss is None or loss < state.best_eval_loss - args.early_stopping_threshold
+        if improved:
+            state.best_eval_loss, state.bad_evals = loss, 0
+            if args.load_best_model_at_end:
+                best_weights = {n: p.detach().clone() for n, p in _trainable(model).items()}
+        else:
+            state.bad_evals += 1
+            if args.early_stopping_patience and state.bad_evals >= args.early_stopping_patience:
+                log.info("early stop at step %d: eval loss has not improved for %d evaluations",
+                         state.global_step, state.bad_evals)
+                state.should_stop = True
+        logs = {"step": state.global_step, "eval_loss": loss}
+        state.log_history.append(logs)
+        for cb in callbacks:
+            cb.on_log(state, logs)
+
+    run_tokens = 0
+    t_start = time.perf_counter()
+    seconds_before = state.train_seconds
+    try:
+        while state.global_step < total_steps and not state.should_stop:
+            batches = epoch_batches(lengths, bs, data_seed, state.epoch, args.group_by_length)
+            while state.micro_in_epoch < len(batches) and state.global_step < total_steps:
+                group = batches[state.micro_in_epoch : state.micro_in_epoch + ga]
+                micro = [collate([rows[i] for i in b], pad_token_id) for b in group]
+                micro_tokens = [sum(len(rows[i]["input_ids"]) for i in b) for b in group]
+                n_label = sum(int((m["labels"][:, 1:] != IGNORE_INDEX).sum()) for m in micro)
+                step_loss = 0.0
+                for m, ntok in zip(micro, micro_tokens, strict=True):
+                    m = {k: v.to(device, non_blocking=True) for k, v in m.items()}
+                    with autocast:
+                        s, _ = loss_sum(model, m, parts)
+                    (s / max(n_label, 1)).backward()
+                    step_loss += float(s.detach())
+                    window_tokens += ntok
+                    run_tokens += ntok
+                    state.tokens_seen += ntok
+                if args.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
+                lr = scheduler.get_last_lr()[0]
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                state.micro_in_epoch += len(group)
+                state.global_step += 1
+                window_loss += step_loss
+                window_label_tokens += n_label
+                if first_loss is None:
+                    first_loss = step_loss / max(n_label, 1)
+
+                end_of_epoch = state.micro_in_epoch >= len(batches)
+                done = state.global_step >= total_steps
+                if state.global_step % args.logging_steps == 0 or done:
+                    now = time.perf_counter()
+                    last_train_loss = window_loss / max(window_label_tokens, 1)
+                    tok_s = window_tokens / max(now - window_t, 1e-9)
+                    logs = {"step": state.global_step, "loss": last_train_loss, "learning_rate": lr,
+                            "tokens_per_s": tok_s, "epoch": state.epoch + state.micro_in_epoch / len(batches)}
+                    state.log_history.append(logs)
+                    log.info("step %d/%d loss %.4f lr %.3g %.0f tok/s", state.global_step, total_steps,
+                             last_train_loss, lr, tok_s)
+                    for cb in callbacks:
+                        cb.on_log(state, logs)
+                    window_loss, window_tokens, window_label_tokens, window_t = 0.0, 0, 0, now
+                if eval_rows and (
+                    (args.eval_strategy == "steps" and (state.global_step % args.effective_eval_steps == 0 or done))
+                    or (args.eval_strategy == "epoch" and (end_of_epoch or done))
+                ):
+                    eval_loss = run_eval()
+                    after_eval(eval_loss)
+                if task is not None:
+                    fields = {"loss": f"{last_train_loss if last_train_loss is not None else step_loss / max(n_label, 1):.4f}"}
+                    if eval_loss is not None:
+                        fields["eval_loss"] = f"{eval_loss:.4f}"
+                    task.advance(1, **fields)
+                state.train_seconds = seconds_before + time.perf_counter() - t_start
+                if state.global_step % args.save_steps == 0 and not done and not state.should_stop:
+                    save_checkpoint(ckpt_root, model, optimizer, scheduler, state, fp, args.save_total_limit)
+                for cb in callbacks:
+                    cb.on_step_end(state, args)
+                if state.should_stop:
+                    break
+            if state.micro_in_epoch >= len(batches):
+                state.epoch += 1
+                state.micro_in_epoch = 0
+    finally:
+        if task is not None:
+            task.close()
+    state.train_seconds = seconds_before + time.perf_counter() - t_start
+    if best_weights is not None:
+        with torch.no_grad():
+            for n, p in _trainable(model).items():
+                p.copy_(best_weights[n])
+    model.eval()
+    run_seconds = time.perf_counter() - t_start
+    metrics: dict[str, float] = {
+        "train_steps": state.global_step,
+        "train_loss": last_train_loss if last_train_loss is not None else float("nan"),
+        "train_runtime_s": round(state.train_seconds, 3),
+        "train_tokens_per_s": round(run_tokens / max(run_seconds, 1e-9), 1),
+        "peak_memory_mb": round(peak_memory_mb(device), 1),
+    }
+    if first_loss is not None:
+        metrics["train_loss_first_step"] = first_loss
+    if state.resumed_from:
+        metrics["resumed_from_step"] = state.resumed_from
+    if eval_loss is not None:
+        metrics["eval_loss"] = eval_loss
+    if state.best_eval_loss is not None:
+        metrics["best_eval_loss"] = state.best_eval_loss
+    return TrainResult(state=state, metrics=metrics)
