@@ -11,6 +11,7 @@ from rich.table import Table
 from honed.config.load import load_workflow
 from honed.engine.progress import RunDisplay
 from honed.engine.runner import RunResult, run_workflow
+from honed.report.text import summary_text
 
 console = Console(highlight=False)
 
@@ -47,8 +48,14 @@ def print_summary(result: RunResult) -> None:
         table.add_row(s.name, s.type, "yes" if s.cached else "no", f"{s.wall_s:.1f}",
                       "-" if s.peak_rss_mb is None else f"{s.peak_rss_mb:.0f}")
     console.print(table)
-    console.print(f"model: {result.output_dir}  ({result.model.kind if result.model else '-'})")
-    console.print(f"footprints: {result.footprints_path}")
+    text = summary_text(result.footprints_path)
+    if text:
+        console.print(text, markup=False, soft_wrap=True)
+    if result.search:
+        console.print(f"models: {result.output_dir}/1/ (best) ... ranked by the search")
+    else:
+        console.print(f"model: {result.output_dir}  ({result.model.kind if result.model else '-'})")
+    console.print(f"footprints: {result.footprints_path}   report: {result.output_dir / 'report.html'}")
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -45,6 +45,9 @@ class Workflow:
     source: Path | None = None
     generation: str = "honed"
     warnings: list[str] = field(default_factory=list)
+    search_space: Any = None
+    """A ``honed.search.space.SearchSpace`` when search_strategy is set and some parameter is searched;
+    ``steps`` then hold the default (first) choice of every dimension."""
 
     @property
     def config_dir(self) -> Path | None:
@@ -211,10 +214,17 @@ def validate(raw: dict[str, Any], source: Path | None = None) -> Workflow:
     if raw_passes is not None and not isinstance(raw_passes, dict):
         problems.append(ConfigProblem("passes", "must be a mapping of pass name to pass config"))
         raw_passes = {}
+    space = None
+    if data.get("search_strategy") is not None and raw_passes:
+        from honed.search.space import extract_space
+
+        raw_passes, space, search_problems = extract_space(raw_passes)
+        problems += search_problems
     for name, entry in (raw_passes or {}).items():
         key = f"passes.{name}"
         if not isinstance(entry, dict):
-            problems.append(ConfigProblem(key, "must be a mapping with a 'type'"))
+            hint = "; a list of alternatives needs search_strategy set" if isinstance(entry, list) else ""
+            problems.append(ConfigProblem(key, "must be a mapping with a 'type'" + hint))
             continue
         kind = entry.get("type")
         if not isinstance(kind, str):
@@ -250,10 +260,27 @@ def validate(raw: dict[str, Any], source: Path | None = None) -> Workflow:
         if cfg.engine.evaluator is not None and cfg.engine.evaluator not in cfg.evaluators:
             problems.append(ConfigProblem("engine.evaluator", f"no evaluator named '{cfg.engine.evaluator}'",
                                           "define it under evaluators"))
+        if isinstance(cfg.engine.evaluate_passes, list):
+            known = [s.name for s in steps] if raw_passes is None else list(raw_passes)
+            for name in cfg.engine.evaluate_passes:
+                if name not in known:
+                    close = difflib.get_close_matches(name, known, n=1)
+                    fix = f"did you mean '{close[0]}'?" if close else f"passes are: {', '.join(known)}"
+                    problems.append(ConfigProblem("engine.evaluate_passes", f"no pass named '{name}'", fix))
+        for ev_name, ev in cfg.evaluators.items():
+            for i, metric in enumerate(ev.metrics):
+                if metric.data_config is not None and metric.data_config not in data_names:
+                    problems.append(ConfigProblem(f"evaluators.{ev_name}.metrics[{i}].data_config",
+                                                  f"no data config named '{metric.data_config}'",
+                                                  "add it under data_configs"))
+        if cfg.search_strategy is not None and space is not None and space.dimensions and cfg.engine.evaluator is None:
+            problems.append(ConfigProblem("engine.evaluator", "a search needs an evaluator to rank its trials",
+                                          "define one under evaluators and name it here"))
     if problems or cfg is None:
         raise ConfigError(problems, src)
     cfg.passes = {}
-    return Workflow(cfg, steps, source, translation.generation, translation.warnings)
+    search = space if space is not None and space.dimensions else None
+    return Workflow(cfg, steps, source, translation.generation, translation.warnings, search)
 
 
 def load_workflow(path: str | Path) -> Workflow:

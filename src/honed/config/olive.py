@@ -20,7 +20,7 @@ from typing import Any
 from honed.errors import ConfigError, ConfigProblem
 
 ENGINE_KEYS = {
-    "cache_dir", "output_dir", "host", "target", "evaluator", "evaluate_input_model", "seed",
+    "cache_dir", "output_dir", "host", "target", "evaluator", "evaluate_input_model", "evaluate_passes", "seed",
 }
 # Olive keys honed reads but does not act on: key -> why.
 IGNORED_ENGINE_KEYS = {
@@ -295,7 +295,10 @@ class _Translator:
         if isinstance(out.get("data_configs"), list):
             out["data_configs"] = [self.data_config(i, d) for i, d in enumerate(out["data_configs"])]
         if isinstance(out.get("passes"), dict):
-            out["passes"] = {n: self.pass_entry(n, p) for n, p in out["passes"].items()}
+            out["passes"] = {
+                n: [self.pass_entry(n, q) for q in p] if isinstance(p, list) else self.pass_entry(n, p)
+                for n, p in out["passes"].items()
+            }
         if isinstance(out.get("evaluators"), dict):
             out["evaluators"] = {n: _unwrap(e) for n, e in out["evaluators"].items()}
         dropped = {n for n, s in (raw.get("systems") or {}).items() if n not in (out.get("systems") or {})}

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from honed.data.config import DataConfig
+from honed.evaluate.config import EvaluatorConfig
 from honed.systems.accelerator import Accelerator
 
 
@@ -71,6 +72,10 @@ class EngineConfig(_Strict):
         None, description="Score the input model too, so the report shows before and after (default: yes "
         "when an evaluator is set)."
     )
+    evaluate_passes: bool | list[str] = Field(
+        False, description="Also score the output of these passes (true: every pass), so the table shows "
+        "each stage, e.g. the merged fp32 model before the int4 build."
+    )
     seed: int = Field(0, description="Seed for search samplers and anything else random in the engine.")
 
 
@@ -83,6 +88,9 @@ class SearchStrategy(_Strict):
     max_time: float | None = Field(None, gt=0, description="Stop after this many seconds.")
     stop_when_goals_met: bool = Field(False, description="Stop at the first trial meeting every goal.")
     seed: int = Field(0, description="Seed of the sampler.")
+    output_model_num: int | None = Field(
+        None, gt=0, description="Copy this many best models to output_dir/<rank>/ (default: every Pareto-optimal one)."
+    )
 
 
 class PassEntry(BaseModel):
@@ -103,7 +111,7 @@ class WorkflowConfig(_Strict):
     input_model: InputModelConfig
     systems: dict[str, SystemConfig] = Field(default_factory=dict, description="Named systems.")
     data_configs: list[DataConfig] = Field(default_factory=list, description="Named data sources.")
-    evaluators: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Named evaluators.")
+    evaluators: dict[str, EvaluatorConfig] = Field(default_factory=dict, description="Named evaluators.")
     passes: dict[str, PassEntry] = Field(default_factory=dict, description="Passes, run in this order.")
     engine: EngineConfig = Field(default_factory=EngineConfig)
     search_strategy: SearchStrategy | None = Field(None, description="Set to search pass parameters.")

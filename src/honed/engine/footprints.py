@@ -34,6 +34,10 @@ class Footprints:
     steps: list[StepRecord]
     output_model: dict[str, Any]
     created: float = field(default_factory=time.time)
+    evaluation: dict[str, Any] | None = None
+    """Metrics of the input and output models and the goal checks (see honed.evaluate)."""
+    search: dict[str, Any] | None = None
+    """Every trial of a search, the Pareto front and the ranking (see honed.search)."""
 
     def write(self, path: Path) -> None:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

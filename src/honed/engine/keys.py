@@ -29,11 +29,13 @@ _ROOT = Path(honed.__file__).parent
 @cache
 def _module_file(name: str) -> Path | None:
     """Source file of a honed module by name; None for names that are not modules (imported objects)."""
-    rel = Path(*name.split(".")[1:])
-    for cand in (_ROOT / rel.with_suffix(".py"), _ROOT / rel / "__init__.py"):
-        if rel.parts and cand.is_file():
+    parts = name.split(".")[1:]
+    if not parts:
+        return _ROOT / "__init__.py"
+    for cand in (_ROOT.joinpath(*parts[:-1], parts[-1] + ".py"), _ROOT.joinpath(*parts, "__init__.py")):
+        if cand.is_file():
             return cand
-    return _ROOT / "__init__.py" if name == "honed" else None
+    return None
 
 
 def _honed_imports(path: Path) -> set[str]:

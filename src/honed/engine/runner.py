@@ -53,6 +53,10 @@ class RunResult:
     steps: list[StepRecord] = field(default_factory=list)
     plan: list[PlannedStep] = field(default_factory=list)
     dry_run: bool = False
+    evaluation: dict[str, Any] | None = None
+    """Input/output metrics and goal checks when an evaluator is set (see ``_evaluate``)."""
+    search: dict[str, Any] | None = None
+    """Trials, Pareto front and ranking of a search (see honed.search.runner)."""
 
     @property
     def footprints_path(self) -> Path:
@@ -102,10 +106,16 @@ def _input_handle(wf: Workflow, cache_root: Path, dry_run: bool) -> ModelHandle:
 
 def run_workflow(
     wf: Workflow, *, output_dir: str | Path | None = None, cache_dir: str | Path | None = None,
-    dry_run: bool = False, display: RunDisplay | None = None,
+    dry_run: bool = False, display: RunDisplay | None = None, write_output: bool = True,
 ) -> RunResult:
-    """Run (or with ``dry_run``, only plan) a validated workflow."""
+    """Run (or with ``dry_run``, only plan) a validated workflow; a workflow with searched
+    parameters runs one trial per point (``honed.search.runner``).  ``write_output`` False leaves
+    the output folder alone (search trials)."""
     display = display or RunDisplay(quiet=True)
+    if wf.search_space is not None and not dry_run:
+        from honed.search.runner import run_search
+
+        return run_search(wf, output_dir=output_dir, cache_dir=cache_dir, display=display)
     out_dir = Path(output_dir or wf.engine.output_dir).resolve()
     cache_root = Path(cache_dir or wf.engine.cache_dir).resolve()
     if out_dir == cache_root:
@@ -120,10 +130,12 @@ def run_workflow(
     if cache:
         cache.clean_stale()
     model = _input_handle(wf, cache_root, dry_run)
+    input_model = model
     system = _host_system(wf, host)
     result = RunResult(model=None, output_dir=out_dir, dry_run=dry_run)
     data_configs = wf.data_configs
     current_id = model.id
+    stages: dict[str, ModelHandle] = {}
     for step in wf.steps:
         key = pass_key(current_id, step.pass_cls, step.config, data_configs, host, target, system.identity)
         config_json = step.config.model_dump(mode="json")
@@ -157,15 +169,70 @@ def run_workflow(
         model = entry.handle.model_copy(update={"id": key})
         current_id = key
         result.steps.append(record)
+        stages[step.name] = model
     if dry_run:
         return result
     result.model = model
-    footprints = Footprints(
-        source=str(wf.source) if wf.source else None, generation=wf.generation, honed_version=honed.__version__,
-        input_model=_input_summary(wf), steps=result.steps, output_model=model.model_dump(mode="json"),
-    )
-    write_output_dir(model, out_dir, cache.root, footprints)
+    result.evaluation = _evaluate(wf, input_model, stages, model, cache.root, target, display)
+    if write_output:
+        footprints = footprints_for(wf, result)
+        write_output_dir(model, out_dir, cache.root, footprints)
+        _finish_output(out_dir, display)
     return result
+
+
+def footprints_for(wf: Workflow, result: RunResult) -> Footprints:
+    """The footprints of a finished run."""
+    return Footprints(
+        source=str(wf.source) if wf.source else None, generation=wf.generation, honed_version=honed.__version__,
+        input_model=_input_summary(wf), steps=result.steps,
+        output_model=result.model.model_dump(mode="json") if result.model else {},
+        evaluation=result.evaluation, search=result.search,
+    )
+
+
+def _finish_output(out_dir: Path, display: RunDisplay) -> None:
+    """The HTML report of an output folder (the CLI prints the plain-text summary)."""
+    from honed.report.html import write_report
+
+    write_report(out_dir)
+
+
+def _evaluate(wf: Workflow, input_model: ModelHandle, stages: dict[str, ModelHandle], model: ModelHandle,
+              cache_root: Path, target: Accelerator, display: RunDisplay) -> dict[str, Any] | None:
+    """Score the final model (and the input model, for before -> after; and the passes named in
+    ``engine.evaluate_passes``) with the engine's evaluator."""
+    name = wf.engine.evaluator
+    if not name:
+        return None
+    from honed.evaluate.evaluator import evaluate_cached
+    from honed.evaluate.goals import check_goals
+
+    cfg = wf.config.evaluators[name]
+    evaluation: dict[str, Any] = {"evaluator": name, "input": None, "output": None, "passes": {}, "cached": {}}
+    wanted = wf.engine.evaluate_passes
+    last = wf.steps[-1].name if wf.steps else None
+    todo = [("input", input_model)] if wf.engine.evaluate_input_model is not False else []
+    todo += [(n, h) for n, h in stages.items() if n != last and (wanted is True or (wanted and n in wanted))]
+    todo.append(("output", model))
+    for role, handle in todo:
+        start = time.perf_counter()
+        results, cached = evaluate_cached(handle, cfg, wf.data_configs, target, cache_root)
+        if role in ("input", "output"):
+            evaluation[role] = results
+        else:
+            evaluation["passes"][role] = results
+        evaluation["cached"][role] = cached
+        note = "[dim]cached[/]" if cached else f"{time.perf_counter() - start:.1f}s"
+        what = f"{role} model" if role in ("input", "output") else f"output of {role}"
+        display.line(f"[green]✓[/] evaluate {what} ({name}) {note}")
+    checks = check_goals(cfg, evaluation["output"], evaluation["input"])
+    evaluation["goals"] = [{"metric": c.key, "value": c.value, "bound": c.bound,
+                            "higher_is_better": c.higher_is_better, "met": c.met} for c in checks]
+    evaluation["goals_met"] = all(c.met for c in checks)
+    evaluation["directions"] = cfg.directions()
+    evaluation["objectives"] = [k for k, _, _ in cfg.objectives()]
+    return evaluation
 
 
 def _input_summary(wf: Workflow) -> dict[str, Any]:

@@ -88,6 +88,8 @@ class Pass:
     """Distributions whose versions enter the cache key (``torch``, ``peft``)."""
     accepts: ClassVar[tuple[str, ...]] = ("hf",)
     """Model kinds (``ModelHandle.kind``) this pass takes as input."""
+    search_space: ClassVar[dict[str, list[Any]]] = {}
+    """Values a search tries for a parameter set to ``SEARCHABLE_VALUES`` (see honed.search.space)."""
 
     def run(self, model: ModelHandle, config: Any, output_dir: Path, ctx: PassContext) -> ModelHandle:
         """Write the output model under ``output_dir`` and return its handle."""

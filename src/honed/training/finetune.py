@@ -229,6 +229,7 @@ def finetune_adapter(
     peft_model.save_pretrained(str(adapter_dir))
     tokenizer.save_pretrained(str(adapter_dir))
     ctx.metrics.update(result.metrics)
+    ctx.metrics["log_history"] = result.state.log_history
     ctx.metrics["trainable_params"] = trainable
     attributes = dict(model.attributes)
     attributes.update({"adapter": variant, "target_modules": targets, "train_dtype": dtype})
@@ -265,6 +266,7 @@ def finetune_full(
     net.save_pretrained(str(out), safe_serialization=True)
     tokenizer.save_pretrained(str(out))
     ctx.metrics.update(result.metrics)
+    ctx.metrics["log_history"] = result.state.log_history
     return ModelHandle(kind="hf", path=str(out), task=model.task,
                        load_kwargs={k: v for k, v in model.load_kwargs.items() if k == "trust_remote_code"},
                        attributes=dict(model.attributes))

@@ -1,0 +1,250 @@
+"""One interface over the model kinds an evaluator scores: HF/PEFT (torch), ONNX (onnxruntime
+with the target's execution provider) and onnxruntime-genai folders.
+
+Every backend answers the same questions: the log-probability of given tokens after a prefix,
+one timed forward call (latency), and greedy generation.  Label log-likelihoods for genai
+folders come from ``og.Generator``: append the prompt, read ``get_logits()`` (the next-token
+distribution), append one label token, read again; ``rewind_to`` goes back to the shared prompt
+between labels, so the prompt is computed once per row (onnxruntime-genai 0.18).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from honed.errors import UserError
+from honed.models.handle import ModelHandle
+from honed.systems.accelerator import Accelerator
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    m = x.max(axis=-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class Backend:
+    """A loaded model plus its tokenizer."""
+
+    kind = ""
+    tokenizer: Any
+
+    def score(self, ids: list[int], start: int) -> list[float]:
+        """log p(ids[i] | ids[:i]) for i in start..len(ids)-1 (start >= 1)."""
+        raise NotImplementedError
+
+    def forward(self, batch: list[list[int]]) -> None:
+        """One inference call on a batch of equal-length sequences (what latency times)."""
+        raise NotImplementedError
+
+    def generate(self, ids: list[int], max_new_tokens: int) -> list[int]:
+        """Greedy continuation, stopping at EOS."""
+        raise NotImplementedError
+
+    def classify(self, texts: list[str]) -> list[int]:
+        """Class ids of a sequence classifier."""
+        raise UserError(f"a {self.kind} model is not a sequence classifier; score it as a causal LM")
+
+    @property
+    def is_classifier(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        """Free the model."""
+
+
+class HFBackend(Backend):
+    kind = "hf"
+
+    def __init__(self, handle: ModelHandle, device: str = "cpu") -> None:
+        from honed.models.loaders import load_model, load_tokenizer
+
+        self.tokenizer = load_tokenizer(handle)
+        self.model = load_model(handle, device=device)
+        self.device = device
+        self.config = getattr(self.model, "config", None)
+
+    @property
+    def is_classifier(self) -> bool:
+        return type(self.model).__name__.endswith("ForSequenceClassification")
+
+    def _logits(self, ids: list[list[int]]) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            out = self.model(input_ids=torch.tensor(ids, device=self.device))
+        return out.logits.float().cpu().numpy()
+
+    def score(self, ids: list[int], start: int) -> list[float]:
+        logp = _log_softmax(self._logits([ids])[0])
+        return [float(logp[i - 1, ids[i]]) for i in range(start, len(ids))]
+
+    def forward(self, batch: list[list[int]]) -> None:
+        self._logits(batch)
+
+    def generate(self, ids: list[int], max_new_tokens: int) -> list[int]:
+        import torch
+
+        with torch.inference_mode():
+            out = self.model.generate(input_ids=torch.tensor([ids], device=self.device), do_sample=False,
+                                      max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id
+                                      or self.tokenizer.eos_token_id)
+        return [int(t) for t in out[0, len(ids):]]
+
+    def classify(self, texts: list[str]) -> list[int]:
+        import torch
+
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True)
+        with torch.inference_mode():
+            logits = self.model(**{k: v.to(self.device) for k, v in enc.items()}).logits
+        return [int(i) for i in logits.argmax(-1)]
+
+    def close(self) -> None:
+        del self.model
+
+
+class OnnxBackend(Backend):
+    kind = "onnx"
+
+    def __init__(self, handle: ModelHandle, target: Accelerator) -> None:
+        from transformers import AutoTokenizer
+
+        from honed.models.onnx_runtime import OnnxSession
+
+        path = Path(handle.path)
+        folder = path if path.is_dir() else path.parent
+        self.session = OnnxSession(path, providers=[target.execution_provider])
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        if "logits" not in self.session.output_names:
+            raise UserError(f"{path}: the ONNX model has no 'logits' output; honed scores causal LMs and classifiers")
+
+    @property
+    def is_classifier(self) -> bool:
+        return not self.session.is_causal_lm
+
+    def _logits(self, batch: list[list[int]]) -> np.ndarray:
+        a = np.array(batch, dtype=np.int64)
+        outs = dict(zip(self.session.output_names, self.session.run(a, np.ones_like(a)), strict=True))
+        return outs["logits"]
+
+    def score(self, ids: list[int], start: int) -> list[float]:
+        logp = _log_softmax(self._logits([ids])[0])
+        return [float(logp[i - 1, ids[i]]) for i in range(start, len(ids))]
+
+    def forward(self, batch: list[list[int]]) -> None:
+        self._logits(batch)
+
+    def generate(self, ids: list[int], max_new_tokens: int) -> list[int]:
+        eos = self.tokenizer.eos_token_id
+        seq = np.array([ids], dtype=np.int64)
+        cur, past, out = seq, None, []
+        for _ in range(max_new_tokens):
+            if self.session.past_names:
+                logits, past = self.session.step(cur, np.ones_like(seq), past)
+            else:
+                logits = self._logits(seq.tolist())
+            tok = int(logits[0, -1].argmax())
+            out.append(tok)
+            if tok == eos:
+                break
+            cur = np.array([[tok]], dtype=np.int64)
+            seq = np.concatenate([seq, cur], axis=1)
+        return out
+
+    def classify(self, texts: list[str]) -> list[int]:
+        enc = self.tokenizer(texts, return_tensors="np", padding=True, truncation=True)
+        feeds = {k: v.astype(np.int64) for k, v in enc.items() if k in self.session.inputs}
+        logits = self.session.session.run(["logits"], feeds)[0]
+        return [int(i) for i in logits.argmax(-1)]
+
+
+class GenaiBackend(Backend):
+    kind = "genai"
+
+    def __init__(self, handle: ModelHandle, target: Accelerator) -> None:
+        import onnxruntime_genai as og
+        from transformers import AutoTokenizer
+
+        folder = Path(handle.path)
+        self.og = og
+        self.model = og.Model(str(folder))
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        cfg = json.loads((folder / "genai_config.json").read_text())
+        self.context_length = int(cfg.get("model", {}).get("context_length", 2048))
+        self._gen: Any = None
+        self._cur: list[int] = []
+
+    def _generator(self, max_length: int | None = None) -> Any:
+        params = self.og.GeneratorParams(self.model)
+        params.set_search_options(max_length=max_length or self.context_length, do_sample=False)
+        return self.og.Generator(self.model, params)
+
+    def score(self, ids: list[int], start: int) -> list[float]:
+        if len(ids) > self.context_length:
+            raise UserError(f"a row of {len(ids)} tokens exceeds the model's context length {self.context_length}")
+        prefix = ids[:start]
+        keep = _common_prefix(self._cur, prefix)
+        if self._gen is None or keep < len(prefix) or keep < len(self._cur):
+            keep = min(keep, len(prefix) - 1)  # re-append at least one token so get_logits is fresh
+            if self._gen is None or keep <= 0:
+                self._gen, self._cur = self._generator(), []
+            else:
+                self._gen.rewind_to(keep)
+                self._cur = self._cur[:keep]
+            self._gen.append_tokens(prefix[len(self._cur):])
+            self._cur = list(prefix)
+        out = []
+        for i in range(start, len(ids)):
+            out.append(float(_log_softmax(np.asarray(self._gen.get_logits())[0, -1])[ids[i]]))
+            if i < len(ids) - 1:
+                self._gen.append_tokens([ids[i]])
+                self._cur.append(ids[i])
+        return out
+
+    def forward(self, batch: list[list[int]]) -> None:
+        for ids in batch:
+            gen = self._generator(len(ids) + 1)
+            gen.append_tokens(ids)
+            gen.get_logits()
+
+    def generate(self, ids: list[int], max_new_tokens: int) -> list[int]:
+        gen = self._generator(min(len(ids) + max_new_tokens, self.context_length))
+        gen.append_tokens(ids)
+        eos = self.tokenizer.eos_token_id
+        out: list[int] = []
+        while not gen.is_done():
+            gen.generate_next_token()
+            tok = int(gen.get_next_tokens()[0])
+            out.append(tok)
+            if tok == eos:
+                break
+        return out
+
+    def close(self) -> None:
+        self._gen = None
+        del self.model
+
+
+def open_backend(handle: ModelHandle, target: Accelerator | None = None) -> Backend:
+    """The backend for a handle's kind, on the target's device / execution provider."""
+    target = target or Accelerator()
+    if handle.kind in ("hf", "peft"):
+        return HFBackend(handle, device=target.torch_device)
+    if handle.kind == "onnx":
+        return OnnxBackend(handle, target)
+    if handle.kind == "genai":
+        return GenaiBackend(handle, target)
+    raise UserError(f"cannot evaluate a model of kind '{handle.kind}'")

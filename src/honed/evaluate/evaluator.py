@@ -1,0 +1,328 @@
+"""Score one model with an evaluator config: every metric, through one backend, cached by content.
+
+Classification with a generative model: each row's prompt is what precedes the label in the
+formatted text (the text template's part before its last field, or the chat prompt), and each
+candidate label is scored by the sum of its tokens' log-probabilities after that prompt (plus
+EOS when ``score_eos``); the highest wins.  ``scoring: generate`` instead greedy-generates and
+compares the text.  Candidates are ``user_config.labels`` or the label column's distinct values.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from honed.data.config import DataConfig
+from honed.data.formatting import Formatted, answer_split, check_columns, format_examples
+from honed.data.sources import load_rows
+from honed.engine.hashing import hash_json, with_content_hashes
+from honed.engine.monitor import PeakMemory
+from honed.errors import DataError, UserError
+from honed.evaluate.backends import Backend, open_backend
+from honed.evaluate.config import EvaluatorConfig, MetricConfig
+from honed.evaluate.metrics import classification_scores, perplexity, timing_stats
+from honed.models.handle import ModelHandle
+from honed.systems.accelerator import Accelerator
+
+Results = dict[str, float]
+
+
+class _Session:
+    """Lazily opened backend and loaded rows shared by the metrics of one evaluation."""
+
+    def __init__(self, handle: ModelHandle, data_configs: dict[str, DataConfig], target: Accelerator,
+                 cache_dir: Path | None, clock: Callable[[], float]) -> None:
+        self.handle, self.data_configs, self.target, self.cache_dir = handle, data_configs, target, cache_dir
+        self.clock = clock
+        self._backend: Backend | None = None
+        self._rows: dict[str, Any] = {}
+
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            self._backend = open_backend(self.handle, self.target)
+        return self._backend
+
+    def data(self, metric: MetricConfig) -> tuple[DataConfig, Any]:
+        name = metric.data_config
+        if name is None:
+            raise UserError(f"metric '{metric.name}' needs a data_config")
+        if name not in self.data_configs:
+            raise UserError(f"metric '{metric.name}': no data config named '{name}'; add it under data_configs")
+        cfg = self.data_configs[name]
+        if name not in self._rows:
+            ds = load_rows(cfg, cache_dir=self.cache_dir)
+            check_columns(cfg, ds)
+            self._rows[name] = ds
+        ds = self._rows[name]
+        limit = [n for n in (metric.user_config.max_samples, cfg.pre_process_data_config.max_samples) if n]
+        if limit and min(limit) < len(ds):
+            ds = ds.select(range(min(limit)))
+        return cfg, ds
+
+    def examples(self, metric: MetricConfig, completion: bool = True) -> tuple[DataConfig, Any, list[Formatted]]:
+        cfg, ds = self.data(metric)
+        if completion:
+            pp = cfg.pre_process_data_config.model_copy(update={"completion_only": True})
+            cfg = cfg.model_copy(update={"pre_process_data_config": pp})
+        tok = self.backend.tokenizer if cfg.pre_process_data_config.chat_template else None
+        return cfg, ds, format_examples(cfg, ds, tok)
+
+    def close(self) -> None:
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
+
+
+def _label_col(cfg: DataConfig, metric: MetricConfig) -> str:
+    if metric.user_config.label_col:
+        return metric.user_config.label_col
+    pp = cfg.pre_process_data_config
+    if pp.text_template:
+        _, name, _ = answer_split(pp.text_template)
+        if name:
+            return name
+    if pp.chat_messages:
+        from honed.data.formatting import template_fields
+
+        fields = template_fields(pp.chat_messages[-1].content)
+        if fields:
+            return fields[-1]
+    raise UserError(f"metric '{metric.name}': cannot tell which column holds the label; set "
+                    "user_config.label_col")
+
+
+def _tokens(backend: Backend, prompt: str, answer: str, add_special: bool, eos: bool) -> tuple[list[int], int]:
+    """Token ids of prompt+answer tokenized together (as in training) and the first answer token's index."""
+    tok = backend.tokenizer
+    text = prompt + answer
+    enc = tok(text, add_special_tokens=add_special, return_offsets_mapping=bool(getattr(tok, "is_fast", False)))
+    ids = list(enc["input_ids"])
+    if "offset_mapping" in enc:
+        start = next((i for i, (_, end) in enumerate(enc["offset_mapping"]) if end > len(prompt)), len(ids))
+    else:
+        start = len(tok(prompt, add_special_tokens=add_special)["input_ids"])
+    if eos and tok.eos_token_id is not None:
+        ids.append(tok.eos_token_id)
+    return ids, max(start, 1)
+
+
+def _accuracy(s: _Session, metric: MetricConfig) -> Results:
+    uc = metric.user_config
+    cfg, ds, examples = s.examples(metric)
+    col = _label_col(cfg, metric)
+    if col not in ds.column_names:
+        raise DataError(f"metric '{metric.name}': label column '{col}' not in the data; columns are {ds.column_names}")
+    truth = [str(v) for v in ds[col]]
+    labels = list(uc.labels) if uc.labels else list(dict.fromkeys(truth))
+    backend = s.backend
+    pp = cfg.pre_process_data_config
+    add_special = pp.add_special_tokens and not pp.chat_template
+    preds: list[str] = []
+    if backend.is_classifier:
+        # class k is labels[k] when labels are given, else the model's id2label name when the data uses
+        # those names, else the number k itself
+        id2label = getattr(getattr(backend, "config", None), "id2label", None) or {}
+        named = bool(id2label) and set(truth) <= {str(v) for v in id2label.values()}
+        for i in range(0, len(examples), uc.batch_size):
+            chunk = examples[i:i + uc.batch_size]
+            for k in backend.classify([e.prompt or e.text for e in chunk]):
+                preds.append(labels[k] if uc.labels else str(id2label[k]) if named else str(k))
+        return classification_scores(truth, preds, labels)
+    for ex, true in zip(examples, truth, strict=True):
+        if uc.scoring == "generate":
+            ids, _ = _tokens(backend, ex.prompt, "", add_special, False)
+            text = backend.tokenizer.decode(backend.generate(ids, uc.max_new_tokens), skip_special_tokens=True)
+            preds.append(text.strip().splitlines()[0].strip() if text.strip() else "")
+            continue
+        if true not in ex.answer:
+            raise DataError(f"row {ex.index}: label '{true}' does not appear in the formatted answer {ex.answer!r}; "
+                            "set user_config.label_col to the column the template ends with")
+        best, best_lp = labels[0], -math.inf
+        for cand in labels:
+            answer = ex.answer.replace(true, cand, 1)
+            ids, start = _tokens(backend, ex.prompt, answer, add_special, uc.score_eos and pp.append_eos)
+            lp = sum(backend.score(ids, start))
+            if lp > best_lp:
+                best, best_lp = cand, lp
+        preds.append(best)
+    return classification_scores(truth, preds, labels)
+
+
+def _perplexity(s: _Session, metric: MetricConfig) -> Results:
+    cfg, _, examples = s.examples(metric, completion=False)
+    pp = cfg.pre_process_data_config
+    add_special = pp.add_special_tokens and not pp.chat_template
+    total, count = 0.0, 0
+    for ex in examples:
+        ids, _ = _tokens(s.backend, "", ex.text, add_special, pp.append_eos)
+        lps = s.backend.score(ids, 1)
+        total -= sum(lps)
+        count += len(lps)
+    return perplexity(total, count)
+
+
+def _timing_input(s: _Session, metric: MetricConfig) -> list[list[int]]:
+    """A batch of equal-length prompts: from the data when given, else the configured prompt."""
+    uc = metric.user_config
+    tok = s.backend.tokenizer
+    if metric.data_config:
+        _, _, examples = s.examples(metric)
+        texts = [e.prompt or e.text for e in examples[: uc.batch_size]]
+    else:
+        texts = [uc.prompt] * uc.batch_size
+    seqs = [list(tok(t)["input_ids"]) for t in texts]
+    n = min(len(x) for x in seqs)
+    return [x[:n] for x in seqs]
+
+
+def _timed(s: _Session, metric: MetricConfig, fn: Callable[[], Any]) -> list[float]:
+    uc = metric.user_config
+    for _ in range(uc.warmup_num):
+        fn()
+    times = []
+    for _ in range(uc.repeat_test_num):
+        t0 = s.clock()
+        fn()
+        times.append(s.clock() - t0)
+        if uc.sleep_num:
+            time.sleep(uc.sleep_num)
+    return times
+
+
+def _latency(s: _Session, metric: MetricConfig) -> Results:
+    batch = _timing_input(s, metric)
+    times = _timed(s, metric, lambda: s.backend.forward(batch))
+    return {k: v * 1000 for k, v in timing_stats(times).items()}  # milliseconds
+
+
+def _throughput(s: _Session, metric: MetricConfig) -> Results:
+    batch = _timing_input(s, metric)
+    wanted = {x.name for x in metric.sub_types}
+    out: Results = {}
+    if wanted - {"tokens_per_s"}:
+        times = _timed(s, metric, lambda: s.backend.forward(batch))
+        stats = timing_stats([len(batch) / t for t in times if t > 0])
+        out.update({k: stats[k] for k in ("avg", "p50", "p90", "min", "max") if k in stats})
+    if "tokens_per_s" in wanted:
+        n = metric.user_config.max_new_tokens
+        rates = []
+        for _ in range(max(1, metric.user_config.repeat_test_num // 5)):
+            t0 = s.clock()
+            new = s.backend.generate(batch[0], n)
+            rates.append(len(new) / max(s.clock() - t0, 1e-9))
+        out["tokens_per_s"] = sum(rates) / len(rates)
+    return out
+
+
+def model_size_mb(handle: ModelHandle) -> float:
+    """Bytes of the model's files (and of its base, for an adapter), in MiB."""
+    files = handle.files() + (handle.base.files() if handle.base else [])
+    return sum(f.stat().st_size for f in files) / 2**20
+
+
+def _size(s: _Session, metric: MetricConfig) -> Results:
+    return {"mb": model_size_mb(s.handle)}
+
+
+def _custom(s: _Session, metric: MetricConfig) -> Results:
+    uc = metric.user_config
+    assert uc.user_script and uc.evaluate_func  # the config validator requires both
+    path = Path(uc.user_script)
+    spec = importlib.util.spec_from_file_location(f"honed_metric_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise UserError(f"metric '{metric.name}': user_script {path} cannot be imported; it must be a .py file")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    func = getattr(module, uc.evaluate_func, None)
+    if not callable(func):
+        raise UserError(f"metric '{metric.name}': {path} defines no function '{uc.evaluate_func}'")
+    rows = s.data(metric)[1].to_list() if metric.data_config else None
+    value = func(s.handle, rows)
+    if isinstance(value, int | float):
+        return {metric.sub_types[0].name: float(value)}
+    if isinstance(value, dict) and all(isinstance(v, int | float) for v in value.values()):
+        return {str(k): float(v) for k, v in value.items()}
+    raise UserError(f"metric '{metric.name}': {uc.evaluate_func} returned {type(value).__name__}; return a number "
+                    "or a dict of numbers")
+
+
+_METRICS: dict[str, Callable[[_Session, MetricConfig], Results]] = {
+    "accuracy": _accuracy, "perplexity": _perplexity, "latency": _latency, "throughput": _throughput,
+    "size_on_disk": _size, "custom": _custom,
+}
+
+
+def evaluate_model(handle: ModelHandle, cfg: EvaluatorConfig, data_configs: dict[str, DataConfig] | None = None,
+                   target: Accelerator | None = None, cache_dir: Path | None = None,
+                   clock: Callable[[], float] = time.perf_counter) -> Results:
+    """Every metric of ``cfg`` on ``handle``, keyed '<metric>-<sub type>'."""
+    s = _Session(handle, data_configs or {}, target or Accelerator(), cache_dir, clock)
+    results: Results = {}
+    memory = [m for m in cfg.metrics if m.type == "memory"]
+    try:
+        with PeakMemory(interval=0.01) as mem:
+            before = mem.peak
+            for metric in cfg.metrics:
+                if metric.type == "memory":
+                    continue
+                values = _METRICS[metric.type](s, metric)
+                for sub in metric.sub_types:
+                    if sub.name in values:
+                        results[f"{metric.name}-{sub.name}"] = float(values[sub.name])
+            if memory and s._backend is None:  # a memory metric alone: load and run the model once
+                s.backend.forward([list(s.backend.tokenizer(memory[0].user_config.prompt)["input_ids"])])
+    finally:
+        s.close()
+    for metric in memory:
+        values = {"peak_rss_mb": mem.peak / 2**20, "delta_rss_mb": (mem.peak - before) / 2**20}
+        for sub in metric.sub_types:
+            results[f"{metric.name}-{sub.name}"] = round(values[sub.name], 1)
+    return results
+
+
+EVAL_FORMAT = "1"
+
+
+def _code_hash() -> str:
+    """Hash of honed.evaluate's sources and of the ONNX runtime helpers it uses: edit them and
+    evaluations rerun."""
+    import hashlib
+
+    here = Path(__file__).parent
+    h = hashlib.sha256()
+    for f in [*sorted(here.glob("*.py")), here.parent / "models" / "onnx_runtime.py", here.parent / "models" / "loaders.py"]:
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
+def eval_key(model_id: str, cfg: EvaluatorConfig, data_configs: dict[str, DataConfig], target: Accelerator) -> str:
+    """Cache key of an evaluation: model identity, evaluator config, the data it reads, target, code."""
+    from honed.data.build import fingerprint
+
+    used = {m.data_config for m in cfg.metrics if m.data_config}
+    data = {n: fingerprint(data_configs[n]) for n in sorted(used) if n in data_configs}
+    return hash_json({
+        "model": model_id, "evaluator": with_content_hashes(cfg.model_dump(mode="json")), "data": data,
+        "target": target.model_dump(), "code": _code_hash(), "v": EVAL_FORMAT,
+    })[:32]
+
+
+def evaluate_cached(handle: ModelHandle, cfg: EvaluatorConfig, data_configs: dict[str, DataConfig],
+                    target: Accelerator, cache_root: Path) -> tuple[Results, bool]:
+    """``evaluate_model`` through ``cache_root/evals/<key>.json``; (results, was cached)."""
+    key = eval_key(handle.id or handle.path, cfg, data_configs, target)
+    path = Path(cache_root) / "evals" / f"{key}.json"
+    if path.is_file():
+        return json.loads(path.read_text())["results"], True
+    results = evaluate_model(handle, cfg, data_configs, target, cache_dir=Path(cache_root))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"model": handle.id, "results": results, "created": time.time()}, indent=2))
+    tmp.replace(path)
+    return results, False

@@ -1,0 +1,63 @@
+"""The plain-text table printed at the end of every run: metrics before -> after, or the trials."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def metrics_table(evaluation: dict[str, Any]) -> str:
+    """metric | input | <each evaluated pass> | output | change | goal."""
+    before, after = evaluation.get("input") or {}, evaluation.get("output") or {}
+    stages = evaluation.get("passes") or {}
+    goals = {g["metric"]: g for g in evaluation.get("goals", [])}
+    rows = []
+    for key in dict.fromkeys([*before, *(k for r in stages.values() for k in r), *after]):
+        b, a = before.get(key), after.get(key)
+        change = f"{(a - b):+.4g}" if isinstance(a, int | float) and isinstance(b, int | float) else "-"
+        g = goals.get(key)
+        goal = "-" if g is None else (("met " if g["met"] else "MISSED ") + (">=" if g["higher_is_better"] else "<=")
+                                      + f" {g['bound']:.4g}")
+        rows.append([key, fmt(b), *(fmt(r.get(key)) for r in stages.values()), fmt(a), change, goal])
+    return _table(["metric", "input", *(f"after {n}" for n in stages), "output", "change", "goal"], rows)
+
+
+def trials_table(search: dict[str, Any]) -> str:
+    """One row per trial: rank, Pareto, parameters, objective values."""
+    keys = [o["metric"] for o in search.get("objectives", [])]
+    rows = []
+    for t in sorted(search["trials"], key=lambda t: t.get("rank") or 10**9):
+        params = ", ".join(f"{k.removeprefix('passes.')}={v}" for k, v in t.get("params", {}).items())
+        metrics = t.get("metrics") or {}
+        rows.append([fmt(t.get("rank")), str(t["index"]), "*" if t.get("pareto") else "",
+                     "yes" if t.get("goals_met") else "no", params,
+                     *(fmt(metrics.get(k)) for k in keys), "error" if t.get("error") else ""])
+    return _table(["rank", "trial", "pareto", "goals", "params", *keys, ""], rows)
+
+
+def summary_text(footprints_path: Path) -> str:
+    """The table for an output folder's footprints.json ('' when nothing was evaluated)."""
+    fp = json.loads(Path(footprints_path).read_text())
+    parts = []
+    if fp.get("search"):
+        s = fp["search"]
+        parts.append(f"search: {len(s['trials'])} trials ({s['sampler']}), chosen trial {s['chosen']}")
+        parts.append(trials_table(s))
+    if fp.get("evaluation"):
+        parts.append(metrics_table(fp["evaluation"]))
+    return "\n\n".join(parts)
