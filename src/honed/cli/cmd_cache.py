@@ -18,10 +18,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                        epilog="examples:\n  honed cache ls --cache-dir cache\n  honed cache clean --cache-dir cache",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     csub = p.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
-    ls = csub.add_parser("ls", help="List cached pass outputs (newest last).")
+    ls = csub.add_parser("ls", help="List cached pass outputs (newest last).",
+                         epilog="example:\n  honed cache ls --cache-dir cache",
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
     ls.add_argument("--cache-dir", default="cache", help="Cache folder (engine.cache_dir).")
     ls.set_defaults(func=_ls)
-    clean = csub.add_parser("clean", help="Remove cached outputs (all, or older than --older-than days).")
+    clean = csub.add_parser("clean", help="Remove cached outputs (all, or older than --older-than days).",
+                            epilog="example:\n  honed cache clean --cache-dir cache --older-than 30",
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     clean.add_argument("--cache-dir", default="cache", help="Cache folder (engine.cache_dir).")
     clean.add_argument("--older-than", type=float, help="Only entries created more than this many days ago.")
     clean.set_defaults(func=_clean)

@@ -80,7 +80,8 @@ def resolve_model(
         attrs = {"source": model_path}
         if local.suffix == ".gguf":
             attrs["gguf_file"] = str(local)
-        elif kind == "hf" and local.is_dir() and not (local / "config.json").exists():
+        elif (kind == "hf" and local.is_dir() and not (local / "config.json").exists()
+              and not (local / "adapter_config.json").exists()):  # an adapter folder is used as is
             ggufs = sorted(local.glob("*.gguf"))
             if len(ggufs) != 1:
                 raise ModelNotFoundError(
