@@ -46,6 +46,10 @@ class Backend:
         """log p(ids[i] | ids[:i]) for i in start..len(ids)-1 (start >= 1)."""
         raise NotImplementedError
 
+    def score_many(self, seqs: list[tuple[list[int], int]]) -> list[float]:
+        """Summed log-probabilities of ``ids[start:]`` for each ``(ids, start)``; backends batch it when they can."""
+        return [sum(self.score(ids, start)) for ids, start in seqs]
+
     def forward(self, batch: list[list[int]]) -> None:
         """One inference call on a batch of equal-length sequences (what latency times)."""
         raise NotImplementedError
@@ -91,6 +95,27 @@ class HFBackend(Backend):
     def score(self, ids: list[int], start: int) -> list[float]:
         logp = _log_softmax(self._logits([ids])[0])
         return [float(logp[i - 1, ids[i]]) for i in range(start, len(ids))]
+
+    def score_many(self, seqs: list[tuple[list[int], int]], chunk: int = 16) -> list[float]:
+        """Right-padded batches; log-softmax only at the scored positions (a label is 1-3 tokens)."""
+        import torch
+
+        out: list[float] = []
+        for c in range(0, len(seqs), chunk):
+            part = seqs[c:c + chunk]
+            width = max(len(ids) for ids, _ in part)
+            ids_t = torch.zeros((len(part), width), dtype=torch.long)
+            mask = torch.zeros((len(part), width), dtype=torch.long)
+            for i, (ids, _) in enumerate(part):
+                ids_t[i, :len(ids)] = torch.tensor(ids)
+                mask[i, :len(ids)] = 1
+            with torch.inference_mode():
+                logits = self.model(input_ids=ids_t.to(self.device), attention_mask=mask.to(self.device)).logits
+            for i, (ids, start) in enumerate(part):
+                pos = torch.arange(start - 1, len(ids) - 1)
+                logp = torch.log_softmax(logits[i, pos].double(), dim=-1)
+                out.append(float(logp[torch.arange(len(pos)), torch.tensor(ids[start:])].sum()))
+        return out
 
     def forward(self, batch: list[list[int]]) -> None:
         self._logits(batch)

@@ -9,9 +9,9 @@ compares the text.  Candidates are ``user_config.labels`` or the label column's 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -134,6 +134,7 @@ def _accuracy(s: _Session, metric: MetricConfig) -> Results:
             for k in backend.classify([e.prompt or e.text for e in chunk]):
                 preds.append(labels[k] if uc.labels else str(id2label[k]) if named else str(k))
         return classification_scores(truth, preds, labels)
+    seqs: list[tuple[list[int], int]] = []
     for ex, true in zip(examples, truth, strict=True):
         if uc.scoring == "generate":
             ids, _ = _tokens(backend, ex.prompt, "", add_special, False)
@@ -143,14 +144,14 @@ def _accuracy(s: _Session, metric: MetricConfig) -> Results:
         if true not in ex.answer:
             raise DataError(f"row {ex.index}: label '{true}' does not appear in the formatted answer {ex.answer!r}; "
                             "set user_config.label_col to the column the template ends with")
-        best, best_lp = labels[0], -math.inf
         for cand in labels:
-            answer = ex.answer.replace(true, cand, 1)
-            ids, start = _tokens(backend, ex.prompt, answer, add_special, uc.score_eos and pp.append_eos)
-            lp = sum(backend.score(ids, start))
-            if lp > best_lp:
-                best, best_lp = cand, lp
-        preds.append(best)
+            seqs.append(_tokens(backend, ex.prompt, ex.answer.replace(true, cand, 1), add_special,
+                                uc.score_eos and pp.append_eos))
+    if seqs:  # one log-likelihood per (row, candidate label), batched by the backend
+        scores = backend.score_many(seqs)
+        for r in range(len(examples)):
+            row = scores[r * len(labels):(r + 1) * len(labels)]
+            preds.append(labels[max(range(len(labels)), key=row.__getitem__)])
     return classification_scores(truth, preds, labels)
 
 
@@ -266,8 +267,9 @@ def evaluate_model(handle: ModelHandle, cfg: EvaluatorConfig, data_configs: dict
     results: Results = {}
     memory = [m for m in cfg.metrics if m.type == "memory"]
     try:
-        with PeakMemory(interval=0.01) as mem:
-            before = mem.peak
+        # Sampling RSS costs CPU (and the GIL) while latency is being timed: only when asked for.
+        with PeakMemory(interval=0.02) if memory else contextlib.nullcontext() as mem:
+            before = mem.peak if mem else 0
             for metric in cfg.metrics:
                 if metric.type == "memory":
                     continue
