@@ -1,0 +1,86 @@
+"""The seed workflow written twice: honed's schema and Olive's (0.13, flat schema), kept equivalent.
+
+Both fine-tune the same LoRA (r, alpha, dropout, target modules, fp32), on the same rows (80% train
+split, line-by-line, max_seq_len, dynamic padding), for the same steps/batch/lr/schedule/warmup, then
+merge the adapter and build an int4 onnxruntime-genai model. One difference is kept on purpose: honed
+computes the loss on the label only (its text-template default, completion-only); Olive has no such
+option for text templates and trains on every token.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+TEMPLATE = "### Text: {phrase}\n### The tone is:\n{tone}"
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+MAX_SEQ_LEN = 96
+
+
+def training_args(steps: int) -> dict[str, Any]:
+    return {"seed": 0, "per_device_train_batch_size": 8, "learning_rate": 0.0005, "max_steps": steps,
+            "logging_steps": 10, "warmup_steps": 5, "lr_scheduler_type": "linear",
+            "gradient_checkpointing": False}  # Olive defaults it on; honed off: same work for both
+
+
+def honed_workflow(model: str, data: str, steps: int, completion_only: bool = True) -> dict[str, Any]:
+    """honed's schema; no evaluator (the int4 output is scored afterwards with `honed evaluate`)."""
+    return {
+        "input_model": {"model_path": model, "task": "text-generation"},
+        "data_configs": [{
+            "name": "train",
+            "load_dataset_config": {"data_name": "json", "data_files": data, "split": "train[:80%]"},
+            "pre_process_data_config": {"text_template": TEMPLATE, "strategy": "line-by-line",
+                                        "max_seq_len": MAX_SEQ_LEN, "completion_only": completion_only,
+                                        "overflow": "truncate"},  # Olive truncates silently
+        }],
+        "passes": {
+            "lora": {"type": "LoRA", "r": 16, "alpha": 32, "lora_dropout": 0.05, "target_modules": TARGETS,
+                     "torch_dtype": "float32", "train_data_config": "train", "training_args": training_args(steps)},
+            "merge": {"type": "MergeAdapterWeights"},
+            "builder": {"type": "ModelBuilder", "precision": "int4"},
+        },
+    }
+
+
+def olive_workflow(model: str, data: str, steps: int, cache_dir: Path, output_dir: Path) -> dict[str, Any]:
+    """Olive 0.13's flat schema, the same workflow."""
+    return {
+        "input_model": {"type": "HfModel", "model_path": model, "task": "text-generation"},
+        "systems": {"local_system": {"type": "LocalSystem", "accelerators": [{"device": "cpu",
+                                                                             "execution_providers": ["CPUExecutionProvider"]}]}},
+        "data_configs": [{
+            "name": "train",
+            "type": "HuggingfaceContainer",
+            "load_dataset_config": {"data_name": "json", "data_files": data, "split": "train[:80%]"},
+            "pre_process_data_config": {"text_template": TEMPLATE, "strategy": "line-by-line",
+                                        "max_seq_len": MAX_SEQ_LEN, "pad_to_max_len": False},
+        }],
+        "passes": {
+            "lora": {"type": "LoRA", "r": 16, "alpha": 32, "lora_dropout": 0.05, "target_modules": TARGETS,
+                     "torch_dtype": "float32", "train_data_config": "train", "training_args": training_args(steps)},
+            "merge": {"type": "MergeAdapterWeights"},
+            "builder": {"type": "ModelBuilder", "precision": "int4"},
+        },
+        "host": "local_system",
+        "target": "local_system",
+        "log_severity_level": 1,
+        "cache_dir": str(cache_dir),
+        "output_dir": str(output_dir),
+    }
+
+
+def eval_config(data: str) -> dict[str, Any]:
+    """Held-out accuracy (the last 20% of the rows), the same evaluator for both tools' int4 outputs."""
+    return {
+        "data_configs": [{
+            "name": "held_out",
+            "load_dataset_config": {"data_name": "json", "data_files": data, "split": "train[80%:]"},
+            "pre_process_data_config": {"text_template": TEMPLATE, "strategy": "line-by-line",
+                                        "max_seq_len": MAX_SEQ_LEN, "overflow": "truncate"},
+        }],
+        "evaluators": {"held_out": {"metrics": [
+            {"name": "tone", "type": "accuracy", "data_config": "held_out",
+             "sub_types": [{"name": "accuracy_score", "priority": 1}]},
+        ]}},
+    }
