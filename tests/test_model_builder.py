@@ -126,3 +126,20 @@ def test_seed_inference_loop_runs_on_output(tiny_llama: Path, tmp_path: Path) ->
         n += 1
     assert n > 0
     assert isinstance(text, str)
+
+
+@pytest.mark.parametrize(("block", "accuracy", "symmetric"), [(16, 1, True), (64, 4, False)])
+def test_int4_options_reach_the_graph(tiny_llama: Path, tmp_path: Path, block: int, accuracy: int,
+                                      symmetric: bool) -> None:
+    """The builder ignores its old `int4_*` option names silently; check each option lands in the graph."""
+    import onnx
+
+    handle, _ = _build(tiny_llama, tmp_path, precision="int4", int4_block_size=block,
+                       int4_accuracy_level=accuracy, int4_is_symmetric=symmetric)
+    graph = onnx.load(str(Path(handle.path) / "model.onnx"), load_external_data=False).graph
+    nodes = [n for n in graph.node if n.op_type == "MatMulNBits"]
+    assert nodes
+    for n in nodes:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+        assert attrs["block_size"] == block and attrs["accuracy_level"] == accuracy
+        assert (len(n.input) > 3 and n.input[3] != "") == (not symmetric)  # zero points only when asymmetric

@@ -159,10 +159,11 @@ class ModelBuilder(Pass):
             )
         ep = config.execution_provider or ctx.target.ep_short
         if config.precision in ("int4", "int8"):
-            options["int4_block_size"] = config.int4_block_size
+            # The builder reads the unprefixed names; its `int4_*` spellings are silently ignored.
+            options["block_size"] = config.int4_block_size
             options["is_symmetric"] = config.int4_is_symmetric
             if config.int4_accuracy_level is not None:
-                options["int4_accuracy_level"] = config.int4_accuracy_level
+                options["accuracy_level"] = config.int4_accuracy_level
         if config.exclude_embeds:
             options["exclude_embeds"] = True
         if config.exclude_lm_head:
