@@ -135,7 +135,7 @@ def test_int4_options_reach_the_graph(tiny_llama: Path, tmp_path: Path, block: i
     import onnx
 
     handle, _ = _build(tiny_llama, tmp_path, precision="int4", int4_block_size=block,
-                       int4_accuracy_level=accuracy, int4_is_symmetric=symmetric)
+                       int4_accuracy_level=accuracy, int4_is_symmetric=symmetric, int4_algo_config="default")
     graph = onnx.load(str(Path(handle.path) / "model.onnx"), load_external_data=False).graph
     nodes = [n for n in graph.node if n.op_type == "MatMulNBits"]
     assert nodes
@@ -143,3 +143,14 @@ def test_int4_options_reach_the_graph(tiny_llama: Path, tmp_path: Path, block: i
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
         assert attrs["block_size"] == block and attrs["accuracy_level"] == accuracy
         assert (len(n.input) > 3 and n.input[3] != "") == (not symmetric)  # zero points only when asymmetric
+
+
+def test_k_quant_mixed_keeps_the_lm_head_at_8_bits(tiny_llama: Path, tmp_path: Path) -> None:
+    import onnx
+
+    handle, _ = _build(tiny_llama, tmp_path, precision="int4")  # the default algo_config
+    graph = onnx.load(str(Path(handle.path) / "model.onnx"), load_external_data=False).graph
+    bits = {n.name: {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}["bits"]
+            for n in graph.node if n.op_type == "MatMulNBits"}
+    assert [b for name, b in bits.items() if name.startswith("/lm_head/")] == [8]
+    assert 4 in bits.values()

@@ -22,10 +22,14 @@ TOKENIZER_FILES = (
 )
 
 def quiet_quantizer_logs() -> None:
-    """onnxruntime's MatMulNBits quantizer logs every node at INFO; keep it to warnings."""
+    """onnxruntime's MatMulNBits quantizer (and neural_compressor's k-quant) log every node; keep errors.
+
+    The quantizer also logs "Gather only supports 4 bits" at ERROR for int8 builds that succeed.
+    """
     import logging
 
-    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.CRITICAL)
+    logging.getLogger("neural_compressor").setLevel(logging.WARNING)
 
 
 # onnx.save writes one protobuf; above this it must put weights in external data.
