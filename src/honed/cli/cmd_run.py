@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from rich.console import Console
 from rich.table import Table
@@ -13,7 +14,8 @@ from honed.engine.progress import RunDisplay
 from honed.engine.runner import RunResult, run_workflow
 from honed.report.text import summary_text
 
-console = Console(highlight=False)
+# Wide enough for the summary table when the output is piped to a file (rich falls back to 80 columns).
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -30,6 +30,9 @@ def quiet_quantizer_logs() -> None:
 
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.CRITICAL)
     logging.getLogger("neural_compressor").setLevel(logging.WARNING)
+    # The builder reloads its graph mid-way with tied embeddings renamed; onnx_ir warns about the
+    # dangling names even though the saved model is complete (the evaluation loads it).
+    logging.getLogger("onnx_ir").setLevel(logging.ERROR)
 
 
 # onnx.save writes one protobuf; above this it must put weights in external data.
