@@ -237,14 +237,15 @@ def _format_chat(cfg: DataConfig, rows: Sequence[dict[str, Any]], tokenizer: Any
         if completion and len(messages) > 1 and messages[-1]["role"] == "assistant":
             prompt = tokenizer.apply_chat_template(messages[:-1], chat_template=template, tokenize=False,
                                                    add_generation_prompt=True)
-            n = len(prompt) if full.startswith(prompt) else _common_prefix(prompt, full)
+            n = len(prompt) if full.startswith(prompt) else common_prefix_len(prompt, full)
             out.append(Formatted(full[:n], full[n:], i))
         else:
             out.append(Formatted("", full, i))
     return out
 
 
-def _common_prefix(a: str, b: str) -> int:
+def common_prefix_len(a: Sequence[Any], b: Sequence[Any]) -> int:
+    """How many leading items (characters, token ids) ``a`` and ``b`` share."""
     n = 0
     for x, y in zip(a, b, strict=False):
         if x != y:

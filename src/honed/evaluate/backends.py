@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from honed.data.formatting import common_prefix_len
 from honed.errors import UserError
 from honed.models.handle import ModelHandle
 from honed.systems.accelerator import Accelerator
@@ -25,15 +26,6 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     x = x.astype(np.float64)
     m = x.max(axis=-1, keepdims=True)
     return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 class Backend:
@@ -221,7 +213,7 @@ class GenaiBackend(Backend):
         if len(ids) > self.context_length:
             raise UserError(f"a row of {len(ids)} tokens exceeds the model's context length {self.context_length}")
         prefix = ids[:start]
-        keep = _common_prefix(self._cur, prefix)
+        keep = common_prefix_len(self._cur, prefix)
         if self._gen is None or keep < len(prefix) or keep < len(self._cur):
             keep = min(keep, len(prefix) - 1)  # re-append at least one token so get_logits is fresh
             if self._gen is None or keep <= 0:
