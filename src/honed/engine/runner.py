@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import honed
-from honed.config.load import Workflow
-from honed.engine.cache import Cache
+from honed.config.load import PassStep, Workflow
+from honed.data.config import DataConfig
+from honed.engine.cache import Cache, Entry
 from honed.engine.footprints import Footprints, StepRecord
 from honed.engine.hashing import hash_json, hash_path
 from honed.engine.keys import pass_key
@@ -239,7 +240,11 @@ def _input_summary(wf: Workflow) -> dict[str, Any]:
     return wf.input_model.model_dump(mode="json")
 
 
-def _run_step(step, model, key, cache, system, host, target, data_configs, display, record):
+def _run_step(
+    step: PassStep, model: ModelHandle, key: str, cache: Cache, system: LocalSystem | PythonEnvironmentSystem,
+    host: Accelerator, target: Accelerator, data_configs: dict[str, DataConfig], display: RunDisplay,
+    record: StepRecord,
+) -> Entry:
     """Run one pass into a temp folder and commit it; failures propagate and nothing is cached."""
     label = f"{step.name} ({step.pass_cls.name})"
     work = cache.work_dir(key)
