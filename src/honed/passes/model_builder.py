@@ -44,10 +44,11 @@ class ModelBuilderConfig(PassConfig):
         None, description="MatMulNBits compute type: 1 fp32, 2 fp16, 3 bf16, 4 int8 (CPU default 4)."
     )
     int4_is_symmetric: bool = Field(True, description="Symmetric (no zero point) int4/int8 weights.")
-    int4_algo_config: Literal["default", "rtn", "rtn_last", "k_quant", "k_quant_last", "k_quant_mixed"] = Field(
-        "k_quant_mixed", description="Weight quantization method for int4/int8: k_quant_mixed (default) keeps the "
-        "LM head and the most sensitive layers at int8; on fine-tuned SmolLM2 it held accuracy within 3 points "
-        "of fp32 where plain RTN ('default', Olive's choice) lost 11."
+    int4_algo_config: Literal["default", "rtn", "rtn_last", "k_quant", "k_quant_last", "k_quant_mixed"] | None = Field(
+        None, description="Weight quantization method for int4/int8. Unset: k_quant_mixed (int8 LM head and most "
+        "sensitive layers; on fine-tuned SmolLM2 it held accuracy within 3 points of fp32 where plain RTN, "
+        "Olive's 'default', lost 11), or 'default' for an adapter input, whose small LoRA matrices k-quant "
+        "cannot block."
     )
     exclude_embeds: bool = Field(False, description="Leave the embedding out; the model takes inputs_embeds.")
     exclude_lm_head: bool = Field(False, description="Leave the LM head out; the model returns hidden states.")
@@ -167,8 +168,9 @@ class ModelBuilder(Pass):
             # The builder reads the unprefixed names; its `int4_*` spellings are silently ignored.
             options["block_size"] = config.int4_block_size
             options["is_symmetric"] = config.int4_is_symmetric
-            if config.int4_algo_config != "default":
-                options["algo_config"] = config.int4_algo_config
+            algo = config.int4_algo_config or ("default" if model.kind == "peft" else "k_quant_mixed")
+            if algo != "default":
+                options["algo_config"] = algo
             if config.int4_accuracy_level is not None:
                 options["accuracy_level"] = config.int4_accuracy_level
         if config.exclude_embeds:
