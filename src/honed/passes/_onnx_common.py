@@ -11,7 +11,7 @@ from pydantic import Field
 
 from honed.errors import UserError
 from honed.models.handle import ModelHandle
-from honed.passes.base import PassConfig
+from honed.passes.base import PassConfig, PassContext
 
 # Files a tokenizer / generation config consists of; copied next to every ONNX output.
 TOKENIZER_FILES = (
@@ -251,3 +251,21 @@ def check_against_source(
             f"{ctx.pass_name}: ONNX outputs differ from the source model by {worst:.3g} (> {tolerance:g})"
         )
     return worst
+
+
+def matmul_nbits(model: ModelHandle, config: Any, output_dir: Path, ctx: PassContext, algo: Any, label: str,
+                 **quantizer_args: Any) -> ModelHandle:
+    """Run onnxruntime's MatMulNBitsQuantizer with ``algo`` (RTN, HQQ, ...) and write the pass output."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    src = onnx_file(model)
+    quiet_quantizer_logs()
+    q = MatMulNBitsQuantizer(
+        onnx.load(str(src)), block_size=config.block_size, nodes_to_exclude=config.nodes_to_exclude,
+        nodes_to_include=config.nodes_to_include, algo_config=algo, **quantizer_args,
+    )
+    q.process()
+    out = output_dir / "model.onnx"
+    save_onnx(q.model.model, out, config)
+    return finish_onnx_output(model, src, out, config, ctx, quantization=label)

@@ -9,13 +9,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from honed.models.handle import ModelHandle
-from honed.passes._onnx_common import (
-    OnnxSaveConfig,
-    finish_onnx_output,
-    onnx_file,
-    quiet_quantizer_logs,
-    save_onnx,
-)
+from honed.passes._onnx_common import OnnxSaveConfig, matmul_nbits
 from honed.passes.base import Pass, PassContext, register_pass
 
 
@@ -44,29 +38,16 @@ class OnnxBlockWiseRtnQuantization(Pass):
 
     def run(self, model: ModelHandle, config: OnnxBlockWiseRtnQuantizationConfig, output_dir: Path,
             ctx: PassContext) -> ModelHandle:
-        import onnx
-        from onnxruntime.quantization.matmul_nbits_quantizer import (
-            DefaultWeightOnlyQuantConfig,
-            MatMulNBitsQuantizer,
-        )
+        from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig
 
-        src = onnx_file(model)
-        quiet_quantizer_logs()
         ops = tuple(config.op_types_to_quantize) if config.op_types_to_quantize else None
         algo = DefaultWeightOnlyQuantConfig(
             block_size=config.block_size, is_symmetric=config.is_symmetric,
             accuracy_level=config.accuracy_level, op_types_to_quantize=ops, bits=config.bits,
         )
-        q = MatMulNBitsQuantizer(
-            onnx.load(str(src)), bits=config.bits, block_size=config.block_size,
-            is_symmetric=config.is_symmetric, accuracy_level=config.accuracy_level,
-            nodes_to_exclude=config.nodes_to_exclude, nodes_to_include=config.nodes_to_include,
-            op_types_to_quantize=ops, algo_config=algo,
-        )
-        q.process()
-        out = output_dir / "model.onnx"
-        save_onnx(q.model.model, out, config)
-        return finish_onnx_output(model, src, out, config, ctx, quantization=f"int{config.bits}-rtn")
+        return matmul_nbits(model, config, output_dir, ctx, algo, f"int{config.bits}-rtn", bits=config.bits,
+                            is_symmetric=config.is_symmetric, accuracy_level=config.accuracy_level,
+                            op_types_to_quantize=ops)
 
 
 register_pass(OnnxBlockWiseRtnQuantization)

@@ -9,13 +9,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from honed.models.handle import ModelHandle
-from honed.passes._onnx_common import (
-    OnnxSaveConfig,
-    finish_onnx_output,
-    onnx_file,
-    quiet_quantizer_logs,
-    save_onnx,
-)
+from honed.passes._onnx_common import OnnxSaveConfig, matmul_nbits
 from honed.passes.base import Pass, PassContext, register_pass
 
 
@@ -38,24 +32,10 @@ class OnnxHqqQuantization(Pass):
 
     def run(self, model: ModelHandle, config: OnnxHqqQuantizationConfig, output_dir: Path,
             ctx: PassContext) -> ModelHandle:
-        import onnx
-        from onnxruntime.quantization.matmul_nbits_quantizer import (
-            HQQWeightOnlyQuantConfig,
-            MatMulNBitsQuantizer,
-        )
+        from onnxruntime.quantization.matmul_nbits_quantizer import HQQWeightOnlyQuantConfig
 
-        src = onnx_file(model)
-        quiet_quantizer_logs()
         algo = HQQWeightOnlyQuantConfig(block_size=config.block_size, bits=4, axis=config.axis)
-        q = MatMulNBitsQuantizer(
-            onnx.load(str(src)), bits=4, block_size=config.block_size,
-            nodes_to_exclude=config.nodes_to_exclude, nodes_to_include=config.nodes_to_include,
-            algo_config=algo,
-        )
-        q.process()
-        out = output_dir / "model.onnx"
-        save_onnx(q.model.model, out, config)
-        return finish_onnx_output(model, src, out, config, ctx, quantization="int4-hqq")
+        return matmul_nbits(model, config, output_dir, ctx, algo, "int4-hqq", bits=4)
 
 
 register_pass(OnnxHqqQuantization)
