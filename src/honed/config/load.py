@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from honed.config.olive import translate
 from honed.config.schema import WorkflowConfig
-from honed.data.config import DataConfig
+from honed.data.config import DataConfig, data_config_refs
 from honed.errors import ConfigError, ConfigProblem, UserError
 from honed.passes.base import Pass, PassConfig, all_passes, get_pass
 
@@ -181,19 +181,6 @@ def problems_from(err: ValidationError, model: type[BaseModel], prefix: str = ""
 
 # -- the whole file ---------------------------------------------------------------------------------
 
-def _data_refs(obj: Any, path: str) -> list[tuple[str, str]]:
-    """(key path, data config name) for every ``*data_config`` string inside a pass config."""
-    refs: list[tuple[str, str]] = []
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            sub = f"{path}.{k}"
-            if k.endswith("data_config") and isinstance(v, str):
-                refs.append((sub, v))
-            else:
-                refs += _data_refs(v, sub)
-    return refs
-
-
 def validate(raw: dict[str, Any], source: Path | None = None) -> Workflow:
     """Translate and validate a workflow dict; raise one ConfigError holding every problem."""
     src = str(source) if source else ""
@@ -247,7 +234,7 @@ def validate(raw: dict[str, Any], source: Path | None = None) -> Workflow:
     if cfg is not None:
         data_names = {d.name for d in cfg.data_configs}
         for step in steps:
-            for key, ref in _data_refs(step.config.model_dump(), f"passes.{step.name}"):
+            for key, ref in data_config_refs(step.config.model_dump(), f"passes.{step.name}"):
                 if ref not in data_names:
                     close = difflib.get_close_matches(ref, list(data_names), n=1)
                     fix = f"did you mean '{close[0]}'?" if close else "add it under data_configs"

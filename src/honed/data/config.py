@@ -113,3 +113,20 @@ class DataConfig(_Strict):
     type: str = Field("HuggingfaceContainer", description="Container type (Olive's name; one kind here).")
     load_dataset_config: LoadDatasetConfig = Field(default_factory=LoadDatasetConfig)
     pre_process_data_config: PreProcessDataConfig = Field(default_factory=PreProcessDataConfig)
+
+
+def data_config_refs(obj: Any, path: str = "") -> list[tuple[str, str]]:
+    """(key path, data config name) for every ``*data_config`` string in a pass config dump, at any depth.
+
+    The loader checks these names exist and the engine puts the named data into cache keys; both use
+    this one walk so what is validated is what is keyed.
+    """
+    refs: list[tuple[str, str]] = []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            sub = f"{path}.{k}" if path else k
+            if k.endswith("data_config") and isinstance(v, str):
+                refs.append((sub, v))
+            else:
+                refs += data_config_refs(v, sub)
+    return refs

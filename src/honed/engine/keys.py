@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import honed
-from honed.data.config import DataConfig
+from honed.data.config import DataConfig, data_config_refs
 from honed.engine.hashing import hash_json, with_content_hashes
 from honed.passes.base import Pass, PassConfig
 from honed.systems.accelerator import Accelerator
@@ -82,11 +82,8 @@ def library_versions(pass_cls: type[Pass]) -> dict[str, str]:
 
 def data_refs(config: PassConfig, data_configs: dict[str, DataConfig]) -> dict[str, Any]:
     """The data configs a pass config names (fields ending in ``data_config``), with file contents hashed."""
-    out = {}
-    for field, value in config.model_dump().items():
-        if field.endswith("data_config") and isinstance(value, str) and value in data_configs:
-            out[field] = with_content_hashes(data_configs[value].model_dump(mode="json"))
-    return out
+    return {key: with_content_hashes(data_configs[name].model_dump(mode="json"))
+            for key, name in data_config_refs(config.model_dump()) if name in data_configs}
 
 
 def pass_key(
