@@ -6,6 +6,8 @@ goes to the output head and padding.  This loop
 * computes the output head only where a label is (completion-only loss trains on a few
   tokens per row, so the ``vocab x seq`` logits are mostly never needed),
 * batches sequences of similar length and pads each batch only to its own longest row,
+* samples LoRA dropout sparsely on CPU (``honed.training.dropout``: same distribution, a fraction
+  of the random draws),
 * normalises the loss by the label tokens of the whole optimizer step, so gradient
   accumulation gives the same update as one big batch,
 * checkpoints the trainable weights, optimizer, scheduler, RNG and data position every
@@ -351,6 +353,10 @@ def train(
     warmup = args.warmup_steps or math.ceil(args.warmup_ratio * total_steps)
     data_seed = args.effective_data_seed
 
+    if device == "cpu":
+        from honed.training.dropout import use_sparse_dropout
+
+        use_sparse_dropout(model)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
