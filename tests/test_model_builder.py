@@ -145,12 +145,23 @@ def test_int4_options_reach_the_graph(tiny_llama: Path, tmp_path: Path, block: i
         assert (len(n.input) > 3 and n.input[3] != "") == (not symmetric)  # zero points only when asymmetric
 
 
-def test_k_quant_mixed_keeps_the_lm_head_at_8_bits(tiny_llama: Path, tmp_path: Path) -> None:
+def _matmul_bits(folder: str) -> dict[str, int]:
     import onnx
 
-    handle, _ = _build(tiny_llama, tmp_path, precision="int4")  # the default algo_config
-    graph = onnx.load(str(Path(handle.path) / "model.onnx"), load_external_data=False).graph
-    bits = {n.name: {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}["bits"]
+    graph = onnx.load(str(Path(folder) / "model.onnx"), load_external_data=False).graph
+    return {n.name: {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}["bits"]
             for n in graph.node if n.op_type == "MatMulNBits"}
-    assert [b for name, b in bits.items() if name.startswith("/lm_head/")] == [8]
+
+
+@pytest.mark.parametrize(("options", "head_bits"), [
+    ({}, 8),  # the default: RTN with the LM head and sensitive layers at 8 bits
+    ({"int4_algo_config": "k_quant_mixed"}, 8),
+    ({"matmul_mixed_precision": "none"}, 4),
+    ({"int4_algo_config": "default"}, 4),  # Olive's plain RTN
+])
+def test_mixed_precision_sets_the_lm_head_width(tiny_llama: Path, tmp_path: Path, options: dict[str, str],
+                                                head_bits: int) -> None:
+    handle, _ = _build(tiny_llama, tmp_path, precision="int4", **options)
+    bits = _matmul_bits(handle.path)
+    assert [b for name, b in bits.items() if name.startswith("/lm_head/")] == [head_bits]
     assert 4 in bits.values()

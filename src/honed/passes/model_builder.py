@@ -26,6 +26,8 @@ from honed.passes.base import Pass, PassConfig, PassContext, register_pass
 log = logging.getLogger("honed")
 
 Precision = Literal["int4", "int8", "fp16", "bf16", "fp32"]
+# The LM head, the largest and most output-sensitive MatMul, at 8 bits.
+DEFAULT_MIXED_PRECISION = "last_matmul:int8"
 
 
 class ModelBuilderConfig(PassConfig):
@@ -45,10 +47,14 @@ class ModelBuilderConfig(PassConfig):
     )
     int4_is_symmetric: bool = Field(True, description="Symmetric (no zero point) int4/int8 weights.")
     int4_algo_config: Literal["default", "rtn", "rtn_last", "k_quant", "k_quant_last", "k_quant_mixed"] | None = Field(
-        None, description="Weight quantization method for int4/int8. Unset: k_quant_mixed (int8 LM head and most "
-        "sensitive layers; on fine-tuned SmolLM2 it held accuracy within 3 points of fp32 where plain RTN, "
-        "Olive's 'default', lost 11), or 'default' for an adapter input, whose small LoRA matrices k-quant "
-        "cannot block."
+        None, description="Weight rounding method for int4/int8. Unset: 'rtn' for a full model (with the "
+        "default matmul_mixed_precision), 'default' (plain RTN, Olive's choice) for an adapter input."
+    )
+    matmul_mixed_precision: str | None = Field(
+        None, description="MatMul groups kept at another width: 'last_matmul:int8' (the LM head), "
+        "'mixed_layers:int8' (llama.cpp's sensitive layers), comma-separated. Unset with int4 and no "
+        "int4_algo_config: 'last_matmul:int8'; on fine-tuned SmolLM2 that held int4 within 2 points of fp32 "
+        "where plain RTN lost 9, as k_quant_mixed does, in a third of its build time. 'none' turns it off."
     )
     exclude_embeds: bool = Field(False, description="Leave the embedding out; the model takes inputs_embeds.")
     exclude_lm_head: bool = Field(False, description="Leave the LM head out; the model returns hidden states.")
@@ -168,9 +174,13 @@ class ModelBuilder(Pass):
             # The builder reads the unprefixed names; its `int4_*` spellings are silently ignored.
             options["block_size"] = config.int4_block_size
             options["is_symmetric"] = config.int4_is_symmetric
-            algo = config.int4_algo_config or ("default" if model.kind == "peft" else "k_quant_mixed")
-            if algo != "default":
+            algo, mixed = config.int4_algo_config, config.matmul_mixed_precision
+            if algo is None and model.kind != "peft":
+                algo, mixed = "rtn", mixed or DEFAULT_MIXED_PRECISION
+            if algo not in (None, "default"):
                 options["algo_config"] = algo
+            if mixed not in (None, "none"):
+                options["matmul_mixed_precision"] = mixed
             if config.int4_accuracy_level is not None:
                 options["accuracy_level"] = config.int4_accuracy_level
         if config.exclude_embeds:

@@ -38,12 +38,20 @@ DEFAULT_TARGETS: dict[str, list[str]] = {
 
 @functools.cache
 def cpu_has_fast_bf16() -> bool:
-    """True when the CPU has AMX bf16 tiles; avx512_bf16 alone trains slower in bf16 than in fp32."""
+    """True when the CPU multiplies bf16 natively (AVX512-BF16, AMX or Arm BF16).
+
+    There oneDNN's bf16 GEMMs run about 2x faster than fp32 ones (SmolLM2's layer shapes on 2 Zen 4
+    cores: 390-410 vs 170-180 GFLOP/s); without them bf16 is emulated and slower than fp32.
+    """
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        info = Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
-    return "amx_bf16" in flags
+    flags = set()
+    for line in info.splitlines():
+        if line.startswith(("flags", "Features")):
+            flags.update(line.split(":", 1)[-1].split())
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
 def default_dtype(device: str) -> str:

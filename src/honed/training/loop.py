@@ -6,8 +6,10 @@ goes to the output head and padding.  This loop
 * computes the output head only where a label is (completion-only loss trains on a few
   tokens per row, so the ``vocab x seq`` logits are mostly never needed),
 * batches sequences of similar length and pads each batch only to its own longest row,
-* samples LoRA dropout sparsely on CPU (``honed.training.dropout``: same distribution, a fraction
-  of the random draws),
+* on CPU samples LoRA dropout sparsely (``honed.training.dropout``: same distribution, a fraction
+  of the random draws) and runs each plain LoRA layer as one autograd node
+  (``honed.training.fused_lora``: peft's maths, fewer passes over the activations), and lets a
+  bf16 model attend in fp32 (``honed.training.attention``: the bf16 attention backward is slow there),
 * normalises the loss by the label tokens of the whole optimizer step, so gradient
   accumulation gives the same update as one big batch,
 * checkpoints the trainable weights, optimizer, scheduler, RNG and data position every
@@ -439,6 +441,13 @@ def train(
     run_tokens = 0
     t_start = time.perf_counter()
     seconds_before = state.train_seconds
+    stack = contextlib.ExitStack()
+    if device == "cpu":
+        from honed.training.attention import fp32_attention
+        from honed.training.fused_lora import fused_lora
+
+        stack.enter_context(fused_lora(model))
+        stack.enter_context(fp32_attention(model))
     try:
         while state.global_step < total_steps and not state.should_stop:
             batches = epoch_batches(lengths, bs, data_seed, state.epoch, args.group_by_length)
@@ -506,6 +515,7 @@ def train(
                 state.epoch += 1
                 state.micro_in_epoch = 0
     finally:
+        stack.close()
         if task is not None:
             task.close()
     state.train_seconds = seconds_before + time.perf_counter() - t_start
