@@ -1,10 +1,13 @@
 """The seed workflow written twice: honed's schema and Olive's (0.13, flat schema), kept equivalent.
 
-Both fine-tune the same LoRA (r, alpha, dropout, target modules, fp32), on the same rows (80% train
-split, line-by-line, max_seq_len, dynamic padding), for the same steps/batch/lr/schedule/warmup, then
-merge the adapter and build an int4 onnxruntime-genai model. One difference is kept on purpose: honed
-computes the loss on the label only (its text-template default, completion-only); Olive has no such
-option for text templates and trains on every token.
+Both fine-tune the same LoRA (r, alpha, dropout, target modules), on the same rows (80% train split,
+line-by-line, max_seq_len, dynamic padding), for the same steps/batch/lr/schedule/warmup, then merge
+the adapter and build an int4 onnxruntime-genai model.  As in the seed's config, `torch_dtype` is not
+set, so each tool trains in its own default: Olive loads the base in bf16; honed picks bf16 (fp32
+adapter) where the CPU multiplies bf16 natively, fp32 elsewhere.  One more difference is kept on
+purpose: honed computes the loss on the label only (its text-template default, completion-only);
+Olive has no such option for text templates and trains on every token.  `bench/finetune.py` compares
+the training loops at equal precision (fp32).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ def honed_workflow(model: str, data: str, steps: int, completion_only: bool = Tr
         }],
         "passes": {
             "lora": {"type": "LoRA", "r": 16, "alpha": 32, "lora_dropout": 0.05, "target_modules": TARGETS,
-                     "torch_dtype": "float32", "train_data_config": "train", "training_args": training_args(steps)},
+                     "train_data_config": "train", "training_args": training_args(steps)},
             "merge": {"type": "MergeAdapterWeights"},
             "builder": {"type": "ModelBuilder", "precision": "int4"},
         },
@@ -58,7 +61,7 @@ def olive_workflow(model: str, data: str, steps: int, cache_dir: Path, output_di
         }],
         "passes": {
             "lora": {"type": "LoRA", "r": 16, "alpha": 32, "lora_dropout": 0.05, "target_modules": TARGETS,
-                     "torch_dtype": "float32", "train_data_config": "train", "training_args": training_args(steps)},
+                     "train_data_config": "train", "training_args": training_args(steps)},
             "merge": {"type": "MergeAdapterWeights"},
             "builder": {"type": "ModelBuilder", "precision": "int4"},
         },

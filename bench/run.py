@@ -38,6 +38,7 @@ import olive_configs as oc  # noqa: E402
 DATA_CANDIDATES = [ROOT / "examples/emotion/data/dataset-classification.json"]
 SMOLLM2_HF = Path("/work/notes/smollm2-hf")
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+ALL_SECTIONS = ("workflow", "finetune", "inference", "encoder")
 PROMPT = "### Text: I finally finished the marathon after months of training\n### The tone is:\n"
 OLIVE_PINS = ["olive-ai[cpu,lora]==0.13.0", "torch==2.13.0", "transformers==5.24.0", "peft==0.21.2",
               "accelerate==1.15.0", "onnxruntime==1.32.0", "datasets==5.2.0", "onnx==1.23.2", "onnx-ir==1.1.0",
@@ -204,6 +205,12 @@ def section_workflow(a: argparse.Namespace, data: Path) -> dict[str, Any]:
                   "peak_rss": h["peak_rss_mb"] / o["peak_rss_mb"],
                   "train_tokens_per_s": (h["train_tokens_per_s"] or 0) / (o["train_tokens_per_s"] or 1),
                   "accuracy_diff": (h["accuracy"] or 0) - (o["accuracy"] or 0)}
+        from honed.training.finetune import default_dtype
+
+        # Neither config sets torch_dtype (the seed's doesn't): each tool trains in its default.
+        summary["olive"]["train_dtype"] = "bfloat16 (base and adapter)"
+        summary["honed"]["train_dtype"] = (f"{default_dtype('cpu')} base, float32 adapter"
+                                           if default_dtype("cpu") != "float32" else "float32")
         results[name] = {"model": str(model), "steps": steps, "summary": summary, "ratios": ratios, "runs": runs,
                          "olive_config": oc.olive_workflow(str(model), str(data), steps, Path("cache"),
                                                            Path("out"))}
@@ -448,17 +455,19 @@ def report(res: dict[str, Any]) -> list[dict[str, Any]]:
             w = wf[name]
             t = Table(title=f"seed workflow, {name}, {w['steps']} steps (median of {len(w['runs']['honed']) // 2})")
             for col in ("tool", "total s", "lora s", "merge s", "builder s", "cached rerun s", "peak RSS MB",
-                        "train tok/s", "int4 MB", "held-out acc"):
+                        "train tok/s", "int4 MB", "held-out acc", "trains in"):
                 t.add_column(col, justify="right")
             for tool in ("olive", "honed"):
                 s = w["summary"][tool]
                 ps = s["passes_s"]
                 t.add_row(tool, f"{s['wall_s']:.1f}", f"{ps.get('lora', 0):.1f}", f"{ps.get('merge', 0):.1f}",
                           f"{ps.get('builder', 0):.1f}", f"{s['cached_wall_s']:.1f}", f"{s['peak_rss_mb']:.0f}",
-                          f"{s['train_tokens_per_s'] or 0:.0f}", f"{s['output_mb']:.1f}", f"{s['accuracy']:.3f}")
+                          f"{s['train_tokens_per_s'] or 0:.0f}", f"{s['output_mb']:.1f}", f"{s['accuracy']:.3f}",
+                          s.get("train_dtype", "float32"))
             rt = w["ratios"]
             t.add_row("honed/olive", f"{rt['wall']:.2f}x", "", "", "", f"{rt['cached_wall']:.2f}x",
-                      f"{rt['peak_rss']:.2f}x", f"{rt['train_tokens_per_s']:.2f}x", "", f"{rt['accuracy_diff']:+.3f}")
+                      f"{rt['peak_rss']:.2f}x", f"{rt['train_tokens_per_s']:.2f}x", "", f"{rt['accuracy_diff']:+.3f}",
+                      "")
             con.print(t)
         if "smollm2-135m" in wf:
             rt = wf["smollm2-135m"]["ratios"]
@@ -527,7 +536,7 @@ def report(res: dict[str, Any]) -> list[dict[str, Any]]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer steps and repeats: < 20 minutes on 2 cores")
-    ap.add_argument("--sections", default="workflow,finetune,inference,encoder")
+    ap.add_argument("--sections", default=",".join(ALL_SECTIONS))
     ap.add_argument("--steps", type=int, help="LoRA steps on SmolLM2 (default 90, the seed's; --quick 10)")
     ap.add_argument("--tiny-steps", type=int, help="LoRA steps on the tiny Phi-3 (default 90; --quick 20)")
     ap.add_argument("--repeats", type=int, help="workflow repeats per tool (default 2; --quick 1)")
@@ -565,7 +574,8 @@ def main() -> int:
     res["total_s"] = time.perf_counter() - start
     out = HERE / "results" / f"{time.strftime('%Y-%m-%d')}{'-quick' if a.quick else ''}.json"
     out.parent.mkdir(exist_ok=True)
-    if out.is_file():  # a run of other sections on the same day: keep them, this run's sections win
+    run_s = res["total_s"]
+    if out.is_file() and set(sections) != set(ALL_SECTIONS):  # a partial run: keep the day's other sections
         old = json.loads(out.read_text())
         old.update({k: v for k, v in res.items() if k in sections})
         old.setdefault("section_meta", {}).update({s: {"date": res["date"], "machine": res["machine"]}
@@ -574,7 +584,7 @@ def main() -> int:
         res = old
     res["targets"] = report(res)
     out.write_text(json.dumps(res, indent=1, default=str) + "\n")
-    log(f"wrote {out} ({res['total_s'] / 60:.1f} min)")
+    log(f"wrote {out} (this run: {run_s / 60:.1f} min)")
     return 0
 
 

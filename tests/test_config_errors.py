@@ -85,6 +85,8 @@ CASES: list[tuple[str, Callable[[dict], None], list[str]]] = [
     ("zero-seq-len", _set("data_configs.0.pre_process_data_config.max_seq_len", 0),
      ["data_configs[0].pre_process_data_config.max_seq_len", "greater than 0"]),
     ("bad-precision", _set("passes.mb.precision", "int3"), ["passes.mb.precision"]),
+    ("mixed-precision-with-default-rtn", lambda c: c["passes"]["mb"].update(
+        int4_algo_config="default", matmul_mixed_precision="last_matmul:int8"), ["passes.mb", "'rtn' or 'k_quant'"]),
     ("duplicate-data-names", _set("data_configs", [
         {"name": "train", "load_dataset_config": {"data_name": "json"}},
         {"name": "train", "load_dataset_config": {"data_name": "json"}}]), ["data_configs", "unique"]),

@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from honed.errors import UserError
 from honed.models.handle import ModelHandle
@@ -70,6 +70,15 @@ class ModelBuilderConfig(PassConfig):
     check_tolerance: float | None = Field(
         None, gt=0, description="Fail when the max abs logit difference exceeds this (default: only record it)."
     )
+
+    @model_validator(mode="after")
+    def _default_cannot_mix(self) -> ModelBuilderConfig:
+        mixed = self.matmul_mixed_precision not in (None, "none")
+        if mixed and self.int4_algo_config == "default":
+            # onnxruntime-genai writes a graph that names a missing `*_Q8G32` weight for this pair.
+            raise ValueError("matmul_mixed_precision needs int4_algo_config 'rtn' or 'k_quant'; the builder's "
+                             "'default' method writes an invalid graph with it")
+        return self
 
 
 def _builder() -> Any:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
+import gc
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +25,28 @@ def device_problem(acc: Accelerator) -> str | None:
     return None
 
 
+@functools.cache
+def _libc() -> Any:
+    name = ctypes.util.find_library("c")
+    try:
+        lib = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    return lib if lib is not None and hasattr(lib, "malloc_trim") else None
+
+
+def release_memory() -> None:
+    """Hand memory freed by a pass back to the OS, so the next pass does not peak on top of it.
+
+    A pass frees its model when it returns, but glibc keeps the freed heap mapped; ``malloc_trim``
+    returns it (glibc only; elsewhere this only collects garbage).
+    """
+    gc.collect()
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
 class LocalSystem:
     """Runs each pass in-process. The simplest system and the default."""
 
@@ -32,4 +58,7 @@ class LocalSystem:
 
     def run_pass(self, pass_cls: type[Pass], model: ModelHandle, config: Any, output_dir: Path,
                  ctx: PassContext) -> ModelHandle:
-        return pass_cls().run(model, config, output_dir, ctx)
+        try:
+            return pass_cls().run(model, config, output_dir, ctx)
+        finally:
+            release_memory()
