@@ -19,6 +19,7 @@ import numpy as np
 from honed.data.formatting import common_prefix_len
 from honed.errors import UserError
 from honed.models.handle import ModelHandle
+from honed.models.onnx_runtime import genai_model
 from honed.systems.accelerator import Accelerator
 
 
@@ -197,7 +198,7 @@ class GenaiBackend(Backend):
 
         folder = Path(handle.path)
         self.og = og
-        self.model = og.Model(str(folder))
+        self.model = genai_model(folder)
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         cfg = json.loads((folder / "genai_config.json").read_text())
         self.context_length = int(cfg.get("model", {}).get("context_length", 2048))

@@ -5,6 +5,7 @@ folders, ONNX causal LMs and HF folders alike (``honed generate`` / ``honed chat
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -232,16 +233,39 @@ class TextGenerator:
             shown = full
 
 
+def physical_cores() -> int:
+    import psutil
+
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
+def genai_model(folder: Path, threads: int | None = None) -> Any:
+    """``og.Model`` over ``folder`` with one intra-op thread per physical core (or ``threads``).
+
+    Why: onnxruntime-genai leaves the count to onnxruntime's default, which on a 2-core VM decoded
+    SmolLM2 int4 at 98 tokens/s against 160 with 2 threads set.  A count the folder's
+    genai_config.json sets itself is kept unless ``threads`` is given.
+    """
+    import onnxruntime_genai as og
+
+    cfg = json.loads((folder / "genai_config.json").read_text())
+    options = cfg.get("model", {}).get("decoder", {}).get("session_options", {})
+    if threads is None and "intra_op_num_threads" in options:
+        return og.Model(str(folder))
+    config = og.Config(str(folder))
+    config.overlay(json.dumps({"model": {"decoder": {"session_options": {
+        "intra_op_num_threads": threads or physical_cores()}}}}))
+    return og.Model(config)
+
+
 class GenaiGenerator(TextGenerator):
     """onnxruntime-genai: og.Model -> og.Generator, greedy search."""
 
     kind = "genai"
 
     def __init__(self, folder: Path) -> None:
-        import onnxruntime_genai as og
-
         super().__init__(folder)
-        self.model = og.Model(str(folder))
+        self.model = genai_model(folder)
         cfg = json.loads((folder / "genai_config.json").read_text())
         self.context_length = int(cfg.get("model", {}).get("context_length", 2048))
 
