@@ -47,8 +47,7 @@ class OnnxSession:
         if p.is_dir():
             p = p / "model.onnx" if (p / "model.onnx").exists() else next(iter(sorted(p.glob("*.onnx"))), p)
         opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
+        opts.intra_op_num_threads = threads or physical_cores()  # as genai_model: the default was slower
         opts.log_severity_level = 3
         self.path = p
         self.session = ort.InferenceSession(str(p), opts, providers=providers or ["CPUExecutionProvider"])
