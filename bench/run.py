@@ -304,13 +304,31 @@ def gguf_path() -> Path | None:
 
 
 def weight_bytes(path: Path, kind: str) -> int:
-    """Bytes of weights read per decoded token (all weights; the embedding table counts once as a
-    gather for tied/untied lm_head alike, so the whole file is the bound's numerator)."""
+    """Bytes of weights read per decoded token.
+
+    PyTorch and GGUF: the whole file (SmolLM2 ties the embedding to the output head, so the table is
+    read in full by the head each token).  ONNX: the files minus initializers only a Gather reads
+    (the builder writes the embedding table apart from the LM head; a token reads one row of it).
+    """
     if kind == "pytorch":
         return sum(f.stat().st_size for f in path.glob("*.safetensors"))
     if kind == "gguf":
         return path.stat().st_size
-    return sum(f.stat().st_size for f in path.glob("*.onnx*"))
+    import onnx
+
+    total = sum(f.stat().st_size for f in path.glob("*.onnx*"))
+    graph = onnx.load(str(path / "model.onnx"), load_external_data=False).graph
+    used_by: dict[str, set[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            used_by.setdefault(name, set()).add(node.op_type)
+    gather_only = {n for n, ops in used_by.items() if ops and all(op.startswith("Gather") for op in ops)}
+
+    def size(t: onnx.TensorProto) -> int:
+        ext = {e.key: e.value for e in t.external_data}
+        return int(ext["length"]) if "length" in ext else len(t.raw_data)
+
+    return total - sum(size(t) for t in graph.initializer if t.name in gather_only)
 
 
 def section_inference(a: argparse.Namespace) -> dict[str, Any]:
