@@ -214,10 +214,11 @@ def section_workflow(a: argparse.Namespace, data: Path) -> dict[str, Any]:
         results[name] = {"model": str(model), "steps": steps, "summary": summary, "ratios": ratios, "runs": runs,
                          "olive_config": oc.olive_workflow(str(model), str(data), steps, Path("cache"),
                                                            Path("out"))}
-        (HERE / "olive").mkdir(exist_ok=True)
-        (HERE / "olive" / f"{name}.json").write_text(json.dumps(results[name]["olive_config"], indent=1) + "\n")
-        (HERE / "olive" / f"{name}.honed.json").write_text(
-            json.dumps(oc.honed_workflow(str(model), str(data), steps), indent=1) + "\n")
+        if not a.quick:  # the committed configs are the full run's
+            (HERE / "olive").mkdir(exist_ok=True)
+            (HERE / "olive" / f"{name}.json").write_text(json.dumps(results[name]["olive_config"], indent=1) + "\n")
+            (HERE / "olive" / f"{name}.honed.json").write_text(
+                json.dumps(oc.honed_workflow(str(model), str(data), steps), indent=1) + "\n")
     return results
 
 
