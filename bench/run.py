@@ -254,7 +254,29 @@ def section_finetune(a: argparse.Namespace, data: Path, workflow: dict[str, Any]
         co[str(flag).lower()] = {"lora_s": r["passes"].get("lora"), "steps": a.steps,
                                  "accuracy": evaluate(r["model_dir"], eval_cfg, wf_dir / f"eval-{flag}.json")}
     res["completion_only"] = co
+    if not a.quick:
+        res["time_to_accuracy"] = time_to_accuracy(a, model, data, wf_dir, eval_cfg, co)
     return res
+
+
+def time_to_accuracy(a: argparse.Namespace, model: Path, data: Path, wf_dir: Path, eval_cfg: Path,
+                     at_full: dict[str, Any]) -> list[dict[str, Any]]:
+    """Held-out int4 accuracy after a quarter, half and three quarters of the seed's steps (one epoch of
+    the 80% split), each a run whose schedule ends there, with and without completion-only loss."""
+    points = []
+    for flag in (False, True):
+        for frac in (0.25, 0.5, 0.75):
+            steps = max(1, round(a.steps * frac))
+            log(f"finetune: time to accuracy, completion_only={flag}, {steps} steps")
+            r = honed_run(wf_dir, model, data, steps, wf_dir / f"cache-{flag}-{steps}", f"tta-{flag}-{steps}",
+                          completion_only=flag)
+            points.append({"completion_only": flag, "steps": steps, "fraction": frac,
+                           "train_s": r["train_runtime_s"], "lora_s": r["passes"].get("lora"),
+                           "accuracy": evaluate(r["model_dir"], eval_cfg, wf_dir / f"eval-tta-{flag}-{steps}.json")})
+        full = at_full[str(flag).lower()]
+        points.append({"completion_only": flag, "steps": a.steps, "fraction": 1.0, "train_s": None,
+                       "lora_s": full["lora_s"], "accuracy": full["accuracy"]})
+    return points
 
 
 # ---------------------------------------------------------------- section 3: inference
@@ -514,6 +536,14 @@ def report(res: dict[str, Any]) -> list[dict[str, Any]]:
         for k, v in co.items():
             t.add_row(k, str(v["steps"]), f"{v['lora_s'] or 0:.1f}", f"{v['accuracy']:.3f}")
         con.print(t)
+        if ft.get("time_to_accuracy"):
+            t = Table(title="time to accuracy: held-out int4 accuracy after a fraction of the seed's steps")
+            for col in ("completion_only", "steps", "epoch fraction", "lora s", "held-out acc"):
+                t.add_column(col, justify="right")
+            for p in ft["time_to_accuracy"]:
+                t.add_row(str(p["completion_only"]).lower(), str(p["steps"]), f"{p['fraction']:.2f}",
+                          f"{p['lora_s'] or 0:.1f}", f"{p['accuracy']:.3f}")
+            con.print(t)
     inf = res.get("inference")
     if inf:
         t = Table(title=f"decode, SmolLM2-135M, prompt {inf['prompt_tokens']} tok, {inf['new_tokens']} new, "
