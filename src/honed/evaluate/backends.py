@@ -10,7 +10,6 @@ between labels, so the prompt is computed once per row (onnxruntime-genai 0.18).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import numpy as np
 from honed.data.formatting import common_prefix_len
 from honed.errors import UserError
 from honed.models.handle import ModelHandle
-from honed.models.onnx_runtime import genai_model
+from honed.models.onnx_runtime import load_genai
 from honed.systems.accelerator import Accelerator
 
 
@@ -198,10 +197,8 @@ class GenaiBackend(Backend):
 
         folder = Path(handle.path)
         self.og = og
-        self.model = genai_model(folder)
+        self.model, self.context_length = load_genai(folder)
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        cfg = json.loads((folder / "genai_config.json").read_text())
-        self.context_length = int(cfg.get("model", {}).get("context_length", 2048))
         self._gen: Any = None
         self._cur: list[int] = []
 

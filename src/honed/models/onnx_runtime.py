@@ -47,7 +47,7 @@ class OnnxSession:
         if p.is_dir():
             p = p / "model.onnx" if (p / "model.onnx").exists() else next(iter(sorted(p.glob("*.onnx"))), p)
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or physical_cores()  # as genai_model: the default was slower
+        opts.intra_op_num_threads = threads or physical_cores()  # as load_genai: the default was slower
         opts.log_severity_level = 3
         self.path = p
         self.session = ort.InferenceSession(str(p), opts, providers=providers or ["CPUExecutionProvider"])
@@ -238,23 +238,25 @@ def physical_cores() -> int:
     return psutil.cpu_count(logical=False) or os.cpu_count() or 1
 
 
-def genai_model(folder: Path, threads: int | None = None) -> Any:
-    """``og.Model`` over ``folder`` with one intra-op thread per physical core (or ``threads``).
+def load_genai(folder: Path, threads: int | None = None) -> tuple[Any, int]:
+    """``og.Model`` over ``folder`` with one intra-op thread per physical core (or ``threads``), and
+    the model's context length.
 
-    Why: onnxruntime-genai leaves the count to onnxruntime's default, which on a 2-core VM decoded
-    SmolLM2 int4 at 98 tokens/s against 160 with 2 threads set.  A count the folder's
+    Why the threads: onnxruntime-genai leaves the count to onnxruntime's default, which on a 2-core VM
+    decoded SmolLM2 int4 at 98 tokens/s against 160 with 2 threads set.  A count the folder's
     genai_config.json sets itself is kept unless ``threads`` is given.
     """
     import onnxruntime_genai as og
 
     cfg = json.loads((folder / "genai_config.json").read_text())
+    context_length = int(cfg.get("model", {}).get("context_length", 2048))
     options = cfg.get("model", {}).get("decoder", {}).get("session_options", {})
     if threads is None and "intra_op_num_threads" in options:
-        return og.Model(str(folder))
+        return og.Model(str(folder)), context_length
     config = og.Config(str(folder))
     config.overlay(json.dumps({"model": {"decoder": {"session_options": {
         "intra_op_num_threads": threads or physical_cores()}}}}))
-    return og.Model(config)
+    return og.Model(config), context_length
 
 
 class GenaiGenerator(TextGenerator):
@@ -264,9 +266,7 @@ class GenaiGenerator(TextGenerator):
 
     def __init__(self, folder: Path) -> None:
         super().__init__(folder)
-        self.model = genai_model(folder)
-        cfg = json.loads((folder / "genai_config.json").read_text())
-        self.context_length = int(cfg.get("model", {}).get("context_length", 2048))
+        self.model, self.context_length = load_genai(folder)
 
     def _steps(self, ids: list[int], max_new_tokens: int) -> Iterator[int]:
         import onnxruntime_genai as og

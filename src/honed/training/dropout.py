@@ -40,6 +40,19 @@ def dropped_positions(n: int, p: float, device: Any = None) -> torch.Tensor:
     return pos[: int(torch.searchsorted(pos, n))]  # sorted: the ones below n are a prefix
 
 
+def sparse_dropout(x: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` dropped at rate ``p`` (a new tensor, kept elements scaled by ``1 / (1 - p)``) and the
+    flat positions it dropped, which a hand-written backward needs to zero the same gradient elements.
+
+    For code autograd does not track (an ``autograd.Function``): under autograd the in-place zeroing
+    of a view makes the backward pass about 2x slower than :class:`SparseDropout`'s mask multiply.
+    """
+    dropped = dropped_positions(x.numel(), p, x.device)
+    out = x * (1.0 / (1.0 - p))
+    out.view(-1).index_fill_(0, dropped, 0)
+    return out, dropped
+
+
 class SparseDropout(torch.nn.Dropout):
     """``nn.Dropout`` with the same distribution, sampled sparsely on CPU for small ``p``."""
 

@@ -4,7 +4,7 @@ Why: peft builds a LoRA layer's output from separate ops (base linear, dropout, 
 the scaling, an add), and autograd keeps a node and a full-size intermediate for each.  On a CPU
 the extra full passes over ``[tokens, features]`` tensors and the per-op overhead cost a tenth of a
 SmolLM2 step.  Here the scaled LoRA product is accumulated straight into the base output by one
-``addmm_`` and the backward pass computes exactly the four gradients it needs.  The maths is
+``addmm_`` and the backward pass computes exactly the three gradients it needs (x, A, B).  The maths is
 peft's; ``tests/test_fused_lora.py`` checks outputs and gradients against it.
 
 Only plain LoRA layers on CPU qualify (one active adapter, an ``nn.Linear`` base, no DoRA, no LoRA
@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from honed.training.dropout import SPARSE_MAX_P, dropped_positions
+from honed.training.dropout import SPARSE_MAX_P, sparse_dropout
 
 
 class _LoraLinear(torch.autograd.Function):
@@ -33,12 +33,7 @@ class _LoraLinear(torch.autograd.Function):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         keep = 1.0 / (1.0 - p) if p > 0 else 1.0
-        dropped = None
-        xd = x2.to(a.dtype)
-        if p > 0:
-            dropped = dropped_positions(x2.numel(), p, x2.device)
-            xd = xd * keep
-            xd.view(-1).index_fill_(0, dropped, 0)
+        xd, dropped = sparse_dropout(x2.to(a.dtype), p) if p > 0 else (x2.to(a.dtype), None)
         y = F.linear(x2, weight, bias).to(a.dtype)
         h = xd @ a.t()
         y.addmm_(h, b.t(), alpha=scaling)

@@ -355,10 +355,6 @@ def train(
     warmup = args.warmup_steps or math.ceil(args.warmup_ratio * total_steps)
     data_seed = args.effective_data_seed
 
-    if device == "cpu":
-        from honed.training.dropout import use_sparse_dropout
-
-        use_sparse_dropout(model)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
@@ -444,8 +440,10 @@ def train(
     stack = contextlib.ExitStack()
     if device == "cpu":
         from honed.training.attention import fp32_attention
+        from honed.training.dropout import use_sparse_dropout
         from honed.training.fused_lora import fused_lora
 
+        use_sparse_dropout(model)  # for the LoRA layers fused_lora leaves to peft (same distribution)
         stack.enter_context(fused_lora(model))
         stack.enter_context(fp32_attention(model))
     try:

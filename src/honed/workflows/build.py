@@ -44,6 +44,20 @@ def _gpu_target() -> dict[str, Any]:
                                                               "execution_provider": "CUDAExecutionProvider"}]}}
 
 
+def _workflow(section: dict[str, Any], passes: dict[str, Any], output_dir: str | Path,
+              cache_dir: str | Path | None, *, device: str = "cpu",
+              data_configs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The workflow dict every shortcut returns; a gpu device adds a CUDA system as the target."""
+    out: dict[str, Any] = {"input_model": section}
+    if device == "gpu":
+        out["systems"] = _gpu_target()
+    if data_configs:
+        out["data_configs"] = data_configs
+    out["passes"] = passes
+    out["engine"] = _engine(output_dir, cache_dir, "gpu" if device == "gpu" else None)
+    return out
+
+
 def data_config(name: str, data: str, *, data_options: dict[str, Any] | None = None,
                 load_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """A data config over a local file (json/jsonl/csv/parquet/txt) or, if no such file exists, a hub dataset."""
@@ -95,12 +109,8 @@ def finetune(
     passes: dict[str, Any] = {method: train}
     if merge:
         passes["merge"] = {"type": "MergeAdapterWeights"}
-    return {
-        "input_model": section,
-        "data_configs": [data_config("train", data, data_options=options, load_options=load_options)],
-        "passes": passes,
-        "engine": _engine(output_dir, cache_dir),
-    }
+    return _workflow(section, passes, output_dir, cache_dir,
+                     data_configs=[data_config("train", data, data_options=options, load_options=load_options)])
 
 
 def optimize(
@@ -133,12 +143,7 @@ def optimize(
             passes["quantization"] = {"type": "OnnxBlockWiseRtnQuantization", "bits": 4}
         elif precision == "fp16":
             passes["fp16"] = {"type": "OnnxFloatToFloat16", "keep_io_types": True}
-    out: dict[str, Any] = {"input_model": section}
-    if device == "gpu":
-        out["systems"] = _gpu_target()
-    out["passes"] = passes
-    out["engine"] = _engine(output_dir, cache_dir, "gpu" if device == "gpu" else None)
-    return out
+    return _workflow(section, passes, output_dir, cache_dir, device=device)
 
 
 QUANTIZERS: dict[tuple[str, str], dict[str, Any]] = {
@@ -177,12 +182,8 @@ def quantize(
     elif conversion_options:
         raise UserError(f"-m {model} is already ONNX; conversion options ({', '.join(conversion_options)}) do not apply")
     passes["quantization"] = {**quantizer, **(pass_options or {})}
-    out: dict[str, Any] = {"input_model": section}
-    if data:
-        out["data_configs"] = [data_config("calibration", data, data_options=data_options)]
-    out["passes"] = passes
-    out["engine"] = _engine(output_dir, cache_dir)
-    return out
+    calibration = [data_config("calibration", data, data_options=data_options)] if data else None
+    return _workflow(section, passes, output_dir, cache_dir, data_configs=calibration)
 
 
 def capture_onnx_graph(
@@ -203,12 +204,7 @@ def capture_onnx_graph(
         passes["builder"] = {"type": "ModelBuilder", **(pass_options or {})}
     else:
         passes["conversion"] = {"type": "OnnxConversion", **(pass_options or {})}
-    out: dict[str, Any] = {"input_model": section}
-    if device == "gpu":
-        out["systems"] = _gpu_target()
-    out["passes"] = passes
-    out["engine"] = _engine(output_dir, cache_dir, "gpu" if device == "gpu" else None)
-    return out
+    return _workflow(section, passes, output_dir, cache_dir, device=device)
 
 
 __all__ = ["capture_onnx_graph", "data_config", "default_cache_dir", "finetune", "is_onnx", "optimize", "quantize"]
