@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from honed.engine.cache import Cache
+from honed.engine.cache import MARKER, Cache
 from honed.errors import UserError
 
 
@@ -32,9 +32,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _open(path: str) -> Cache:
-    root = Path(path)
-    if not (root / "entries").is_dir():
-        raise UserError(f"{root}: not a honed cache (no entries/ folder); pass --cache-dir")
+    root = Path(path).expanduser()
+    if not (root / MARKER).is_file() and not (root / "entries").is_dir():
+        raise UserError(f"--cache-dir {root}: not a honed cache (no {MARKER} marker); give the engine.cache_dir "
+                        "of a workflow")
     return Cache(root)
 
 
@@ -48,6 +49,9 @@ def _ls(args: argparse.Namespace) -> int:
         table.add_row(e.key, e.meta.get("pass", "?"), e.meta.get("type", "?"), e.handle.kind,
                       f"{cache.size(e) / 2**20:.1f}", f"{e.meta.get('wall_s', 0):.1f}", created)
     Console().print(table)
+    for key, why in cache.damaged().items():
+        Console(stderr=True, highlight=False).print(f"[yellow]warning:[/] entry {key} is damaged ({why}); "
+                                                     "the next run that needs it computes it again")
     return 0
 
 
@@ -57,6 +61,7 @@ def _clean(args: argparse.Namespace) -> int:
     removed = sum(
         cache.remove(e.key) for e in cache.entries() if cutoff is None or e.meta.get("created", 0) < cutoff
     )
+    removed += sum(cache.remove(key) for key in cache.damaged())
     stale = cache.clean_stale()
     Console().print(f"removed {removed} entries and {stale} unfinished temp folders from {cache.root}")
     return 0

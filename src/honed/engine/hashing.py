@@ -1,47 +1,71 @@
-"""Content hashes of files and folders, remembered by (path, size, mtime, inode).
+"""Content hashes of files and folders.
 
-Cache keys use what a file contains, not its name; a multi-GB model is hashed once and the
-digest is reused until the file changes on disk.
+Cache keys use what a file contains, not its name. A multi-GB model is hashed once and its digest
+remembered in ``<cache>/hashes.sqlite`` (inside the cache it serves, so cleaning the cache forgets
+it too), keyed by the file's path and its full stat: size, mtime, ctime, inode and device. ctime
+cannot be set back by a user, so an in-place edit that restores the mtime is still seen. A file
+changed within the last two seconds is never remembered (a later edit in the same clock tick would
+keep its stat: git's "racily clean" problem), so it is hashed again next time: content when in doubt.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
 _CHUNK = 1 << 22
+_RACY_S = 2.0
+_MEMO: Path | None = None
 
 
-def _db_path() -> Path:
-    root = Path(os.environ.get("HONED_HOME", Path.home() / ".cache" / "honed"))
-    root.mkdir(parents=True, exist_ok=True)
-    return root / "hashes.sqlite"
+def use_memo(cache_root: Path | None) -> None:
+    """Remember digests in ``cache_root/hashes.sqlite`` from now on (None: remember nothing)."""
+    global _MEMO
+    _MEMO = Path(cache_root) / "hashes.sqlite" if cache_root is not None else None
 
 
-def _db() -> sqlite3.Connection:
-    con = sqlite3.connect(_db_path(), timeout=30)
-    con.execute("create table if not exists h (path text primary key, size int, mtime int, ino int, sha text)")
+def _db() -> sqlite3.Connection | None:
+    if _MEMO is None or not _MEMO.parent.is_dir():
+        return None
+    con = sqlite3.connect(_MEMO, timeout=30)
+    con.execute("create table if not exists h2 (path text primary key, stat text, sha text)")
     return con
 
 
+def _stat_key(st: Any) -> str:
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}:{st.st_dev}"
+
+
+def sha256_file(path: Path) -> str:
+    """sha256 of a file's bytes, read now (no memo)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def hash_file(path: Path) -> str:
-    """sha256 of a file's bytes (memoized by stat)."""
+    """sha256 of a file's bytes (remembered by full stat in the current cache's memo)."""
     path = Path(path).resolve()
     st = path.stat()
-    with _db() as con:
-        row = con.execute("select size, mtime, ino, sha from h where path=?", (str(path),)).fetchone()
-        if row and tuple(row[:3]) == (st.st_size, st.st_mtime_ns, st.st_ino):
-            return row[3]
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            while chunk := f.read(_CHUNK):
-                h.update(chunk)
-        sha = h.hexdigest()
-        con.execute("insert or replace into h values (?,?,?,?,?)", (str(path), st.st_size, st.st_mtime_ns, st.st_ino, sha))
+    con = _db()
+    if con is None:
+        return sha256_file(path)
+    with con:
+        row = con.execute("select stat, sha from h2 where path=?", (str(path),)).fetchone()
+        if row and row[0] == _stat_key(st):
+            return row[1]
+        sha = sha256_file(path)
+        after = path.stat()
+        settled = time.time() - _RACY_S
+        if _stat_key(after) == _stat_key(st) and max(st.st_mtime_ns, st.st_ctime_ns) / 1e9 < settled:
+            con.execute("insert or replace into h2 values (?,?,?)", (str(path), _stat_key(st), sha))
+    con.close()
     return sha
 
 
@@ -71,7 +95,7 @@ def with_content_hashes(obj: Any) -> Any:
         return {k: with_content_hashes(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
         return [with_content_hashes(v) for v in obj]
-    if isinstance(obj, str) and obj.startswith("/") and len(obj) < 4096:
+    if isinstance(obj, str) and obj.startswith("/") and len(obj) < 4096 and "\0" not in obj:
         p = Path(obj)
         if p.exists():
             return {"path": obj, "sha256": hash_path(p)}

@@ -1,22 +1,65 @@
-"""The output folder: the final model's files directly in it, plus footprints.json.
+"""The output folder: the final model's files directly in it, plus footprints.json and report.html.
 
 When the last pass is ModelBuilder, ``onnxruntime_genai.Model(output_dir)`` works on it as is.
-Each file is copied to a temp name and renamed into place; files a previous run wrote and this
-one does not are removed (tracked in ``.honed-manifest.json``), and nothing else is touched, so
-an output folder may also hold the cache or the user's own files.
+
+Safety rules (the output folder may also hold the user's own files, or the cache):
+
+* honed overwrites or deletes only files it wrote: those listed in ``.honed-manifest.json`` whose
+  size and mtime are still what honed left. A name in the manifest that is absolute, climbs out with
+  ``..`` or goes through a symlink is ignored. A file honed would write over that it did not write
+  stops the run (exit 2) before anything is written, naming the file.
+* The filesystem root, the home folder, system folders and files are refused as output folders.
+* The new files are first written whole into a hidden staging folder inside the output folder (where
+  a full disk or a kill leaves the old output untouched and the staging folder is removed), then a
+  journal is written and each file is renamed into place; a run killed during those renames is
+  finished by the next write (the journal is replayed), so the folder never stays half old, half new.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from honed.engine.footprints import Footprints
+from honed.errors import UserError
 from honed.models.handle import ModelHandle
+from honed.util.fs import atomic_write_text, protected_reason, safe_relative, writable_problem
+
+log = logging.getLogger("honed")
 
 MANIFEST = ".honed-manifest.json"
+JOURNAL = ".honed-commit.json"
+STAGING_PREFIX = ".honed-staging-"
+_KEY = "engine.output_dir (or --output-dir)"
+
+
+def check_output_dir(out: Path, cache_root: Path | None = None) -> None:
+    """Refuse an output folder honed must not write into, before any pass runs.
+
+    Raises:
+        UserError: ``out`` is a protected folder (root, home, system), a file, not writable, the cache
+            folder, or inside the cache folder.
+    """
+    reason = protected_reason(out)
+    if reason:
+        raise UserError(f"{_KEY}: {out} is {reason}; give a folder of its own, e.g. ./models")
+    problem = writable_problem(out)
+    if problem:
+        raise UserError(f"{_KEY}: {out} {problem}; give a writable folder")
+    if cache_root is not None:
+        o, c = Path(os.path.abspath(out)), Path(os.path.abspath(cache_root))
+        if o == c:
+            raise UserError(f"{_KEY}: engine.output_dir and engine.cache_dir are both {o}; give them different folders")
+        if c in o.parents:
+            raise UserError(f"{_KEY}: {o} is inside the cache {c}; put the output beside the cache, not in it")
 
 
 def _model_files(model: ModelHandle) -> dict[str, Path]:
@@ -26,23 +69,181 @@ def _model_files(model: ModelHandle) -> dict[str, Path]:
     return {f.relative_to(src).as_posix(): f for f in model.files()}
 
 
-def write_output_dir(model: ModelHandle, out: Path, cache_root: Path, footprints: Footprints) -> list[str]:
-    """Copy the final model into ``out`` and write footprints.json; return the names written."""
+def _stamp(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def owned_files(out: Path) -> dict[str, Path]:
+    """Files in ``out`` honed wrote and nobody changed since: the only ones it may replace or delete."""
+    try:
+        raw = json.loads((out / MANIFEST).read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError):
+        log.warning("%s is unreadable; honed treats every file in %s as yours", out / MANIFEST, out)
+        return {}
+    # Format 2 maps each name to [size, mtime_ns]. Format 1 (honed 0.1) was a list of names, and
+    # report.html was written beside it unlisted.
+    if isinstance(raw, list):
+        records: Any = {n: None for n in raw if isinstance(n, str)}
+        if "footprints.json" in records:
+            records["report.html"] = None
+    else:
+        records = raw.get("files", {}) if isinstance(raw, dict) else {}
+    owned: dict[str, Path] = {}
+    for name, stamp in (records.items() if isinstance(records, dict) else []):
+        path = safe_relative(out, name)
+        if path is None:
+            log.warning("%s lists '%s', which is not a file inside %s; ignored", out / MANIFEST, name, out)
+            continue
+        if not path.is_file():
+            continue
+        if stamp is not None and _stamp(path) != stamp:
+            continue  # changed since honed wrote it: it is the user's now
+        owned[name] = path
+    return owned
+
+
+def _conflicts(out: Path, names: list[str], owned: dict[str, Path]) -> list[str]:
+    """Names honed is about to write that would replace something it does not own."""
+    bad = []
+    for name in names:
+        path = safe_relative(out, name)
+        if path is None:
+            bad.append(name)
+            continue
+        if (path.exists() or path.is_symlink()) and name not in owned:
+            bad.append(name)
+            continue
+        for parent in path.relative_to(out).parents:
+            if str(parent) != "." and (out / parent).exists() and not (out / parent).is_dir():
+                bad.append(parent.as_posix())
+    return sorted(set(bad))
+
+
+def recover(out: Path) -> None:
+    """Finish a write that was killed while renaming files into place, and drop dead staging folders."""
+    journal = out / JOURNAL
+    if journal.is_file():
+        try:
+            plan = json.loads(journal.read_text())
+            staging = safe_relative(out, plan["staging"])
+            files, remove = list(plan["files"]), list(plan["remove"])
+        except (OSError, ValueError, KeyError, TypeError):
+            plan = None
+        if plan is not None and staging is not None and staging.name.startswith(STAGING_PREFIX):
+            _place(out, staging, files, remove)
+        journal.unlink(missing_ok=True)
+    for d in out.glob(STAGING_PREFIX + "*"):
+        if d.is_dir() and not d.is_symlink():
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _place(out: Path, staging: Path, files: list[str], remove: list[str]) -> None:
+    """Rename staged files into place, delete the stale ones, record the new manifest."""
+    for name in files:
+        src, dest = staging / name, safe_relative(out, name)
+        if dest is None:
+            continue
+        if src.is_file():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dest)
+    for name in remove:
+        path = safe_relative(out, name)
+        if path is not None and path.is_file():
+            path.unlink()
+    manifest = {"format": 2, "files": {n: _stamp(p) for n in sorted(files) if (p := out / n).is_file()}}
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
+
+
+def write_output_dir(model: ModelHandle | None, out: Path, footprints: Footprints,
+                     report: Callable[[dict[str, Any]], str] | None = None) -> list[str]:
+    """Put the final model, ``footprints.json`` and (with ``report``) ``report.html`` into ``out``.
+
+    ``report`` renders the footprints (as a dict) to HTML. Returns the names written.
+
+    Raises:
+        UserError: ``out`` is refused (see ``check_output_dir``), holds files honed did not write under
+            names it would write, or the disk is full (the previous output is then left intact).
+    """
+    out = Path(out)
+    check_output_dir(out)
     out.mkdir(parents=True, exist_ok=True)
-    manifest = out / MANIFEST
-    old = set(json.loads(manifest.read_text())) if manifest.exists() else set()
-    files = _model_files(model) if Path(model.path).exists() else {}
-    for rel, src in files.items():
-        dest = out / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.honed-tmp")
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
-    footprints.write(out / "footprints.json")
-    written = sorted([*files, "footprints.json"])
-    for stale in old - set(written):
-        (out / stale).unlink(missing_ok=True)
-    tmp = manifest.with_name(manifest.name + ".tmp")
-    tmp.write_text(json.dumps(written))
-    os.replace(tmp, manifest)
-    return written
+    recover(out)
+    owned = owned_files(out)
+    files = _model_files(model) if model is not None and Path(model.path).exists() else {}
+    fp = asdict(footprints)
+    names = sorted({*files, "footprints.json", *(["report.html"] if report else [])})
+    bad = _conflicts(out, names, owned)
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise UserError(f"{_KEY}: {out} holds {shown}, which honed did not write and would overwrite; "
+                        "move them away or choose another output folder (nothing was written)")
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
+    try:
+        for rel, src in files.items():
+            dest = staging / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dest)
+        (staging / "footprints.json").write_text(json.dumps(fp, indent=2, default=str))
+        if report:
+            (staging / "report.html").write_text(report(json.loads((staging / "footprints.json").read_text())),
+                                                 encoding="utf-8")
+        plan = {"staging": staging.name, "files": names, "remove": sorted(set(owned) - set(names))}
+        atomic_write_text(out / JOURNAL, json.dumps(plan, sort_keys=True))
+    except OSError as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UserError(f"{_KEY}: no space left on the device holding {out}; free some space and rerun "
+                            "(the previous output is intact; passes stay cached)") from None
+        raise
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _place(out, staging, names, plan["remove"])
+    (out / JOURNAL).unlink(missing_ok=True)
+    shutil.rmtree(staging, ignore_errors=True)
+    return names
+
+
+def remove_output(out: Path) -> bool:
+    """Delete what honed wrote in ``out`` (and ``out`` itself once empty); user files stay. True when
+    ``out`` is gone."""
+    recover(out)
+    owned = owned_files(out)
+    for path in owned.values():
+        path.unlink()
+    (out / MANIFEST).unlink(missing_ok=True)
+    parents = {p for path in owned.values() for p in path.relative_to(out).parents if str(p) != "."}
+    for d in sorted(parents, key=lambda p: len(p.parts), reverse=True):
+        if (out / d).is_dir() and not any((out / d).iterdir()):
+            (out / d).rmdir()
+    if not any(out.iterdir()):
+        out.rmdir()
+        return True
+    return False
+
+
+def rewrite_owned(out: Path, name: str, text: str) -> Path:
+    """Replace one file honed wrote in ``out`` (``honed report`` regenerating report.html) and keep the
+    manifest's record of it current.
+
+    Raises:
+        UserError: a file of that name exists that honed did not write.
+    """
+    out = Path(out)
+    owned = owned_files(out)
+    path = safe_relative(out, name)
+    if path is None or ((path.exists() or path.is_symlink()) and name not in owned):
+        raise UserError(f"{out / name} was not written by honed; move it away to let honed write its own")
+    atomic_write_text(path, text)
+    try:
+        raw = json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        raw = None
+    records = raw["files"] if isinstance(raw, dict) and isinstance(raw.get("files"), dict) else \
+        {n: _stamp(p) for n, p in owned.items()}
+    records[name] = _stamp(path)
+    atomic_write_text(out / MANIFEST, json.dumps({"format": 2, "files": records}, indent=1, sort_keys=True))
+    return path

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,20 +19,22 @@ from typing import Any
 import honed
 from honed.config.load import PassStep, Workflow
 from honed.data.config import DataConfig
-from honed.engine.cache import Cache, Entry
+from honed.engine.cache import MARKER, Cache, Entry, open_problem
 from honed.engine.footprints import Footprints, StepRecord
-from honed.engine.hashing import hash_json, hash_path
+from honed.engine.hashing import hash_json, hash_path, use_memo
 from honed.engine.keys import pass_key
 from honed.engine.monitor import PeakMemory
-from honed.engine.outputs import write_output_dir
+from honed.engine.outputs import check_output_dir, write_output_dir
 from honed.engine.progress import RunDisplay
 from honed.errors import PassFailed, UserError
 from honed.models.handle import ModelHandle
+from honed.models.loaders import carry_trust
 from honed.models.resolve import resolve_model
 from honed.passes.base import PassContext
 from honed.systems.accelerator import Accelerator
 from honed.systems.local import LocalSystem, device_problem
 from honed.systems.python_env import PythonEnvironmentSystem, find_python
+from honed.util.fs import user_path
 
 log = logging.getLogger("honed")
 
@@ -117,10 +120,13 @@ def run_workflow(
         from honed.search.runner import run_search
 
         return run_search(wf, output_dir=output_dir, cache_dir=cache_dir, display=display)
-    out_dir = Path(output_dir or wf.engine.output_dir).resolve()
-    cache_root = Path(cache_dir or wf.engine.cache_dir).resolve()
-    if out_dir == cache_root:
-        raise UserError(f"engine.output_dir and engine.cache_dir are both {out_dir}; give them different folders")
+    out_dir = user_path(output_dir or wf.engine.output_dir, "engine.output_dir")
+    cache_root = user_path(cache_dir or wf.engine.cache_dir, "engine.cache_dir")
+    problem = open_problem(cache_root)
+    if problem:
+        raise UserError(f"engine.cache_dir (or --cache-dir): {problem}")
+    if write_output:
+        check_output_dir(out_dir, cache_root)
     host, target = _accelerators(wf)
     if not dry_run:
         for role, acc, key in (("host", host, wf.engine.host), ("target", target, wf.engine.target)):
@@ -130,6 +136,8 @@ def run_workflow(
     cache = Cache(cache_root) if not dry_run else None
     if cache:
         cache.clean_stale()
+    elif (cache_root / MARKER).is_file():
+        use_memo(cache_root)  # a dry run reads the cache's remembered hashes, and writes nothing else
     model = _input_handle(wf, cache_root, dry_run)
     input_model = model
     system = _host_system(wf, host)
@@ -159,6 +167,7 @@ def run_workflow(
         entry = cache.get(key)
         if entry is None:
             with cache.lock(key):
+                cache.repair(key)  # a damaged entry is set aside and computed again
                 entry = cache.get(key)  # another run may have finished it while we waited
                 if entry is None:
                     entry = _run_step(step, model, key, cache, system, host, target, data_configs, display, record)
@@ -167,7 +176,8 @@ def run_workflow(
             record.wall_s = 0.0
             record.metrics = entry.meta.get("metrics", {})
             display.line(f"[green]✓[/] {step.name} ({step.pass_cls.name}) [dim]cached[/]")
-        model = entry.handle.model_copy(update={"id": key})
+        # The input model's trust_remote_code reaches every later pass, whatever handle a pass returns.
+        model = carry_trust(entry.handle, model).model_copy(update={"id": key})
         current_id = key
         result.steps.append(record)
         stages[step.name] = model
@@ -176,9 +186,7 @@ def run_workflow(
     result.model = model
     result.evaluation = _evaluate(wf, input_model, stages, model, cache.root, target, display)
     if write_output:
-        footprints = footprints_for(wf, result)
-        write_output_dir(model, out_dir, cache.root, footprints)
-        _finish_output(out_dir, display)
+        write_output_dir(model, out_dir, footprints_for(wf, result), report=html_report(out_dir))
     return result
 
 
@@ -192,11 +200,13 @@ def footprints_for(wf: Workflow, result: RunResult) -> Footprints:
     )
 
 
-def _finish_output(out_dir: Path, display: RunDisplay) -> None:
-    """The HTML report of an output folder (the CLI prints the plain-text summary)."""
-    from honed.report.html import write_report
+def html_report(out_dir: Path) -> Callable[[dict[str, Any]], str]:
+    """Renders footprints into the output folder's report.html (the CLI prints the plain-text summary)."""
+    def render(footprints: dict[str, Any]) -> str:
+        from honed.report.html import build_html
 
-    write_report(out_dir)
+        return build_html(footprints, f"honed report - {out_dir.name}")
+    return render
 
 
 def _evaluate(wf: Workflow, input_model: ModelHandle, stages: dict[str, ModelHandle], model: ModelHandle,

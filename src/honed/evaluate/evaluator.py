@@ -28,6 +28,7 @@ from honed.evaluate.config import EvaluatorConfig, MetricConfig
 from honed.evaluate.metrics import classification_scores, perplexity, timing_stats
 from honed.models.handle import ModelHandle
 from honed.systems.accelerator import Accelerator
+from honed.util.fs import atomic_write_text
 
 Results = dict[str, float]
 
@@ -321,10 +322,14 @@ def evaluate_cached(handle: ModelHandle, cfg: EvaluatorConfig, data_configs: dic
     key = eval_key(handle.id or handle.path, cfg, data_configs, target)
     path = Path(cache_root) / "evals" / f"{key}.json"
     if path.is_file():
-        return json.loads(path.read_text())["results"], True
+        try:
+            stored = json.loads(path.read_text())
+        except (OSError, ValueError):
+            stored = None  # damaged: a miss, computed again below
+        if isinstance(stored, dict) and isinstance(stored.get("results"), dict):
+            return stored["results"], True
     results = evaluate_model(handle, cfg, data_configs, target, cache_dir=Path(cache_root))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"model": handle.id, "results": results, "created": time.time()}, indent=2))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps({"model": handle.id, "results": results, "created": time.time()}, indent=2,
+                                       sort_keys=True))
     return results, False

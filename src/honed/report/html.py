@@ -12,6 +12,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from honed.engine.outputs import rewrite_owned
 from honed.errors import UserError
 from honed.report.text import fmt
 
@@ -312,9 +313,8 @@ def write_report(out_dir: str | Path) -> Path:
     fp_path = out / "footprints.json"
     if not fp_path.is_file():
         raise UserError(f"{out} has no footprints.json; give the output_dir of a finished `honed run`")
-    fp = json.loads(fp_path.read_text())
-    path = out / "report.html"
-    tmp = path.with_name(".report.html.tmp")
-    tmp.write_text(build_html(fp, f"honed report - {out.name}"), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    try:
+        fp = json.loads(fp_path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{fp_path}: unreadable ({type(e).__name__}); rerun `honed run` to write it again") from None
+    return rewrite_owned(out, "report.html", build_html(fp, f"honed report - {out.name}"))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -19,16 +18,16 @@ from typing import Any
 from pydantic import ValidationError
 
 from honed.config.load import PassStep, Workflow, problems_from
-from honed.engine.footprints import Footprints
-from honed.engine.outputs import write_output_dir
+from honed.engine.outputs import MANIFEST, check_output_dir, remove_output, write_output_dir
 from honed.engine.progress import RunDisplay
-from honed.engine.runner import RunResult, footprints_for, run_workflow
+from honed.engine.runner import RunResult, footprints_for, html_report, run_workflow
 from honed.errors import ConfigError, HonedError, UserError
 from honed.evaluate.config import EvaluatorConfig
 from honed.passes.base import get_pass
 from honed.search.pareto import Objective, pareto_front, rank
 from honed.search.samplers import make_sampler
 from honed.search.space import SearchSpace
+from honed.util.fs import user_path
 
 
 def trial_workflow(wf: Workflow, space: SearchSpace, point: dict[str, Any]) -> Workflow:
@@ -75,8 +74,9 @@ def run_search(wf: Workflow, *, output_dir: str | Path | None = None, cache_dir:
         raise UserError("engine.evaluator: a search needs an evaluator to rank its trials; define one")
     cfg = wf.config.evaluators[wf.engine.evaluator]
     objectives = objectives_of(cfg)
-    out_dir = Path(output_dir or wf.engine.output_dir).resolve()
-    cache_root = Path(cache_dir or wf.engine.cache_dir).resolve()
+    out_dir = user_path(output_dir or wf.engine.output_dir, "engine.output_dir")
+    cache_root = user_path(cache_dir or wf.engine.cache_dir, "engine.cache_dir")
+    check_output_dir(out_dir, cache_root)
     sampler = make_sampler(strategy.sampler, space, objectives, strategy.seed)
     trials: list[dict[str, Any]] = []
     results: list[RunResult | None] = []
@@ -139,24 +139,18 @@ def run_search(wf: Workflow, *, output_dir: str | Path | None = None, cache_dir:
         "output_models": {}, "wall_s": round(time.perf_counter() - start, 3),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    for old in out_dir.iterdir():  # ranks written by an earlier search
-        if old.is_dir() and old.name.isdigit() and (old / "footprints.json").exists():
-            shutil.rmtree(old)
+    for old in out_dir.iterdir():  # ranks an earlier search wrote: only the files honed wrote go
+        if old.is_dir() and not old.is_symlink() and old.name.isdigit() and int(old.name) > n_out \
+                and (old / MANIFEST).is_file():
+            remove_output(old)
     for r, i in enumerate(order[:n_out], 1):
         res = results[i]
         assert res is not None and res.model is not None
         fp = footprints_for(trial_workflow(wf, space, trials[i]["point"]), res)
-        write_output_dir(res.model, out_dir / str(r), cache_root, fp)
+        write_output_dir(res.model, out_dir / str(r), fp)
         search["output_models"][str(r)] = i
     best.search = search
     best.output_dir = out_dir
     top = footprints_for(trial_workflow(wf, space, trials[order[0]]["point"]), best)
-    _write_top(out_dir, top)
-    from honed.engine.runner import _finish_output
-
-    _finish_output(out_dir, display)
+    write_output_dir(None, out_dir, top, report=html_report(out_dir))
     return best
-
-
-def _write_top(out_dir: Path, footprints: Footprints) -> None:
-    footprints.write(out_dir / "footprints.json")

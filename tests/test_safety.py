@@ -1,0 +1,331 @@
+"""Safety: honed never deletes, overwrites or runs what the user did not ask, and damage heals.
+
+Every case runs with a sandboxed HOME and working directory. Each checks a defect found by trying
+honed the way a careful user (or a hostile file) would; see the issue "Safety first".
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.helpers import cli, write_config
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """HOME and the working directory inside tmp_path; returns the working directory."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("HONED_TEST_LOG", str(tmp_path / "ran.log"))
+    return work
+
+
+@pytest.fixture
+def project(sandbox: Path, tiny_llama: Path) -> Path:
+    (sandbox / "rows.jsonl").write_text('{"phrase": "a", "tone": "joy"}\n')
+    write_config(sandbox / "wf.yaml", {
+        "input_model": {"model_path": str(tiny_llama)},
+        "data_configs": [{"name": "rows", "load_dataset_config": {"data_files": "rows.jsonl"}}],
+        "passes": {
+            "cast": {"type": "CastDtype", "dtype": "bfloat16"},
+            "append": {"type": "TestAppendData", "data_config": "rows", "tag": "a"},
+        },
+        "engine": {"cache_dir": "cache", "output_dir": "out"},
+    })
+    return sandbox
+
+
+def ran(project: Path) -> list[str]:
+    log = project.parent / "ran.log"
+    lines = log.read_text().split() if log.exists() else []
+    log.unlink(missing_ok=True)
+    return lines
+
+
+def steps(out: Path) -> dict[str, bool]:
+    fp = json.loads((out / "footprints.json").read_text())
+    return {s["name"]: s["cached"] for s in fp["steps"]}
+
+
+def tree(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` with its sha256 (a snapshot to compare)."""
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def one_error(capsys: pytest.CaptureFixture) -> str:
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+# -- 1. a run deletes only what honed created -------------------------------------------------------
+
+@pytest.mark.parametrize("cache_dir", ["proj", "."])
+def test_a_folder_that_is_not_a_cache_is_refused_and_kept(project: Path, cache_dir: str,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    (project / "proj" / "tmp" / "experiment_42").mkdir(parents=True)
+    (project / "proj" / "tmp" / "experiment_42" / "notes.txt").write_text("mine")
+    before = tree(project)
+    assert cli("run", "-c", "wf.yaml", "--cache-dir", cache_dir) == 2
+    line = one_error(capsys)
+    assert "cache_dir" in line and "not a honed cache" in line
+    assert tree(project) == before
+    assert ran(project) == []
+
+
+def test_the_system_temp_folder_and_root_are_refused_as_cache(project: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    fake_tmp = tmp_path / "systmp"
+    (fake_tmp / "someone-elses").mkdir(parents=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(fake_tmp))
+    for root in (str(fake_tmp), "/"):
+        assert cli("run", "-c", "wf.yaml", "--cache-dir", root) == 2
+        assert "cache_dir" in one_error(capsys)
+    assert (fake_tmp / "someone-elses").is_dir()
+
+
+def test_cleanup_removes_only_honed_temp_names(project: Path) -> None:
+    assert cli("run", "-c", "wf.yaml") == 0
+    tmp = project / "cache" / "tmp"
+    mine = tmp / "experiment_42"
+    mine.mkdir()
+    (mine / "data.bin").write_bytes(b"x")
+    stale = tmp / ("ab" * 16 + ".12345.abcd_efg")  # the shape of a temp folder a killed run leaves
+    stale.mkdir()
+    assert cli("run", "-c", "wf.yaml") == 0
+    assert (mine / "data.bin").read_bytes() == b"x" and not stale.exists()
+    assert cli("cache", "clean", "--cache-dir", "cache") == 0
+    assert (mine / "data.bin").read_bytes() == b"x"
+    assert not any((project / "cache" / "entries").iterdir())
+
+
+def test_cache_commands_refuse_a_folder_that_is_not_a_cache(sandbox: Path) -> None:
+    (sandbox / "stuff" / "tmp" / "keep").mkdir(parents=True)
+    assert cli("cache", "clean", "--cache-dir", "stuff") == 2
+    assert cli("cache", "ls", "--cache-dir", ".") == 2
+    assert (sandbox / "stuff" / "tmp" / "keep").is_dir()
+
+
+def test_a_cache_from_an_older_honed_without_marker_is_adopted(project: Path) -> None:
+    assert cli("run", "-c", "wf.yaml") == 0
+    (project / "cache" / ".honed-cache").unlink()
+    assert cli("run", "-c", "wf.yaml") == 0
+    assert steps(project / "out") == {"cast": True, "append": True}
+
+
+# -- 2. the manifest is not trusted to point outside output_dir --------------------------------------
+
+def test_manifest_entries_outside_the_output_dir_are_never_deleted(project: Path, tmp_path: Path) -> None:
+    out = project / "out"
+    out.mkdir()
+    victim, absolute = project / "victim.txt", tmp_path / "victim2.txt"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "linked.txt").write_text("keep")
+    (out / "link").symlink_to(outside)
+    for f in (victim, absolute):
+        f.write_text("keep")
+    names = ["../victim.txt", str(absolute), "link/linked.txt", "sub/../../victim.txt"]
+    (out / ".honed-manifest.json").write_text(json.dumps(names))
+    assert cli("run", "-c", "wf.yaml") == 0
+    assert cli("run", "-c", "wf.yaml") == 0
+    assert victim.read_text() == absolute.read_text() == (outside / "linked.txt").read_text() == "keep"
+    manifest = json.loads((out / ".honed-manifest.json").read_text())
+    manifest["files"].update({n: [4, 0] for n in names})
+    (out / ".honed-manifest.json").write_text(json.dumps(manifest))
+    assert cli("run", "-c", "wf.yaml") == 0
+    assert victim.read_text() == absolute.read_text() == (outside / "linked.txt").read_text() == "keep"
+
+
+# -- 3. files honed did not write are not overwritten; roots are refused -----------------------------
+
+def test_user_files_in_output_dir_are_not_overwritten(project: Path, capsys: pytest.CaptureFixture) -> None:
+    out = project / "out"
+    out.mkdir()
+    (out / "config.json").write_text("my config")
+    (out / "report.html").write_text("my report")
+    (out / "notes.md").write_text("mine")
+    before = tree(out)
+    assert cli("run", "-c", "wf.yaml") == 2
+    line = one_error(capsys)
+    assert "config.json" in line and "report.html" in line and "notes.md" not in line
+    assert tree(out) == before  # nothing written, nothing removed
+    # Moved away, the run writes its output and leaves the unrelated file alone.
+    (out / "config.json").unlink()
+    (out / "report.html").unlink()
+    assert cli("run", "-c", "wf.yaml") == 0
+    assert (out / "notes.md").read_text() == "mine" and (out / "model.safetensors").is_file()
+
+
+def test_a_file_the_user_changed_after_honed_wrote_it_is_theirs(project: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    assert cli("run", "-c", "wf.yaml") == 0
+    out = project / "out"
+    (out / "tag.txt").write_text("edited by me")
+    cfg = yaml.safe_load((project / "wf.yaml").read_text())
+    del cfg["passes"]["append"]  # the next run would drop tag.txt as stale
+    write_config(project / "wf.yaml", cfg)
+    assert cli("run", "-c", "wf.yaml") == 0
+    assert (out / "tag.txt").read_text() == "edited by me"
+    cfg["passes"]["append"] = {"type": "TestAppendData", "data_config": "rows", "tag": "b"}
+    write_config(project / "wf.yaml", cfg)
+    assert cli("run", "-c", "wf.yaml") == 2  # would overwrite it
+    assert "tag.txt" in one_error(capsys) and (out / "tag.txt").read_text() == "edited by me"
+
+
+def test_report_command_does_not_overwrite_a_user_report(project: Path, capsys: pytest.CaptureFixture) -> None:
+    assert cli("run", "-c", "wf.yaml") == 0
+    assert cli("report", "out") == 0
+    assert cli("run", "-c", "wf.yaml") == 0  # the regenerated report is still honed's
+    (project / "out" / "report.html").write_text("mine!")
+    assert cli("report", "out") == 2
+    assert (project / "out" / "report.html").read_text() == "mine!"
+
+
+@pytest.mark.parametrize("where", ["/", "~", "home-parent", "/usr/lib", "file"])
+def test_roots_home_system_folders_and_files_are_refused_before_any_pass(
+        project: Path, where: str, capsys: pytest.CaptureFixture) -> None:
+    home = Path(os.environ["HOME"])
+    if where == "home-parent":
+        where = str(home.parent)
+    elif where == "file":
+        (project / "a-file").write_text("x")
+        where = "a-file"
+    assert cli("run", "-c", "wf.yaml", "--output-dir", where) == 2
+    line = one_error(capsys)
+    assert "output_dir" in line
+    assert ran(project) == []  # refused before the first pass
+    assert sorted(p.name for p in home.iterdir()) == []
+
+
+# -- 4. the output folder is replaced whole or not at all --------------------------------------------
+
+def test_a_full_disk_while_writing_leaves_the_old_output_intact(project: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    assert cli("run", "-c", "wf.yaml") == 0
+    out = project / "out"
+    before = tree(out)
+    cfg = yaml.safe_load((project / "wf.yaml").read_text())
+    cfg["passes"]["cast"]["dtype"] = "float16"  # a new model: every weight file changes
+    write_config(project / "wf.yaml", cfg)
+    import honed.engine.outputs as outputs
+
+    real_copy, copied = outputs.shutil.copyfile, []
+
+    def copy_then_fill_disk(src: str, dst: str, **kw: object) -> None:
+        if ".honed-staging" in str(dst):
+            if copied:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            copied.append(dst)
+        real_copy(src, dst, **kw)
+
+    monkeypatch.setattr(outputs.shutil, "copyfile", copy_then_fill_disk)
+    assert cli("run", "-c", "wf.yaml") == 2
+    assert "no space left" in one_error(capsys)
+    assert tree(out) == before  # the old model, footprints and manifest, and no temp file
+    assert not [p for p in out.iterdir() if p.name.startswith(".honed-staging")]
+    monkeypatch.undo()
+
+
+def test_a_write_killed_while_renaming_is_finished_by_the_next_run(project: Path, tiny_llama: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import honed.engine.outputs as outputs
+
+    assert cli("run", "-c", "wf.yaml") == 0
+    cfg = yaml.safe_load((project / "wf.yaml").read_text())
+    cfg["passes"]["append"]["tag"] = "killed"
+    write_config(project / "wf.yaml", cfg)
+    real_replace, moved = os.replace, []
+
+    def die_after_one(src: str, dst: str) -> None:
+        if ".honed-staging" in str(src):
+            if moved:
+                raise KeyboardInterrupt  # stands in for a kill between two renames
+            moved.append(dst)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(outputs.os, "replace", die_after_one)
+    assert cli("run", "-c", "wf.yaml") == 130
+    monkeypatch.undo()
+    out = project / "out"
+    assert (out / ".honed-commit.json").is_file()  # the journal says what was left to do
+    from honed.engine.outputs import recover
+
+    recover(out)
+    assert (out / "tag.txt").read_text() == "killed"
+    assert not (out / ".honed-commit.json").exists()
+    assert not [p for p in out.iterdir() if p.name.startswith(".honed-staging")]
+    fp = json.loads((out / "footprints.json").read_text())
+    assert fp["steps"][1]["config"]["tag"] == "killed"
+
+
+# -- 9. a damaged cache heals ------------------------------------------------------------------------
+
+def _entry_of(project: Path, pass_name: str) -> Path:
+    for d in (project / "cache" / "entries").iterdir():
+        if json.loads((d / "meta.json").read_text())["pass"] == pass_name:
+            return d
+    raise AssertionError(pass_name)
+
+
+@pytest.mark.parametrize("damage", ["truncated-handle", "emptied", "bit-flip", "missing-file"])
+def test_a_damaged_entry_is_a_miss_and_is_recomputed(project: Path, damage: str) -> None:
+    assert cli("run", "-c", "wf.yaml") == 0
+    good = tree(project / "out")
+    entry = _entry_of(project, "cast")
+    weights = entry / "model" / "model.safetensors"
+    if damage == "truncated-handle":
+        text = (entry / "handle.json").read_text()
+        (entry / "handle.json").write_text(text[: len(text) // 2])
+    elif damage == "emptied":
+        for f in entry.rglob("*"):
+            if f.is_file():
+                f.unlink()
+    elif damage == "bit-flip":
+        data = bytearray(weights.read_bytes())
+        data[len(data) - 3] ^= 0x01
+        weights.write_bytes(bytes(data))
+    else:
+        weights.unlink()
+    assert cli("cache", "ls", "--cache-dir", "cache") == 0
+    assert cli("run", "-c", "wf.yaml") == 0
+    assert steps(project / "out") == {"cast": False, "append": True}  # recomputed, same key, same bytes
+    assert tree(project / "out") == {**good, "footprints.json": tree(project / "out")["footprints.json"],
+                                     ".honed-manifest.json": tree(project / "out")[".honed-manifest.json"],
+                                     "report.html": tree(project / "out")["report.html"]}
+    assert cli("run", "-c", "wf.yaml") == 0
+    assert steps(project / "out") == {"cast": True, "append": True}
+
+
+# -- 12. remembered hashes live in the cache and miss no edit ----------------------------------------
+
+def test_hash_memo_is_inside_the_cache_and_sees_an_edit_with_the_mtime_restored(project: Path) -> None:
+    data = project / "rows.jsonl"
+    old = time.time() - 3600
+    os.utime(data, (old, old))
+    time.sleep(2.1)  # past the racy window, so the first run remembers the digest
+    assert cli("run", "-c", "wf.yaml") == 0
+    assert (project / "cache" / "hashes.sqlite").is_file()
+    assert not (Path(os.environ["HOME"]) / ".cache" / "honed").exists()
+    st = data.stat()
+    data.write_text(data.read_text().replace('"a"', '"b"'))  # same size, new content
+    os.utime(data, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert data.stat().st_size == st.st_size and data.stat().st_mtime_ns == st.st_mtime_ns
+    assert cli("run", "-c", "wf.yaml") == 0
+    assert steps(project / "out") == {"cast": True, "append": False}
+    assert (project / "out" / "data-rows.jsonl").read_text().startswith('{"phrase": "b"')
