@@ -213,6 +213,26 @@ def test_roots_home_system_folders_and_files_are_refused_before_any_pass(
     assert sorted(p.name for p in home.iterdir()) == []
 
 
+def test_a_read_only_output_folder_is_found_before_any_pass(project: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    from honed.util.fs import writable_problem
+
+    # sysfs refuses new files even to root: the probe sees what permission bits would not.
+    assert "not writable" in (writable_problem(Path("/sys/kernel/honed-out")) or "")
+    real = tempfile.mkstemp
+
+    def read_only(*args: object, **kw: object) -> tuple[int, str]:
+        if str(kw.get("dir", "")).startswith(str(project / "ro")):
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real(*args, **kw)
+
+    (project / "ro").mkdir()
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    assert cli("run", "-c", "wf.yaml", "--output-dir", "ro/out") == 2
+    assert "read-only file system" in one_error(capsys)
+    assert ran(project) == []
+
+
 # -- 4. the output folder is replaced whole or not at all --------------------------------------------
 
 def test_a_full_disk_while_writing_leaves_the_old_output_intact(project: Path, monkeypatch: pytest.MonkeyPatch,
@@ -329,3 +349,27 @@ def test_hash_memo_is_inside_the_cache_and_sees_an_edit_with_the_mtime_restored(
     assert cli("run", "-c", "wf.yaml") == 0
     assert steps(project / "out") == {"cast": True, "append": False}
     assert (project / "out" / "data-rows.jsonl").read_text().startswith('{"phrase": "b"')
+
+
+@pytest.mark.parametrize("damage", ["stats", "arrow"])
+def test_damaged_tokenized_data_is_tokenized_again(sandbox: Path, tiny_llama: Path, damage: str) -> None:
+    from transformers import AutoTokenizer
+
+    from honed.data import build_datasets
+    from honed.data.config import DataConfig
+
+    (sandbox / "rows.jsonl").write_text("".join(json.dumps({"t": f"row {i}", "y": "a"}) + "\n" for i in range(8)))
+    cfg = DataConfig.model_validate({"name": "d", "load_dataset_config": {"data_files": str(sandbox / "rows.jsonl")},
+                                     "pre_process_data_config": {"text_template": "{t} -> {y}"}})
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    first = build_datasets(cfg, tokenizer=tok, cache_dir=sandbox / "c")
+    assert first.stats["cache"] == "miss"
+    (entry,) = (sandbox / "c" / "tokenized").iterdir()
+    if damage == "stats":
+        (entry / "stats.json").write_text('{"rows": ')
+    else:
+        for f in (entry / "train").glob("*.arrow"):
+            f.write_bytes(f.read_bytes()[:40])
+    again = build_datasets(cfg, tokenizer=tok, cache_dir=sandbox / "c")
+    assert again.stats["cache"] == "miss" and again.train["input_ids"] == first.train["input_ids"]
+    assert build_datasets(cfg, tokenizer=tok, cache_dir=sandbox / "c").stats["cache"] == "hit"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import random
 import shutil
@@ -29,6 +30,8 @@ from honed.data.formatting import Formatted, check_columns, completion_default, 
 from honed.data.packing import pack, tokenize
 from honed.data.sources import drop_raw_cache, load_rows, locate_row, quiet_datasets, source_fingerprint
 from honed.errors import DataError
+
+log = logging.getLogger("honed")
 
 FORMAT_VERSION = "1"
 """Bump when the produced sequences change for the same inputs (invalidates caches)."""
@@ -209,11 +212,19 @@ def build_datasets(
         })
         entry = Path(cache_dir) / "tokenized" / key
         if (entry / "stats.json").is_file():
-            stats = json.loads((entry / "stats.json").read_text())
-            train = datasets.load_from_disk(str(entry / "train"))
-            evals = datasets.load_from_disk(str(entry / "eval")) if (entry / "eval").is_dir() else None
-            stats |= {"cache": "hit", "seconds": round(time.perf_counter() - start, 3), "cache_key": key}
-            return Splits(train, evals, stats)
+            try:
+                stats = json.loads((entry / "stats.json").read_text())
+                train = datasets.load_from_disk(str(entry / "train"))
+                evals = datasets.load_from_disk(str(entry / "eval")) if (entry / "eval").is_dir() else None
+            except (OSError, ValueError) as e:  # damaged (pyarrow's errors are ValueErrors): tokenize again
+                log.warning("tokenized data %s is damaged (%s); tokenizing again", entry, type(e).__name__)
+                trash = entry.with_name(f".tmp-damaged-{key}-{os.getpid()}")
+                with contextlib.suppress(OSError):
+                    os.replace(entry, trash)
+                shutil.rmtree(trash, ignore_errors=True)
+            else:
+                stats |= {"cache": "hit", "seconds": round(time.perf_counter() - start, 3), "cache_key": key}
+                return Splits(train, evals, stats)
 
     examples, stats = _prepare_rows(cfg, tokenizer, cache_dir, seed)
     eval_examples: list[Formatted] | None = None
