@@ -4,6 +4,10 @@ Everything loads through ``datasets.load_dataset`` so every format and filesyste
 works here.  What this module adds is the error a user can act on: when a load fails it
 re-reads the offending local file to name the line (malformed JSON, wrong encoding), and
 after a load it checks that the columns a template needs are present in every row.
+
+Local files load with the hub libraries offline (``honed.offline.local_only``): reading a file on
+disk makes no network request.  A folder or glob contributes its data files only (by extension);
+README, LICENSE and hidden files beside them are skipped.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any
 from honed.config.paths import is_url
 from honed.data.config import DataConfig
 from honed.errors import DataError
+from honed.offline import hub_endpoint, hub_offline, hub_reachable, local_only
 
 log = logging.getLogger("honed")
 
@@ -33,6 +38,13 @@ LOADERS = {
     ".parquet": "parquet", ".txt": "text", ".text": "text", ".arrow": "arrow",
 }
 FILE_LOADERS = {"json", "csv", "parquet", "text", "arrow"}
+TEXT_LOADERS = {"json", "csv", "text"}
+# Files that sit beside data in a folder and are never data (matched on the name before the first dot).
+NOT_DATA = {"readme", "license", "licence", "notice", "changelog", "changes", "copying", "authors",
+            "contributing", "citation", "manifest"}
+# The fsspec filesystem package of each protocol.
+FS_PACKAGES = {"http": "aiohttp", "https": "aiohttp", "s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs",
+               "az": "adlfs", "abfs": "adlfs", "abfss": "adlfs", "adl": "adlfs"}
 
 
 def data_files(cfg: DataConfig) -> list[str]:
@@ -43,19 +55,46 @@ def data_files(cfg: DataConfig) -> list[str]:
     return [files] if isinstance(files, str) else list(files)
 
 
+def _not_data(name: str) -> bool:
+    """README, LICENSE, ... and hidden files: never rows, whatever their extension."""
+    return name.startswith(".") or name.split(".")[0].lower() in NOT_DATA
+
+
+def _pick_data_files(found: list[Path], where: str, *, keep_unknown: bool) -> list[Path]:
+    """The data files among ``found`` (by extension); what was skipped is logged at info level.
+
+    ``keep_unknown``: files of an unknown extension stay when no file has a known one (a glob such
+    as ``*.dat`` that the user pairs with data_name).
+    """
+    candidates = [q for q in found if not _not_data(q.name)]
+    known = [q for q in candidates if q.suffix.lower() in LOADERS]
+    picked = known if known or not keep_unknown else candidates
+    skipped = [q for q in found if q not in picked]
+    if skipped and picked:
+        log.info("%s: ignored %s (not data files)", where, ", ".join(q.name for q in skipped[:10])
+                 + (f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""))
+    return picked
+
+
 def expand_local(entry: str) -> list[Path]:
-    """Files a local path, folder or glob names, sorted (the order datasets reads them)."""
+    """Data files a local path, folder or glob names, sorted (the order datasets reads them)."""
     p = Path(entry.removeprefix("file://")).expanduser()
     if p.is_dir():
-        found = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in LOADERS)
+        inside = sorted(q for q in p.rglob("*") if q.is_file()
+                        and not any(part.startswith(".") for part in q.relative_to(p).parts[:-1]))
+        found = _pick_data_files(inside, f"data folder {p}", keep_unknown=False)
         if not found:
             raise DataError(f"folder {p} has no data files ({', '.join(sorted(LOADERS))}); put files in it or "
                             "point data_files at a file")
         return found
     if glob.has_magic(str(p)):
-        found = sorted(Path(q) for q in glob.glob(str(p), recursive=True) if Path(q).is_file())
-        if not found:
+        matched = sorted(Path(q) for q in glob.glob(str(p), recursive=True) if Path(q).is_file())
+        if not matched:
             raise DataError(f"no file matches '{entry}'; fix the glob in data_files")
+        found = _pick_data_files(matched, f"data_files '{entry}'", keep_unknown=True)
+        if not found:
+            raise DataError(f"'{entry}' matches only {', '.join(q.name for q in matched[:3])}, which are not data "
+                            "files; fix the glob in data_files")
         return found
     if not p.is_file():
         raise DataError(f"data file not found: {p}; fix data_files or create the file")
@@ -67,10 +106,17 @@ def loader_name(cfg: DataConfig, files: list[str]) -> str:
     name = cfg.load_dataset_config.data_name
     if name in FILE_LOADERS:
         return name
-    exts = {LOADERS.get(Path(f.split("?")[0]).suffix.lower()) for f in files}
-    exts.discard(None)
-    if len(exts) == 1:
-        return exts.pop()
+    by_loader: dict[str, str] = {}
+    for f in files:
+        found = LOADERS.get(Path(f.split("?")[0]).suffix.lower())
+        if found:
+            by_loader.setdefault(found, Path(f.split("?")[0]).name)
+    if len(by_loader) == 1:
+        return next(iter(by_loader))
+    if len(by_loader) > 1:
+        mixed = ", ".join(f"{k} ({v})" for k, v in sorted(by_loader.items()))
+        raise DataError(f"data config '{cfg.name}' mixes formats: {mixed}; keep one format per data config "
+                        "(a folder may hold only one kind of data file)")
     listed = ", ".join(files[:3])
     raise DataError(f"cannot tell the format of {listed}; set load_dataset_config.data_name to one of "
                     f"{sorted(FILE_LOADERS)}")
@@ -138,14 +184,15 @@ def load_rows(cfg: DataConfig, *, cache_dir: Path | None = None) -> Any:
         if os.path.getsize(f) == 0:
             raise DataError(f"data file {shown.get(f, f)} is empty; put rows in it or remove it from data_files")
     builder = loader_name(cfg, files)
-    if builder in ("json", "csv", "text"):
+    if builder in TEXT_LOADERS:
         for f in files:  # pyarrow reads invalid UTF-8 without complaint and fails later, far from the file
             _check_utf8(f, shown.get(f, f))
     kwargs: dict[str, Any] = {}
     if builder == "csv" and all(f.endswith(".tsv") for f in files):
         kwargs["sep"] = "\t"
+    names = ", ".join(shown.get(f, f) for f in files[:3])
     try:
-        with quiet_datasets():
+        with quiet_datasets(), local_only():  # every file is on disk now: no hub request
             ds = datasets.load_dataset(builder, data_files=files, split=lc.split, cache_dir=hf_cache, **kwargs)
     except FileNotFoundError as e:
         raise DataError(f"data file not found: {e}; fix data_files") from e
@@ -157,12 +204,34 @@ def load_rows(cfg: DataConfig, *, cache_dir: Path | None = None) -> Any:
         found = _renamed(_diagnose(files, builder), shown)
         if found:
             raise found from e
-        names = ", ".join(shown.get(f, f) for f in files[:3])
+        if "corresponds to no data" in str(cause) or "corresponds to no data" in str(e):
+            raise DataError(f"{names} holds no rows; put rows in it or remove it from data_files") from e
         raise DataError(f"cannot read {names} as {builder}: {type(cause).__name__}: "
                         f"{str(cause)[:300] or 'no rows'}; fix the file or set data_name") from e
     if len(ds) == 0:
-        raise DataError(f"{', '.join(files[:3])} has no rows; put rows in it")
+        raise DataError(f"{names} holds no rows; put rows in it or remove it from data_files")
     return ds
+
+
+def _utf16(head: bytes) -> str | None:
+    """'UTF-16'/'UTF-32' when ``head`` (a file's first bytes) is text in that encoding, else None.
+
+    By the byte-order mark, or, without one, by the zero bytes every ASCII character carries (zero
+    bytes are valid UTF-8, so a UTF-8 check alone lets such a file through as garbage).
+    """
+    if head.startswith((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")):
+        return "UTF-32"
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "UTF-16"
+    sample = head[:4096]
+    if len(sample) >= 4 and sample.count(0) * 3 >= len(sample):
+        return "UTF-16"
+    return None
+
+
+def _utf16_error(shown: str, kind: str) -> DataError:
+    return DataError(f"{shown}: {kind} text, not UTF-8; re-save the file as UTF-8, e.g. "
+                     f"`iconv -f {kind.lower()} -t utf-8`")
 
 
 def _check_utf8(path: str, shown: str) -> None:
@@ -170,6 +239,10 @@ def _check_utf8(path: str, shown: str) -> None:
     decoder = codecs.getincrementaldecoder("utf-8")()
     lines = 0
     with open(path, "rb") as fh:
+        kind = _utf16(fh.read(4096))
+        if kind:
+            raise _utf16_error(shown, kind)
+        fh.seek(0)
         while chunk := fh.read(1 << 22):
             try:
                 decoder.decode(chunk)
@@ -224,9 +297,11 @@ def _fetch(urls: list[str], storage: dict[str, Any], cache_dir: Path | None) -> 
         except (FileNotFoundError, PermissionError) as e:
             raise DataError(f"cannot read {url}: {type(e).__name__}: {e}; check the URL and the credentials "
                             "in the environment (AWS_*, GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_*)") from e
-        except (ImportError, ValueError) as e:  # no filesystem for the protocol (s3fs, gcsfs, adlfs missing)
-            raise DataError(f"cannot read {url}: {e}; install the fsspec filesystem for it "
-                            "(pip install s3fs / gcsfs / adlfs)") from e
+        except (ImportError, ValueError) as e:  # no filesystem for the protocol (aiohttp, s3fs, gcsfs, adlfs missing)
+            protocol = url.split("://", 1)[0].lower()
+            package = FS_PACKAGES.get(protocol)
+            fix = f"pip install {package}" if package else "install the fsspec filesystem for it"
+            raise DataError(f"cannot read {url}: {str(e)[:200]}; {fix}") from e
         except OSError as e:
             raise DataError(f"cannot read {url}: {e}; check the URL, network and credentials") from e
     return out
@@ -239,23 +314,48 @@ def _load_hub(cfg: DataConfig, hf_cache: str | None) -> Any:
     lc = cfg.load_dataset_config
     if lc.trust_remote_code:
         log.info("datasets %s runs no loading scripts; trust_remote_code is ignored", datasets.__version__)
-    try:
+    missing = (datasets.exceptions.DatasetNotFoundError, FileNotFoundError, ConnectionError, HfHubHTTPError)
+
+    def load() -> Any:
         with quiet_datasets():
-            ds = datasets.load_dataset(lc.data_name, lc.subset, split=lc.split, revision=lc.revision,
-                                       cache_dir=hf_cache)
-    except (datasets.exceptions.DatasetNotFoundError, FileNotFoundError, ConnectionError, HfHubHTTPError) as e:
-        offline = " (HF_HUB_OFFLINE is set and it is not in the cache)" if os.environ.get("HF_HUB_OFFLINE") else ""
+            return datasets.load_dataset(lc.data_name, lc.subset, split=lc.split, revision=lc.revision,
+                                         cache_dir=hf_cache)
+
+    try:
+        # A dataset folder on disk, or a hub dataset already in the cache: no network request.
+        local = Path(str(lc.data_name)).expanduser().exists()
+        if local or hub_offline():
+            with local_only():
+                return load()
+        try:
+            with local_only():
+                return load()
+        except missing:
+            pass
+        if not hub_reachable():  # fail now, not after the hub client's timeouts and retries
+            raise DataError(f"hub dataset '{lc.data_name}' is not in the local cache and the hub ({hub_endpoint()}) "
+                            "does not answer; connect to the network or download it once while online")
+        return load()
+    except missing as e:
+        offline = " (HF_HUB_OFFLINE is set and it is not in the cache)" if hub_offline() else ""
         raise DataError(f"hub dataset '{lc.data_name}' could not be loaded{offline}: {str(e)[:200]}; "
                         "check the id, or download it once while online") from e
     except ValueError as e:  # unknown split or subset
         raise DataError(f"hub dataset '{lc.data_name}': {str(e)[:300]}; fix split/subset") from e
-    return ds
 
 
 def _diagnose(files: list[str], builder: str) -> DataError | None:
     """Re-read local files in Python to find the first bad byte or line; None when all look fine."""
     for f in files:
+        if builder in ("parquet", "arrow"):
+            found = _check_binary(f, builder)
+            if found:
+                return found
+            continue
         raw = Path(f).read_bytes()
+        kind = _utf16(raw[:4096])
+        if kind:
+            return _utf16_error(f, kind)
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
@@ -265,7 +365,8 @@ def _diagnose(files: list[str], builder: str) -> DataError | None:
         if builder != "json":
             continue
         if not text.strip():
-            return DataError(f"data file {f} is empty; put rows in it or remove it from data_files")
+            return DataError(f"data file {f} holds no rows (only blank lines); put rows in it or remove it "
+                             "from data_files")
         if text.lstrip().startswith("["):
             try:
                 json.loads(text)
@@ -283,6 +384,32 @@ def _diagnose(files: list[str], builder: str) -> DataError | None:
             if not isinstance(value, dict):
                 return DataError(f"{f}, line {number}: expected a JSON object, got {type(value).__name__}; "
                                  "write one object per line")
+    return None
+
+
+def _check_binary(path: str, builder: str) -> DataError | None:
+    """DataError for a Parquet/Arrow file pyarrow cannot open (truncated, corrupt, another format) or
+    that holds no rows; None when it looks fine."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        if builder == "parquet":
+            rows = pq.ParquetFile(path).metadata.num_rows
+        else:
+            with pa.memory_map(path) as source:
+                try:
+                    rows = pa.ipc.open_stream(source).read_all().num_rows
+                except pa.ArrowInvalid:
+                    source.seek(0)
+                    rows = pa.ipc.open_file(source).read_all().num_rows
+    except (pa.ArrowException, OSError) as e:
+        what = "Parquet" if builder == "parquet" else "Arrow"
+        said = str(e).split(". ")[0][:150]
+        return DataError(f"{path}: not a valid {what} file (truncated?): {said}; write the file again or fix "
+                         "data_files")
+    if rows == 0:
+        return DataError(f"{path} holds no rows; put rows in it or remove it from data_files")
     return None
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from honed.errors import UserError
+from honed.models.loaders import load_tokenizer_dir
+from honed.offline import local_only
 
 PKG = "pkg://"
 
@@ -49,7 +51,8 @@ def gguf_tokenizer_dir(gguf: Path, cache_dir: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".tmp-"))
     try:
-        tok = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        with local_only():
+            tok = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         tok.save_pretrained(tmp)
         if not out.exists():
             os.replace(tmp, out)
@@ -71,8 +74,9 @@ def load_tokenizer_from(path: str, *, cache_dir: Path | None = None, trust_remot
         if not p.is_file():
             raise UserError(f"tokenizer file not found: {p}; fix the path")
         if cache_dir is None:
-            return AutoTokenizer.from_pretrained(p.parent, gguf_file=p.name)
-        return AutoTokenizer.from_pretrained(gguf_tokenizer_dir(p, cache_dir))
+            with local_only():
+                return AutoTokenizer.from_pretrained(p.parent, gguf_file=p.name)
+        return load_tokenizer_dir(gguf_tokenizer_dir(p, cache_dir))
     if not p.exists():
         raise UserError(f"tokenizer not found: '{path}' is neither a folder nor a .gguf file; fix the path")
-    return AutoTokenizer.from_pretrained(p, trust_remote_code=trust_remote_code)
+    return load_tokenizer_dir(p, trust_remote_code=trust_remote_code)

@@ -137,14 +137,13 @@ class OnnxBackend(Backend):
     kind = "onnx"
 
     def __init__(self, handle: ModelHandle, target: Accelerator) -> None:
-        from transformers import AutoTokenizer
-
+        from honed.models.loaders import load_tokenizer_dir, trusts_remote_code
         from honed.models.onnx_runtime import OnnxSession
 
         path = Path(handle.path)
         folder = path if path.is_dir() else path.parent
         self.session = OnnxSession(path, providers=[target.execution_provider])
-        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.tokenizer = load_tokenizer_dir(folder, trust_remote_code=trusts_remote_code(handle))
         if "logits" not in self.session.output_names:
             raise UserError(f"{path}: the ONNX model has no 'logits' output; honed scores causal LMs and classifiers")
 
@@ -193,12 +192,13 @@ class GenaiBackend(Backend):
 
     def __init__(self, handle: ModelHandle, target: Accelerator) -> None:
         import onnxruntime_genai as og
-        from transformers import AutoTokenizer
+
+        from honed.models.loaders import load_tokenizer_dir, trusts_remote_code
 
         folder = Path(handle.path)
         self.og = og
         self.model, self.context_length = load_genai(folder)
-        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.tokenizer = load_tokenizer_dir(folder, trust_remote_code=trusts_remote_code(handle))
         self._gen: Any = None
         self._cur: list[int] = []
 

@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from honed.engine.hashing import hash_file
+from honed.offline import local_only
 
 log = logging.getLogger("honed")
 
@@ -28,7 +29,7 @@ def gguf_to_hf(gguf: Path, cache_dir: Path, dtype: str = "float32") -> Path:
     if (out / "config.json").exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(out) + ".lock"):
+    with FileLock(str(out) + ".lock"), local_only():  # a file on disk: no hub lookups
         if (out / "config.json").exists():
             return out
         log.info("converting %s to safetensors (once; cached in %s)", gguf.name, out)

@@ -1,15 +1,21 @@
 """Load what a handle describes: transformers models and tokenizers, PEFT adapters over a base.
 
-``trust_remote_code`` reaches transformers only when the user's config set it; weights load
-through safetensors (transformers' default) and never through pickle.
+``trust_remote_code`` reaches transformers only when the user's config set it (an adapter inherits
+its base model's flag); weights load through safetensors (transformers' default) and never through
+pickle.  Local folders load with the hub libraries offline (``honed.offline.local_only``): no
+network request for a model on disk.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from honed.errors import UserError
 from honed.models.handle import ModelHandle
+from honed.offline import local_only
 
 _DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
            "bfloat16": "bfloat16", "bf16": "bfloat16", "auto": "auto"}
@@ -26,9 +32,63 @@ def torch_dtype(name: str | None) -> Any:
     return getattr(torch, _DTYPES[name])
 
 
+def trusts_remote_code(handle: ModelHandle) -> bool:
+    """True when the user allowed the model's own code to run (an adapter: its base model's flag)."""
+    if handle.load_kwargs.get("trust_remote_code"):
+        return True
+    return handle.kind == "peft" and handle.base is not None and trusts_remote_code(handle.base)
+
+
+def trust_kwargs(handle: ModelHandle) -> dict[str, Any]:
+    """The ``load_kwargs`` an output handle carries over from its source: the trust flag, when set."""
+    return {"trust_remote_code": True} if trusts_remote_code(handle) else {}
+
+
+def carry_trust(handle: ModelHandle, source: ModelHandle) -> ModelHandle:
+    """``handle`` (a pass's output) allowed to run model code when ``source`` (its input) was.
+
+    The flag the user set on the input model thus reaches every later pass, whatever the passes
+    put in the handles they return.
+    """
+    if not trusts_remote_code(source):
+        return handle
+    base = carry_trust(handle.base, source) if handle.base is not None else None
+    return handle.model_copy(update={"load_kwargs": {**handle.load_kwargs, "trust_remote_code": True}, "base": base})
+
+
+@contextlib.contextmanager
+def custom_code_errors(path: str | Path) -> Iterator[None]:
+    """transformers' refusal to run a folder's code without ``trust_remote_code`` as one UserError line."""
+    try:
+        yield
+    except ValueError as e:
+        if "trust_remote_code" not in str(e):
+            raise
+        raise UserError(
+            f"{path} holds custom code (auto_map in its config.json or tokenizer_config.json) that honed runs only "
+            "when allowed; read it, then set input_model.load_kwargs.trust_remote_code: true (or "
+            "--trust-remote-code) if you trust it"
+        ) from None
+
+
+@contextlib.contextmanager
+def _local_load(path: str | Path) -> Iterator[None]:
+    """No network for a folder on disk (a hub id that is not downloaded keeps the hub path)."""
+    with local_only() if Path(path).exists() else contextlib.nullcontext(), custom_code_errors(path):
+        yield
+
+
+def load_tokenizer_dir(folder: str | Path, *, trust_remote_code: bool = False) -> Any:
+    """The tokenizer saved in a local folder (ONNX and genai outputs carry one)."""
+    from transformers import AutoTokenizer
+
+    with _local_load(folder):
+        return AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+
+
 def _hf_kwargs(handle: ModelHandle) -> dict[str, Any]:
     kwargs = dict(handle.load_kwargs)
-    kwargs["trust_remote_code"] = bool(kwargs.get("trust_remote_code", False))
+    kwargs["trust_remote_code"] = trusts_remote_code(handle)
     if "torch_dtype" in kwargs:  # transformers 5 spells it `dtype`
         kwargs["dtype"] = kwargs.pop("torch_dtype")
     if isinstance(kwargs.get("dtype"), str):
@@ -46,7 +106,8 @@ def load_model(handle: ModelHandle, *, dtype: str | None = None, device: str | N
         if handle.base is None:
             raise UserError(f"adapter {handle.path} has no base model")
         base = load_model(handle.base, dtype=dtype, device=device, **extra)
-        return PeftModel.from_pretrained(base, handle.path, is_trainable=False)
+        with _local_load(handle.path):
+            return PeftModel.from_pretrained(base, handle.path, is_trainable=False)
     if handle.kind != "hf":
         raise UserError(f"{handle.path} is a {handle.kind} model; this step needs a Hugging Face model")
     kwargs = _hf_kwargs(handle) | extra
@@ -57,7 +118,8 @@ def load_model(handle: ModelHandle, *, dtype: str | None = None, device: str | N
         auto = transformers.AutoModelForSequenceClassification
     elif handle.task in ("feature-extraction", "sentence-similarity"):
         auto = transformers.AutoModel
-    model = auto.from_pretrained(handle.path, **kwargs)
+    with _local_load(handle.path):
+        model = auto.from_pretrained(handle.path, **kwargs)
     if device is not None:
         model = model.to(device)
     return model.eval()
@@ -65,12 +127,10 @@ def load_model(handle: ModelHandle, *, dtype: str | None = None, device: str | N
 
 def load_tokenizer(handle: ModelHandle) -> Any:
     """The tokenizer saved with a model (an adapter's own, else its base's)."""
-    from pathlib import Path
-
     from transformers import AutoTokenizer
 
     src = handle
     if handle.kind == "peft" and not (Path(handle.path) / "tokenizer_config.json").exists() and handle.base:
         src = handle.base
-    trust = bool(src.load_kwargs.get("trust_remote_code", False))
-    return AutoTokenizer.from_pretrained(src.path, trust_remote_code=trust)
+    with _local_load(src.path):
+        return AutoTokenizer.from_pretrained(src.path, trust_remote_code=trusts_remote_code(handle))

@@ -169,10 +169,10 @@ class TextGenerator:
     kind: str = ""
 
     def __init__(self, folder: Path) -> None:
-        from transformers import AutoTokenizer
+        from honed.models.loaders import load_tokenizer_dir
 
         self.folder = folder
-        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.tokenizer = load_tokenizer_dir(folder)
         self.eos = _eos_ids(folder, self.tokenizer)
         self.stats = GenerationStats()
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
 from pathlib import Path
 
 from honed.config.paths import resolve_local
 from honed.errors import ModelNotFoundError
 from honed.models.handle import ModelHandle
+from honed.offline import REACH_TIMEOUT_S, hub_endpoint, hub_offline, hub_reachable
 
 PKG_SCHEME = "pkg://"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -28,10 +28,6 @@ def package_file(spec: str) -> Path:
     if not path.exists():
         raise ModelNotFoundError(f"model_path '{spec}': package '{package}' has no file '{rel}'")
     return path
-
-
-def hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
 
 def hub_snapshot(repo_id: str, revision: str | None = None, download: bool = True) -> Path | None:
@@ -53,6 +49,12 @@ def hub_snapshot(repo_id: str, revision: str | None = None, download: bool = Tru
         )
     if not download:
         return None
+    if not hub_reachable():  # fail now, not after the hub client's timeouts and retries
+        raise ModelNotFoundError(
+            f"model '{repo_id}' is not in the local Hugging Face cache and the hub ({hub_endpoint()}) does not "
+            f"answer within {REACH_TIMEOUT_S:.0f} s; connect to the network, download it once on a connected "
+            f"machine (`hf download {repo_id}`) or point model_path at a local folder"
+        )
     try:
         return Path(snapshot_download(repo_id, revision=revision))
     except (LocalEntryNotFoundError, OSError) as e:

@@ -7,10 +7,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, StrictBool, field_validator
 
 from honed.errors import UserError
 from honed.models.handle import ModelHandle
+from honed.models.loaders import trust_kwargs
 from honed.passes.base import PassConfig, PassContext
 
 # Files a tokenizer / generation config consists of; copied next to every ONNX output.
@@ -42,14 +43,23 @@ _PROTOBUF_LIMIT = 2_000_000_000 - 64_000_000
 class OnnxSaveConfig(PassConfig):
     """How an ONNX output is written (Olive's field names)."""
 
-    save_as_external_data: bool = Field(
+    save_as_external_data: StrictBool = Field(
         False, description="Store weights in a separate file beside model.onnx (forced above 2 GB)."
     )
-    all_tensors_to_one_file: bool = Field(True, description="Put all external weights into one file.")
+    all_tensors_to_one_file: StrictBool = Field(True, description="Put all external weights into one file.")
     external_data_name: str | None = Field(
-        None, description="Name of the external data file; default '<model file>.data'."
+        None,
+        description="Name of the external data file beside model.onnx (a file name, no folder); "
+        "default '<model file>.data'.",
     )
     size_threshold: int = Field(1024, ge=0, description="Tensors smaller than this (bytes) stay inline.")
+
+    @field_validator("external_data_name")
+    @classmethod
+    def _file_name(cls, v: str | None) -> str | None:
+        if v is not None and (not v or v in (".", "..") or any(c in v for c in "/\\\0") or len(v.encode()) > 255):
+            raise ValueError("must be a file name (no folder, at most 255 bytes), e.g. 'model.onnx.data'")
+        return v
 
 
 def onnx_file(handle: ModelHandle) -> Path:
@@ -70,11 +80,30 @@ def onnx_file(handle: ModelHandle) -> Path:
     raise UserError(f"no ONNX model at {p}; give a .onnx file or a folder with model.onnx")
 
 
+def code_files(folder: Path) -> list[str]:
+    """The Python files of a folder's custom code: the modules ``auto_map`` in its config.json and
+    tokenizer_config.json names (run only with trust_remote_code; they travel with the tokenizer)."""
+    import json
+
+    found: set[str] = set()
+    for cfg in ("config.json", "tokenizer_config.json"):
+        try:
+            auto_map = json.loads((folder / cfg).read_text()).get("auto_map") or {}
+        except (OSError, ValueError, AttributeError):
+            continue
+        refs = [r for v in auto_map.values() for r in (v if isinstance(v, list) else [v]) if isinstance(r, str)]
+        for ref in refs:
+            module = ref.split("--")[-1].rsplit(".", 1)[0]
+            if (folder / f"{module}.py").is_file():
+                found.add(f"{module}.py")
+    return sorted(found)
+
+
 def copy_side_files(src_dir: Path, dst_dir: Path, names: tuple[str, ...] = TOKENIZER_FILES) -> list[str]:
-    """Copy tokenizer/config files from ``src_dir`` to ``dst_dir`` (those that exist)."""
+    """Copy tokenizer/config files (and the custom code they name) from ``src_dir`` to ``dst_dir``."""
     copied = []
     dst_dir.mkdir(parents=True, exist_ok=True)
-    for name in names:
+    for name in (*names, *code_files(src_dir)):
         f = src_dir / name
         if f.is_file() and not (dst_dir / name).exists():
             shutil.copy2(f, dst_dir / name)
@@ -104,7 +133,7 @@ def output_handle(src: ModelHandle, out_file: Path, **attributes: Any) -> ModelH
     """An onnx handle for ``out_file``, keeping the source's task and attributes."""
     return ModelHandle(
         kind="onnx", path=str(out_file.parent if out_file.name == "model.onnx" else out_file),
-        task=src.task, attributes={**src.attributes, **attributes},
+        task=src.task, load_kwargs=trust_kwargs(src), attributes={**src.attributes, **attributes},
     )
 
 
@@ -141,22 +170,11 @@ def finish_onnx_output(
 
 def calibration_texts(data_config: Any, limit: int) -> list[str]:
     """Up to ``limit`` texts from a DataConfig, formatted by its template or text columns."""
-    import datasets
-
+    from honed.data.sources import load_rows
     from honed.errors import DataError
 
-    load = data_config.load_dataset_config
     pre = data_config.pre_process_data_config
-    files = load.data_files
-    name = load.data_name
-    if name is None and files:
-        first = files[0] if isinstance(files, list) else files
-        ext = Path(first).suffix.lstrip(".").lower()
-        name = {"jsonl": "json", "txt": "text", "tsv": "csv"}.get(ext, ext)
-    if not name:
-        raise DataError(f"data config '{data_config.name}': set load_dataset_config.data_name or data_files")
-    ds = datasets.load_dataset(name, load.subset, data_files=files, split=load.split,
-                               trust_remote_code=load.trust_remote_code)
+    ds = load_rows(data_config)  # local files stay off the network; errors name the file and line
     texts = []
     for row in ds.select(range(min(limit, len(ds)))):
         if pre.text_template:
@@ -176,14 +194,14 @@ def calibration_texts(data_config: Any, limit: int) -> list[str]:
 def calibration_feeds(onnx_path: Path, handle: ModelHandle, data_config: Any, limit: int) -> list[dict[str, Any]]:
     """Session feeds (one per sample) for calibrating ``onnx_path`` on a data config's texts."""
     import numpy as np
-    from transformers import AutoTokenizer
 
+    from honed.models.loaders import load_tokenizer_dir, trusts_remote_code
     from honed.models.onnx_runtime import OnnxSession
 
     tok_dir = onnx_path.parent if (onnx_path.parent / "tokenizer_config.json").exists() else Path(handle.path)
     if tok_dir.is_file():
         tok_dir = tok_dir.parent
-    tok = AutoTokenizer.from_pretrained(tok_dir)
+    tok = load_tokenizer_dir(tok_dir, trust_remote_code=trusts_remote_code(handle))
     max_len = min(data_config.pre_process_data_config.max_seq_len, 512)
     sess = OnnxSession(onnx_path, providers=["CPUExecutionProvider"])
     feeds = []

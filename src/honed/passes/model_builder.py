@@ -16,10 +16,12 @@ import shutil
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, StrictBool, model_validator
 
 from honed.errors import UserError
 from honed.models.handle import ModelHandle
+from honed.models.loaders import custom_code_errors, trust_kwargs, trusts_remote_code
+from honed.offline import local_only
 from honed.passes._onnx_common import quiet_quantizer_logs
 from honed.passes.base import Pass, PassConfig, PassContext, register_pass
 
@@ -36,8 +38,9 @@ class ModelBuilderConfig(PassConfig):
     precision: Precision = Field(
         "fp32", description="Weight precision: int4/int8 (MatMulNBits), fp16, bf16 (CUDA) or fp32."
     )
-    execution_provider: str | None = Field(
-        None, description="Builder target (cpu, cuda, dml, webgpu); default: the workflow's target."
+    execution_provider: Literal["cpu", "cuda", "dml", "webgpu", "NvTensorRtRtx"] | None = Field(
+        None, description="Builder target (cpu, cuda, dml, webgpu, NvTensorRtRtx: the builder's choices); "
+        "default: the workflow's target."
     )
     int4_block_size: Literal[16, 32, 64, 128, 256] = Field(
         32, description="Weights per quantization block for int4/int8."
@@ -45,7 +48,7 @@ class ModelBuilderConfig(PassConfig):
     int4_accuracy_level: Literal[0, 1, 2, 3, 4] | None = Field(
         None, description="MatMulNBits compute type: 1 fp32, 2 fp16, 3 bf16, 4 int8 (CPU default 4)."
     )
-    int4_is_symmetric: bool = Field(True, description="Symmetric (no zero point) int4/int8 weights.")
+    int4_is_symmetric: StrictBool = Field(True, description="Symmetric (no zero point) int4/int8 weights.")
     int4_algo_config: Literal["default", "rtn", "rtn_last", "k_quant", "k_quant_last", "k_quant_mixed"] | None = Field(
         None, description="Weight rounding method for int4/int8. Unset: 'rtn' for a full model (with the "
         "default matmul_mixed_precision), 'default' (plain RTN, Olive's choice) for an adapter input."
@@ -57,13 +60,13 @@ class ModelBuilderConfig(PassConfig):
         "0.912 and 0.906 against fp32's 0.928, plain RTN 0.840, k_quant_mixed 0.912 and 0.923 in a build 3x "
         "longer (31 s vs 9 s): choose k_quant_mixed when the last point matters more than build time."
     )
-    exclude_embeds: bool = Field(False, description="Leave the embedding out; the model takes inputs_embeds.")
-    exclude_lm_head: bool = Field(False, description="Leave the LM head out; the model returns hidden states.")
-    enable_cuda_graph: bool | None = Field(None, description="Let the CUDA EP capture a CUDA graph.")
+    exclude_embeds: StrictBool = Field(False, description="Leave the embedding out; the model takes inputs_embeds.")
+    exclude_lm_head: StrictBool = Field(False, description="Leave the LM head out; the model returns hidden states.")
+    enable_cuda_graph: StrictBool | None = Field(None, description="Let the CUDA EP capture a CUDA graph.")
     extra_options: dict[str, str | int | float | bool] = Field(
         default_factory=dict, description="Further builder options (KEY: VALUE), passed through unchanged."
     )
-    check_outputs: bool = Field(
+    check_outputs: StrictBool = Field(
         False, description="Compare the ONNX logits with the source model's on sample inputs; "
         "the max abs difference goes into the metrics."
     )
@@ -145,7 +148,8 @@ def build_genai(
     quiet_quantizer_logs()
     kv = [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in options.items()]
     buf = io.StringIO()
-    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+    # A local folder: the builder's transformers calls stay off the network.
+    with local_only(), custom_code_errors(src), contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
         extra = builder.parse_extra_options("", str(src), str(out), precision, ep, str(cache_dir), kv)
         builder.create_model("", str(src), str(out), precision, ep, str(cache_dir), **extra)
     log.debug("model builder output:\n%s", buf.getvalue())
@@ -158,6 +162,7 @@ class ModelBuilder(Pass):
     requires = ("onnxruntime_genai", "onnx_ir")
     libraries = ("onnxruntime-genai", "onnx-ir", "onnxruntime", "onnx", "transformers", "torch")
     accepts: ClassVar[tuple[str, ...]] = ("hf", "peft")
+    produces: ClassVar[tuple[str, ...]] = ("genai",)
     search_space: ClassVar[dict[str, list[Any]]] = {
         "precision": ["int4", "int8", "fp32"], "int4_block_size": [32, 64, 128],
     }
@@ -199,7 +204,7 @@ class ModelBuilder(Pass):
             options["exclude_lm_head"] = True
         if config.enable_cuda_graph is not None:
             options["enable_cuda_graph"] = config.enable_cuda_graph
-        if model.load_kwargs.get("trust_remote_code"):
+        if trusts_remote_code(model):
             options["hf_remote"] = True
         options.update(config.extra_options)
 
@@ -218,7 +223,7 @@ class ModelBuilder(Pass):
 
         copy_side_files(src, out, ("chat_template.jinja", "generation_config.json"))
         handle = ModelHandle(
-            kind="genai", path=str(out), task="text-generation",
+            kind="genai", path=str(out), task="text-generation", load_kwargs=trust_kwargs(model),
             attributes={**model.attributes, "precision": config.precision, "execution_provider": ep},
         )
         size = sum(f.stat().st_size for f in out.glob("model.onnx*"))

@@ -7,12 +7,13 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, StrictBool
 
 from honed.errors import UserError
 from honed.models.handle import ModelHandle
+from honed.models.loaders import trust_kwargs
 from honed.passes._onnx_common import (
     OnnxSaveConfig,
     check_against_source,
@@ -32,15 +33,16 @@ class OnnxConversionConfig(OnnxSaveConfig):
     """Export options (Olive's names)."""
 
     target_opset: int = Field(20, ge=18, le=23, description="ONNX opset to export to.")
-    use_dynamo_exporter: bool = Field(
+    use_dynamo_exporter: StrictBool = Field(
         True, description="Use the torch.export-based exporter. False (encoders only) uses the TorchScript "
         "exporter with eager attention, whose graph OrtTransformersOptimization fuses into Attention ops."
     )
-    torch_dtype: str | None = Field(None, description="Cast the model first (float32, float16).")
-    use_past: bool | None = Field(
+    torch_dtype: Literal["float32", "fp32", "float16", "fp16", "bfloat16", "bf16"] | None = Field(
+        None, description="Cast the model first (float32, float16, bfloat16).")
+    use_past: StrictBool | None = Field(
         None, description="Causal LMs: past key/values as inputs and outputs (default true for text-generation)."
     )
-    check_outputs: bool = Field(
+    check_outputs: StrictBool = Field(
         True, description="Compare the ONNX outputs with PyTorch's on sample inputs and record the max difference."
     )
     check_tolerance: float | None = Field(
@@ -214,6 +216,7 @@ class OnnxConversion(Pass):
     requires = ("onnxscript",)
     libraries = ("torch", "transformers", "onnx", "onnxscript")
     accepts: ClassVar[tuple[str, ...]] = ("hf", "peft")
+    produces: ClassVar[tuple[str, ...]] = ("onnx",)
 
     def run(self, model: ModelHandle, config: OnnxConversionConfig, output_dir: Path,
             ctx: PassContext) -> ModelHandle:
@@ -254,7 +257,7 @@ class OnnxConversion(Pass):
         copy_side_files(folder, output_dir)
         if model.kind == "peft":
             copy_side_files(Path(model.path), output_dir)
-        handle = ModelHandle(kind="onnx", path=str(output_dir), task=task,
+        handle = ModelHandle(kind="onnx", path=str(output_dir), task=task, load_kwargs=trust_kwargs(model),
                              attributes={**model.attributes, "use_past": use_past})
         ctx.metrics["onnx_size_mb"] = round(sum(f.stat().st_size for f in output_dir.glob("model.onnx*")) / 2**20, 3)
         if config.check_outputs:

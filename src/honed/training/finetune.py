@@ -15,7 +15,7 @@ from typing import Any
 
 from honed.errors import UserError
 from honed.models.handle import ModelHandle
-from honed.models.loaders import load_model, load_tokenizer, torch_dtype
+from honed.models.loaders import load_model, load_tokenizer, torch_dtype, trust_kwargs
 from honed.passes.base import PassContext
 from honed.training.loop import Callback, train
 
@@ -185,6 +185,22 @@ def _safetensors_of(handle: ModelHandle) -> str:
     raise UserError(f"LoftQ needs the base model's safetensors weights in {p}")
 
 
+def sort_adapter_config(adapter_dir: Path, lora: Any) -> None:
+    """Rewrite peft's adapter_config.json with the lists it made from sets sorted.
+
+    peft writes a set field (``target_modules``) in hash order, which changes with PYTHONHASHSEED:
+    the cached adapter would differ from process to process.  Same formatting as peft's own.
+    """
+    import json
+
+    path = adapter_dir / "adapter_config.json"
+    data = json.loads(path.read_text())
+    for key, value in data.items():
+        if isinstance(getattr(lora, key, None), (set, frozenset)) and isinstance(value, list):
+            data[key] = sorted(value, key=str)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True))
+
+
 def finetune_adapter(
     model: ModelHandle, config: Any, output_dir: Path, ctx: PassContext, *, variant: str,
     callbacks: Sequence[Callback] = (),
@@ -232,9 +248,11 @@ def finetune_adapter(
         result = train(
             peft_model, train_rows, args, work_dir=ctx.work_dir, pad_token_id=pad_id(tokenizer),
             eval_data=eval_rows, device=device, progress=_progress(ctx), callbacks=callbacks, run_id=run_id,
+            key=f"passes.{ctx.pass_name}",
         )
     adapter_dir = output_dir / "adapter"
     peft_model.save_pretrained(str(adapter_dir))
+    sort_adapter_config(adapter_dir, lora)
     tokenizer.save_pretrained(str(adapter_dir))
     ctx.metrics.update(result.metrics)
     ctx.metrics["log_history"] = result.state.log_history
@@ -244,7 +262,8 @@ def finetune_adapter(
     if quantized:
         attributes["base_quantization"] = f"bnb-4bit-{config.quant_type}" + ("-dq" if config.double_quant else "")
     del peft_model, base
-    return ModelHandle(kind="peft", path=str(adapter_dir), base=model, task=model.task, attributes=attributes)
+    return ModelHandle(kind="peft", path=str(adapter_dir), base=model, task=model.task,
+                       load_kwargs=trust_kwargs(model), attributes=attributes)
 
 
 def finetune_full(
@@ -268,7 +287,7 @@ def finetune_full(
                   "freeze_embeddings": config.freeze_embeddings}
         result = train(
             net, train_rows, args, work_dir=ctx.work_dir, pad_token_id=pad_id(tokenizer), eval_data=eval_rows,
-            device=device, progress=_progress(ctx), callbacks=callbacks, run_id=run_id,
+            device=device, progress=_progress(ctx), callbacks=callbacks, run_id=run_id, key=f"passes.{ctx.pass_name}",
         )
     out = output_dir / "model"
     net.save_pretrained(str(out), safe_serialization=True)
@@ -276,7 +295,7 @@ def finetune_full(
     ctx.metrics.update(result.metrics)
     ctx.metrics["log_history"] = result.state.log_history
     return ModelHandle(kind="hf", path=str(out), task=model.task,
-                       load_kwargs={k: v for k, v in model.load_kwargs.items() if k == "trust_remote_code"},
+                       load_kwargs=trust_kwargs(model),
                        attributes=dict(model.attributes))
 
 

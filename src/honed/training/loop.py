@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from honed.data.collate import Collator
+from honed.errors import UserError
 from honed.training.args import TrainingArgs
 
 log = logging.getLogger("honed")
@@ -182,10 +183,21 @@ def _trainable(model: Any) -> dict[str, Any]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
+def canonical(value: Any) -> Any:
+    """``json.dumps`` default that gives the same text in every process: sets (iterated in an order that
+    depends on PYTHONHASHSEED) become sorted lists, anything else its ``str``."""
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=lambda v: (type(v).__name__, str(v)))
+    return str(value)
+
+
 def fingerprint(args: TrainingArgs, extra: Any, rows: Sequence[dict[str, list[int]]]) -> str:
-    """Identity of a run: a checkpoint of another run in the same work dir is not resumed."""
+    """Identity of a run: a checkpoint of another run in the same work dir is not resumed.
+
+    The same in every process (no set order, no object addresses), so a rerun resumes.
+    """
     h = hashlib.sha256(args.model_dump_json().encode())
-    h.update(json.dumps(extra, sort_keys=True, default=str).encode())
+    h.update(json.dumps(extra, sort_keys=True, default=canonical).encode())
     h.update(json.dumps([len(r["input_ids"]) for r in rows]).encode())
     if rows:
         h.update(json.dumps(rows[0]["input_ids"]).encode())
@@ -225,7 +237,7 @@ def save_checkpoint(
         rng["cuda"] = torch.cuda.get_rng_state_all()
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng},
                tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps({"fingerprint": fp, "state": asdict(state)}))
+    (tmp / "state.json").write_text(json.dumps({"fingerprint": fp, "state": asdict(state)}, sort_keys=True))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     olds = sorted(
@@ -323,6 +335,13 @@ def make_optimizer(params: list[Any], args: TrainingArgs, device: str) -> Any:
 # ----------------------------------------------------------------------------- the loop
 
 
+def _check_loss(value: float, key: str, step: int, what: str = "loss") -> None:
+    """UserError when a loss (a float the loop reads anyway: no extra device sync) is NaN or inf."""
+    if not math.isfinite(value):
+        raise UserError(f"{key}: {what} is {'nan' if math.isnan(value) else 'inf'} at step {step}; lower "
+                        "training_args.learning_rate or check the data")
+
+
 def train(
     model: Any,
     train_data: Any,
@@ -335,11 +354,13 @@ def train(
     progress: Callable[[int], Any] | None = None,
     callbacks: Sequence[Callback] = (),
     run_id: Any = None,
+    key: str = "training",
 ) -> TrainResult:
     """Train ``model``'s trainable parameters on token rows; resume from ``work_dir`` if it holds a checkpoint.
 
     ``progress(total_steps)`` opens a progress bar (``advance(n, **fields)``, ``close()``); ``run_id`` is anything that
-    identifies the model and adapter setup, mixed into the checkpoint fingerprint.
+    identifies the model and adapter setup, mixed into the checkpoint fingerprint.  A NaN or infinite loss stops
+    the run with a UserError naming ``key`` (e.g. ``passes.lora``) and the step, before the optimizer applies it.
     """
     import torch
 
@@ -464,6 +485,7 @@ def train(
                     window_tokens += ntok
                     run_tokens += ntok
                     state.tokens_seen += ntok
+                _check_loss(step_loss, key, state.global_step + 1)
                 if args.max_grad_norm > 0:
                     torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
                 lr = scheduler.get_last_lr()[0]
@@ -496,6 +518,7 @@ def train(
                     or (args.eval_strategy == "epoch" and (end_of_epoch or done))
                 ):
                     eval_loss = run_eval()
+                    _check_loss(eval_loss, key, state.global_step, what="eval loss")
                     after_eval(eval_loss)
                 if task is not None:
                     fields = {"loss": f"{last_train_loss if last_train_loss is not None else step_loss / max(n_label, 1):.4f}"}

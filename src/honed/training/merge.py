@@ -9,7 +9,8 @@ from typing import Any
 
 from honed.errors import UserError
 from honed.models.handle import ModelHandle
-from honed.models.loaders import load_model, load_tokenizer, torch_dtype
+from honed.models.loaders import custom_code_errors, load_model, load_tokenizer, torch_dtype, trust_kwargs
+from honed.offline import local_only
 from honed.passes.base import PassContext
 
 log = logging.getLogger("honed")
@@ -24,6 +25,19 @@ def base_dtype(handle: ModelHandle) -> str:
         if name in ("float32", "float16", "bfloat16"):
             return name
     return "float32"
+
+
+def check_finite(model: Any, key: str, adapter: str) -> None:
+    """UserError naming the first merged weight that holds NaN or inf (a diverged adapter)."""
+    import torch
+
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise UserError(
+                    f"{key}: merged weight '{name}' holds NaN or inf values (the adapter in {adapter} diverged); "
+                    "retrain it with a lower training_args.learning_rate or check the data"
+                )
 
 
 def merge_adapter(handle: ModelHandle, config: Any, output_dir: Path, ctx: PassContext) -> ModelHandle:
@@ -45,7 +59,8 @@ def merge_adapter(handle: ModelHandle, config: Any, output_dir: Path, ctx: PassC
     base_handle = base_handle.model_copy(update={"load_kwargs": load_kwargs})
     out_dtype = config.torch_dtype or base_dtype(base_handle)
     base = load_model(base_handle, dtype="float32")
-    model = PeftModel.from_pretrained(base, handle.path, is_trainable=False).eval()
+    with local_only(), custom_code_errors(handle.path):
+        model = PeftModel.from_pretrained(base, handle.path, is_trainable=False).eval()
     tokenizer = load_tokenizer(handle)
     probe = torch.tensor([list(range(1, min(17, base.config.vocab_size)))])
     with torch.no_grad():
@@ -55,6 +70,7 @@ def merge_adapter(handle: ModelHandle, config: Any, output_dir: Path, ctx: PassC
     diff = float((before - after).abs().max())
     ctx.metrics["merge_max_abs_diff"] = diff
     merged = merged.to(torch_dtype(out_dtype))
+    check_finite(merged, f"passes.{ctx.pass_name}", handle.path)  # after the cast: fp16 may overflow to inf
     out = output_dir / "model"
     merged.save_pretrained(str(out), safe_serialization=True)
     tokenizer.save_pretrained(str(out))
@@ -65,5 +81,5 @@ def merge_adapter(handle: ModelHandle, config: Any, output_dir: Path, ctx: PassC
     attributes["merged_adapter"] = handle.attributes.get("adapter", "lora")
     return ModelHandle(
         kind="hf", path=str(out), task=handle.task,
-        load_kwargs={k: v for k, v in load_kwargs.items() if k == "trust_remote_code"}, attributes=attributes,
+        load_kwargs=trust_kwargs(handle), attributes=attributes,
     )

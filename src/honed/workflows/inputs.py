@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from honed.errors import UserError
-from honed.models.resolve import _HUB_ID, PKG_SCHEME, hub_offline
+from honed.models.resolve import _HUB_ID, PKG_SCHEME
+from honed.offline import hub_offline, hub_reachable
 
 log = logging.getLogger("honed")
 
@@ -38,7 +39,7 @@ def _hub_config(repo_id: str) -> dict[str, Any]:
     cached = try_to_load_from_cache(repo_id, "config.json")
     if isinstance(cached, str):
         return json.loads(Path(cached).read_text())
-    if hub_offline():
+    if hub_offline() or not hub_reachable():
         return {}
     try:
         return json.loads(Path(hf_hub_download(repo_id, "config.json")).read_text())
