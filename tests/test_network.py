@@ -94,7 +94,7 @@ def test_local_only_switches_the_hub_libraries_offline_and_back(monkeypatch: pyt
     import huggingface_hub
     import huggingface_hub.constants
 
-    from honed.offline import local_only
+    from honed.util.offline import local_only
 
     for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.delenv(name, raising=False)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from honed.offline import disable_telemetry
+from honed.util.offline import disable_telemetry
 
 __version__ = "0.1.0"
 
-disable_telemetry()  # honed sends no telemetry; see honed.offline
+disable_telemetry()  # honed sends no telemetry; see honed.util.offline
 
 if TYPE_CHECKING:
     from honed.engine.runner import RunResult

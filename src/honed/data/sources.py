@@ -5,7 +5,7 @@ works here.  What this module adds is the error a user can act on: when a load f
 re-reads the offending local file to name the line (malformed JSON, wrong encoding), and
 after a load it checks that the columns a template needs are present in every row.
 
-Local files load with the hub libraries offline (``honed.offline.local_only``): reading a file on
+Local files load with the hub libraries offline (``honed.util.offline.local_only``): reading a file on
 disk makes no network request.  A folder or glob contributes its data files only (by extension);
 README, LICENSE and hidden files beside them are skipped.
 """
@@ -28,7 +28,7 @@ from typing import Any
 from honed.config.paths import is_url
 from honed.data.config import DataConfig
 from honed.errors import DataError
-from honed.offline import hub_endpoint, hub_offline, hub_reachable, local_only
+from honed.util.offline import hub_endpoint, hub_offline, hub_reachable, local_only
 
 log = logging.getLogger("honed")
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from honed.errors import UserError
 from honed.models.loaders import load_tokenizer_dir
-from honed.offline import local_only
+from honed.util.offline import local_only
 
 PKG = "pkg://"
 

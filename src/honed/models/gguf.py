@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from honed.engine.hashing import hash_file
-from honed.offline import local_only
+from honed.util.offline import local_only
 
 log = logging.getLogger("honed")
 

@@ -2,7 +2,7 @@
 
 ``trust_remote_code`` reaches transformers only when the user's config set it (an adapter inherits
 its base model's flag); weights load through safetensors (transformers' default) and never through
-pickle.  Local folders load with the hub libraries offline (``honed.offline.local_only``): no
+pickle.  Local folders load with the hub libraries offline (``honed.util.offline.local_only``): no
 network request for a model on disk.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 
 from honed.errors import UserError
 from honed.models.handle import ModelHandle
-from honed.offline import local_only
+from honed.util.offline import local_only
 
 _DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
            "bfloat16": "bfloat16", "bf16": "bfloat16", "auto": "auto"}

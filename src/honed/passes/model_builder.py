@@ -21,9 +21,9 @@ from pydantic import Field, StrictBool, model_validator
 from honed.errors import UserError
 from honed.models.handle import ModelHandle
 from honed.models.loaders import custom_code_errors, trust_kwargs, trusts_remote_code
-from honed.offline import local_only
 from honed.passes._onnx_common import quiet_quantizer_logs
 from honed.passes.base import Pass, PassConfig, PassContext, register_pass
+from honed.util.offline import local_only
 
 log = logging.getLogger("honed")
 

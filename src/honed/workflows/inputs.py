@@ -15,7 +15,7 @@ from typing import Any
 
 from honed.errors import UserError
 from honed.models.resolve import _HUB_ID, PKG_SCHEME
-from honed.offline import hub_offline, hub_reachable
+from honed.util.offline import hub_offline, hub_reachable
 
 log = logging.getLogger("honed")
 
