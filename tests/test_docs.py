@@ -42,7 +42,7 @@ def test_every_pass_and_parameter_is_documented() -> None:
 def test_search_space_and_defaults_are_shown() -> None:
     text = gen_docs.render()
     lora = text.split("\n### LoRA\n", 1)[1].split("\n### ", 1)[0]
-    assert re.search(r"^\| `r` \| integer \(> 0\) \| 64 \| \[8, 16, 32, 64\] \|", lora, re.M)
+    assert re.search(r"^\| `r` \| integer \(> 0, ≤ 65536\) \| 64 \| \[8, 16, 32, 64\] \|", lora, re.M)
     assert re.search(r"^\| `train_data_config` \| string \| \*\*required\*\* \| - \|", lora, re.M)
     # Nested models (training_args) get their own table once.
     assert text.count("\n#### TrainingArgs\n") == 1

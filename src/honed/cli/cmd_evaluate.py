@@ -17,7 +17,7 @@ from honed.errors import ConfigError, UserError
 from honed.evaluate.config import EvaluatorConfig
 from honed.evaluate.evaluator import evaluate_model
 from honed.models.handle import ModelHandle
-from honed.systems.accelerator import EP_BY_DEVICE, Accelerator
+from honed.systems.accelerator import EP_BY_DEVICE, Accelerator, execution_provider_problem
 
 console = Console(highlight=False)
 
@@ -123,8 +123,11 @@ def _from_flags(args: argparse.Namespace) -> tuple[EvaluatorConfig, dict[str, Da
 def _evaluate(args: argparse.Namespace) -> int:
     cfg, data_configs = _from_config(args) if args.config else _from_flags(args)
     handle = model_handle(args.model)
-    target = Accelerator(device=args.device,
-                         execution_provider=args.execution_provider or EP_BY_DEVICE[args.device])
+    ep = args.execution_provider or EP_BY_DEVICE[args.device]
+    problem = execution_provider_problem(ep)
+    if problem:
+        raise UserError(f"--execution-provider: {problem}")
+    target = Accelerator(device=args.device, execution_provider=ep)
     results = evaluate_model(handle, cfg, data_configs, target)
     table = Table(title=f"honed evaluate {handle.path} ({handle.kind})", title_justify="left")
     table.add_column("metric")

@@ -72,7 +72,10 @@ def _literal_members(annotation: Any) -> list[Any]:
 
 
 def _is_bool(annotation: Any) -> bool:
-    return annotation is bool or set(typing.get_args(annotation)) == {bool, type(None)}
+    """``bool``, ``StrictBool`` or either ``| None`` (an on/off flag)."""
+    members = {typing.get_args(a)[0] if typing.get_origin(a) is typing.Annotated else a
+               for a in typing.get_args(annotation)}
+    return annotation is bool or members == {bool, type(None)}
 
 
 def _takes_list(annotation: Any) -> bool:

@@ -6,6 +6,7 @@ object.  All problems found are reported together, each naming its key path.
 
 from __future__ import annotations
 
+import codecs
 import difflib
 import json
 import logging
@@ -70,29 +71,117 @@ class Workflow:
         return {s.name: s for s in self.steps}
 
 
-def read_config_file(path: Path) -> dict[str, Any]:
-    """Parse JSON or YAML into a dict; syntax errors name the line."""
+MAX_CONFIG_BYTES = 32 << 20
+"""Largest workflow file read (32 MiB); real ones are a few KB."""
+MAX_DEPTH = 100
+"""Deepest nesting of lists/mappings accepted; real workflows nest fewer than 10 levels."""
+MAX_VALUES = 200_000
+"""Most values (counting every use of a YAML alias again) a workflow may expand to."""
+MAX_ALIASES = 10_000
+"""Most YAML alias uses (``*name``) in one file."""
+
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader that refuses alias bombs while composing, before anything expands them.
+
+    Aliases share one node, so a "billion laughs" file composes and constructs fast; what explodes is
+    every later walk over it (translating, validating, hashing).  This loader caps alias uses;
+    ``read_config_file`` then caps the expanded size of the result.  (PyYAML >= 6 already drops
+    repeated merge keys, so ``<<: [*a, *a]`` chains do not grow.)
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.alias_uses = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self.alias_uses += 1
+            if self.alias_uses > MAX_ALIASES:
+                mark = self.peek_event().start_mark
+                raise yaml.composer.ComposerError(
+                    None, None, f"more than {MAX_ALIASES} alias uses (*name); write the values out", mark)
+        return super().compose_node(parent, index)
+
+
+def _bounded(raw: Any) -> str | None:
+    """Why ``raw`` is too deep or expands to too many values (aliases counted at every use), or None."""
+    stack: list[tuple[Any, int]] = [(raw, 1)]
+    seen = 0
+    while stack:
+        value, depth = stack.pop()
+        seen += 1
+        if seen > MAX_VALUES:
+            return (f"expands to more than {MAX_VALUES} values (YAML aliases count at every use, and an alias "
+                    "inside its own anchor never ends); write the values out instead of nesting aliases")
+        if depth > MAX_DEPTH:
+            return f"nests lists/mappings more than {MAX_DEPTH} levels deep; a workflow needs fewer than 10"
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+            stack.extend((k, depth + 1) for k in value if not isinstance(k, str))
+        elif isinstance(value, list | tuple | set | frozenset):
+            stack.extend((v, depth + 1) for v in value)
+    return None
+
+
+def _decode(path: Path, data: bytes) -> str:
+    """The text of a config file: UTF-8 (a BOM is skipped), or UTF-16/32 when a BOM says so."""
+    encoding = next((enc for bom, enc in _BOMS if data.startswith(bom)), "utf-8-sig")
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{path}: config file not found; check the --config path") from None
+        text = data.decode(encoding)
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save the file as UTF-8") from None
+    if "\0" in text:
+        raise UserError(f"{path}: holds NUL bytes (UTF-16 without a byte order mark?); save the file as UTF-8")
+    return text
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Parse JSON or YAML into a dict; syntax errors name the line.
+
+    Hostile files fail with one line too: over-deep nesting, YAML alias bombs, huge files, NUL bytes.
+    """
+    try:
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise UserError(f"{path}: {size >> 20} MiB is too large for a workflow file (limit "
+                            f"{MAX_CONFIG_BYTES >> 20} MiB); is --config the right file?")
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{path}: config file not found; check the --config path") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a folder; give the workflow file (JSON or YAML) inside it") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the config file ({e.strerror or e}); check the path and its "
+                        "permissions") from None
+    text = _decode(path, data)
     if path.suffix.lower() in (".yaml", ".yml"):
         try:
-            raw = yaml.safe_load(text)
+            raw = yaml.load(text, Loader=_BoundedLoader)  # a SafeLoader: builds no Python objects
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
             problem = getattr(e, "problem", None) or str(e).splitlines()[0]
             raise UserError(f"{path}: invalid YAML at {where}{problem}; fix the syntax") from None
+        except RecursionError:
+            raise UserError(f"{path}: nests lists/mappings too deeply to read; a workflow needs fewer than "
+                            "10 levels") from None
     else:
         try:
             raw = json.loads(text)
         except json.JSONDecodeError as e:
             raise UserError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}; fix the syntax") from None
+        except RecursionError:
+            raise UserError(f"{path}: nests lists/mappings too deeply to read; a workflow needs fewer than "
+                            "10 levels") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}: a workflow must be a mapping of keys (input_model, passes, ...), got {type(raw).__name__}")
+    problem = _bounded(raw)
+    if problem:
+        raise UserError(f"{path}: {problem}")
     return raw
 
 
@@ -148,6 +237,24 @@ def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p in {"str", "int", "float", "bool", "none"})))
 
 
+_MESSAGES = {
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "finite_number": "must be a finite number (not NaN or infinity)",
+    "model_type": "must be a mapping of keys",
+    "model_attributes_type": "must be a mapping of keys",
+    "dict_type": "must be a mapping of keys",
+    "list_type": "must be a list",
+    "string_type": "must be a string",
+}
+"""Pydantic error types whose message is reworded for a config author (they never write Python types)."""
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:60] + f"... ({len(text)} characters)"
+
+
 def problems_from(err: ValidationError, model: type[BaseModel], prefix: str = "") -> list[ConfigProblem]:
     """One ConfigProblem per pydantic error, with key path and a fix (a 'did you mean' for typos)."""
     seen: set[str] = set()
@@ -165,9 +272,9 @@ def problems_from(err: ValidationError, model: type[BaseModel], prefix: str = ""
         elif kind == "missing":
             problem = ConfigProblem(key, "required key is missing", "add it")
         else:
-            msg = e["msg"].removeprefix("Value error, ")
+            msg = _MESSAGES.get(kind) or e["msg"].removeprefix("Value error, ")
             given = e.get("input")
-            shown = "" if isinstance(given, dict | list) or given is None else f" (got {given!r})"
+            shown = "" if isinstance(given, dict | list) or given is None else f" (got {_short(given)})"
             problem = ConfigProblem(key, msg + shown)
         if str(problem) not in seen:
             seen.add(str(problem))
@@ -215,7 +322,8 @@ def validate(raw: dict[str, Any], source: Path | None = None) -> Workflow:
             continue
         kind = entry.get("type")
         if not isinstance(kind, str):
-            problems.append(ConfigProblem(f"{key}.type", "required key is missing", "name a pass type (see `honed passes`)"))
+            what = "required key is missing" if kind is None else f"must be a pass type name, got {type(kind).__name__}"
+            problems.append(ConfigProblem(f"{key}.type", what, "name a pass type (see `honed passes`)"))
             continue
         cls = get_pass(kind)
         if cls is None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from honed.errors import ConfigError, ConfigProblem
+from honed.systems.accelerator import execution_provider_problem
 
 ENGINE_KEYS = {
     "cache_dir", "output_dir", "host", "target", "evaluator", "evaluate_input_model", "evaluate_passes", "seed",
@@ -59,6 +60,7 @@ IGNORED_PRE_PROCESS = {
     "use_attention_mask": "honed always builds attention masks",
     "dataset_type": "honed builds causal-LM sequences from the template",
 }
+HF_LOAD_KEYS = ("model_loading_args", "from_pretrained_args")
 DEVICE_EPS = {"cpu": "CPUExecutionProvider", "gpu": "CUDAExecutionProvider", "npu": "QNNExecutionProvider"}
 
 AZURE_SYSTEM_HINT = (
@@ -101,6 +103,13 @@ def _unwrap(d: Any) -> Any:
     return d
 
 
+def _shape(value: Any) -> str:
+    """How a config author would name the type of a JSON/YAML value."""
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list", dict: "a mapping"}
+    shown = repr(value) if isinstance(value, bool | int | float | str) and len(repr(value)) <= 40 else ""
+    return names.get(type(value), type(value).__name__) + (f" ({shown})" if shown else "")
+
+
 def _is_azure(value: Any) -> bool:
     return isinstance(value, dict) and str(value.get("type", "")).lower().startswith("azureml")
 
@@ -112,6 +121,32 @@ class _Translator:
 
     def ignore(self, key: str, why: str) -> None:
         self.warnings.append(f"{key}: ignored ({why})")
+
+    def mapping(self, key: str, value: Any, what: str = "keys", unwrap: bool = True) -> dict[str, Any] | None:
+        """A copy of ``value`` (Olive's ``{type, config}`` unwrapped) when it is a mapping; None when it is
+        absent; a problem naming ``key`` when it has another shape (the translator reads into it)."""
+        if value is None:
+            return None
+        value = _unwrap(value) if unwrap else value
+        if not isinstance(value, dict):
+            self.problems.append(ConfigProblem(key, f"must be a mapping of {what}, got {_shape(value)}"))
+            return None
+        return dict(value)
+
+    def providers(self, key: str, value: Any) -> list[str] | None:
+        """Olive's ``execution_providers``: a list of provider names (one name alone is read as a list of one)."""
+        if value is None:
+            return None
+        eps = [value] if isinstance(value, str) else value
+        if not isinstance(eps, list) or not eps:
+            self.problems.append(ConfigProblem(key, f"must be a list of execution provider names, got {_shape(value)}",
+                                               "e.g. [\"CPUExecutionProvider\"]"))
+            return None
+        bad = [(i, execution_provider_problem(ep)) for i, ep in enumerate(eps)]
+        for i, problem in bad:
+            if problem:
+                self.problems.append(ConfigProblem(f"{key}[{i}]", problem))
+        return None if any(problem for _, problem in bad) else eps
 
     # -- sections -------------------------------------------------------------------------------
     def input_model(self, m: Any) -> Any:
@@ -126,16 +161,22 @@ class _Translator:
                 "download the model once and set model_path to its folder or hub id",
             ))
             m.pop("model_path")
-        hf = m.pop("hf_config", None)
-        if isinstance(hf, dict):
-            m.setdefault("model_path", hf.get("model_name"))
+        hf = self.mapping("input_model.hf_config", m.pop("hf_config", None), "keys (model_name, task, ...)")
+        if hf is not None:
+            if "model_name" in hf:
+                m.setdefault("model_path", hf["model_name"])
             if "task" in hf:
                 m.setdefault("task", hf["task"])
-            kwargs = dict(m.get("load_kwargs") or {})
-            for k in ("model_loading_args", "from_pretrained_args"):
-                kwargs.update(hf.get(k) or {})
-            if kwargs:
-                m["load_kwargs"] = kwargs
+            for k in sorted(set(hf) - {"model_name", "task", *HF_LOAD_KEYS}, key=str):
+                self.ignore(f"input_model.hf_config.{k}", "honed loads the model with transformers' Auto classes")
+            given = m.get("load_kwargs")
+            if given is None or isinstance(given, dict):  # any other shape is reported by the schema
+                kwargs = dict(given or {})
+                for k in HF_LOAD_KEYS:
+                    extra = self.mapping(f"input_model.hf_config.{k}", hf.get(k), "from_pretrained arguments")
+                    kwargs.update(extra or {})
+                if kwargs:
+                    m["load_kwargs"] = kwargs
         if m.get("type") in ("PyTorchModel", "HFModel", "HfModel"):
             m["type"] = "HfModel"
         elif m.get("type") == "ONNXModel":
@@ -179,8 +220,8 @@ class _Translator:
         if not isinstance(a, dict):
             return a
         a = dict(a)
-        eps = a.pop("execution_providers", None)
-        if isinstance(eps, list) and eps:
+        eps = self.providers(f"{key}.execution_providers", a.pop("execution_providers", None))
+        if eps:
             if len(eps) > 1:
                 self.warnings.append(f"{key}.execution_providers: honed targets one provider; using {eps[0]}")
             a.setdefault("execution_provider", eps[0])
@@ -194,26 +235,26 @@ class _Translator:
             return d
         d = dict(d)
         key = f"data_configs[{i}]"
-        load = dict(_unwrap(d.pop("load_dataset_config", None) or {}))
-        pre = dict(_unwrap(d.pop("pre_process_data_config", None) or {}))
-        for sub in (load, pre):
-            if isinstance(sub.get("params"), dict):  # seed generation
-                params = sub.pop("params")
+        load = self.mapping(f"{key}.load_dataset_config", d.pop("load_dataset_config", None)) or {}
+        pre = self.mapping(f"{key}.pre_process_data_config", d.pop("pre_process_data_config", None)) or {}
+        for name, sub in (("load_dataset_config", load), ("pre_process_data_config", pre)):
+            if "params" in sub:  # seed generation
+                params = self.mapping(f"{key}.{name}.params", sub.pop("params"))
                 sub.pop("type", None)
-                sub.update(params)
+                sub.update(params or {})
         load.pop("type", None)
         pre.pop("type", None)
-        legacy = d.pop("params_config", None)
-        if isinstance(legacy, dict):
-            legacy = dict(legacy)
-            comps = legacy.pop("component_kwargs", None) or {}
+        legacy = self.mapping(f"{key}.params_config", d.pop("params_config", None))
+        if legacy is not None:
+            comps = self.mapping(f"{key}.params_config.component_kwargs", legacy.pop("component_kwargs", None)) or {}
             load.update({k: v for k, v in legacy.items() if k in LOAD_KEYS})
-            for k in set(legacy) - LOAD_KEYS:
+            for k in sorted(set(legacy) - LOAD_KEYS, key=str):
                 self.ignore(f"{key}.params_config.{k}", "not a data loading option honed knows")
-            load.update(comps.get("load_dataset") or {})
-            pre.update(comps.get("pre_process_data") or {})
-            for k in set(comps) - {"load_dataset", "pre_process_data"}:
-                self.ignore(f"{key}.params_config.component_kwargs.{k}", "honed batches data itself")
+            comp_key = f"{key}.params_config.component_kwargs"
+            load.update(self.mapping(f"{comp_key}.load_dataset", comps.get("load_dataset")) or {})
+            pre.update(self.mapping(f"{comp_key}.pre_process_data", comps.get("pre_process_data")) or {})
+            for k in sorted(set(comps) - {"load_dataset", "pre_process_data"}, key=str):
+                self.ignore(f"{comp_key}.{k}", "honed batches data itself")
         for k in ("post_process_data_config", "dataloader_config", "components", "user_script", "script_dir"):
             if k in d:
                 d.pop(k)
@@ -245,6 +286,8 @@ class _Translator:
             return p
         p = dict(p)
         kind = p.get("type")
+        if not isinstance(kind, str):  # the loader names a missing or mistyped type
+            return p
         if kind in PASS_TYPE_ALIASES:
             p["type"] = kind = PASS_TYPE_ALIASES[kind]
         for k, why in IGNORED_PASS_KEYS.items():
@@ -264,7 +307,8 @@ class _Translator:
     # -- whole file -------------------------------------------------------------------------------
     def workflow(self, raw: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        engine = dict(raw.get("engine") or {})
+        engine = self.mapping("engine", raw.get("engine"), "keys (cache_dir, output_dir, host, ...)",
+                              unwrap=False) or {}
         for k, v in raw.items():
             if k in ENGINE_KEYS or k in IGNORED_ENGINE_KEYS or k == "execution_providers":
                 engine.setdefault(k, v)
@@ -280,17 +324,19 @@ class _Translator:
             if k in engine:
                 engine.pop(k)
                 self.ignore(f"engine.{k}", why)
-        engine_eps = engine.pop("execution_providers", None)
+        engine_eps = self.providers("engine.execution_providers", engine.pop("execution_providers", None))
 
         if "input_model" in out:
             out["input_model"] = self.input_model(out["input_model"])
         if isinstance(out.get("systems"), dict):
             systems = {n: self.system(n, s) for n, s in out["systems"].items()}
             out["systems"] = {n: s for n, s in systems.items() if s is not None}
-            if isinstance(engine_eps, list) and engine_eps:
+            if engine_eps:
                 for s in out["systems"].values():
-                    for a in s.get("accelerators") or []:
-                        if isinstance(a, dict) and a.get("execution_provider") == DEVICE_EPS.get(a.get("device", "")):
+                    accs = s.get("accelerators") if isinstance(s, dict) else None
+                    for a in accs if isinstance(accs, list) else []:
+                        device = a.get("device") if isinstance(a, dict) else None
+                        if isinstance(device, str) and a.get("execution_provider") == DEVICE_EPS.get(device):
                             a["execution_provider"] = engine_eps[0]
         if isinstance(out.get("data_configs"), list):
             out["data_configs"] = [self.data_config(i, d) for i, d in enumerate(out["data_configs"])]
@@ -301,9 +347,12 @@ class _Translator:
             }
         if isinstance(out.get("evaluators"), dict):
             out["evaluators"] = {n: _unwrap(e) for n, e in out["evaluators"].items()}
-        dropped = {n for n, s in (raw.get("systems") or {}).items() if n not in (out.get("systems") or {})}
+        systems = raw.get("systems")
+        kept = out.get("systems")
+        dropped = ({n for n in systems if not isinstance(kept, dict) or n not in kept}
+                   if isinstance(systems, dict) else set())
         for k in ("host", "target"):
-            if engine.get(k) in dropped:
+            if isinstance(engine.get(k), str) and engine[k] in dropped:
                 engine.pop(k)
         if engine:
             out["engine"] = engine

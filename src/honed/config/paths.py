@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,10 +18,52 @@ from pydantic import AfterValidator, ValidationInfo
 log = logging.getLogger("honed")
 _noted: set[str] = set()
 
+MAX_NAME_BYTES = 255
+"""Longest file or folder name (one path component) ext4, APFS, NTFS and most filesystems take."""
+MAX_PATH_BYTES = 4096
+"""Longest path Linux takes (PATH_MAX)."""
+
 
 def is_url(value: str) -> bool:
     """True for fsspec URLs (s3://, https://, hf://) that are not local paths."""
     return "://" in value and not value.startswith("file://")
+
+
+def path_problem(value: str) -> str | None:
+    """Why ``value`` cannot be a path on any filesystem (NUL byte, over-long name), or None.
+
+    Checked before the path touches the filesystem: ``os.stat`` raises ValueError on a NUL byte
+    and OSError (ENAMETOOLONG) on a name over 255 bytes, far from the key that caused it.
+    """
+    if "\0" in value:
+        return "contains a NUL byte (\\0); remove it"
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > MAX_PATH_BYTES:
+        return f"is {size} bytes long; a path can be at most {MAX_PATH_BYTES}"
+    for part in value.replace("\\", "/").split("/"):
+        n = len(part.encode("utf-8", "surrogatepass"))
+        if n > MAX_NAME_BYTES:
+            return (f"has a file or folder name of {n} bytes ('{part[:20]}...'); a name can be at most "
+                    f"{MAX_NAME_BYTES} bytes")
+    return None
+
+
+def expand_home(value: str) -> str:
+    """``~`` and ``~user`` at the start of a local path -> the home folder (URLs are kept as written)."""
+    if value.startswith("~"):
+        return os.path.expanduser(value)
+    if value.startswith("file://~"):
+        return "file://" + os.path.expanduser(value[len("file://"):])
+    return value
+
+
+def _check_path(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    problem = path_problem(value)
+    if problem:
+        raise ValueError(f"path {problem}")
+    return expand_home(value)
 
 
 def _exists(p: Path) -> bool:
@@ -58,5 +101,18 @@ def _resolve_input(value: Any, info: ValidationInfo) -> Any:
     return str(found)
 
 
-InputPath = Annotated[str, AfterValidator(_resolve_input)]
-"""A local file, folder or glob that must exist (or an fsspec URL, kept as is)."""
+LocalPath = Annotated[str, AfterValidator(_check_path)]
+"""A path the config names (it may not exist yet): no NUL byte, no over-long name, ``~`` expanded."""
+
+InputPath = Annotated[str, AfterValidator(_check_path), AfterValidator(_resolve_input)]
+"""A local file, folder or glob that must exist (or an fsspec URL, kept as is); ``~`` expanded."""
+
+
+def _python_file(value: Any) -> Any:
+    if isinstance(value, str) and not (Path(value).is_file() and value.endswith(".py")):
+        raise ValueError(f"'{value}' is not a Python file; give the .py file that defines the function")
+    return value
+
+
+PythonFile = Annotated[str, AfterValidator(_check_path), AfterValidator(_resolve_input), AfterValidator(_python_file)]
+"""A local .py file that must exist (user scripts)."""

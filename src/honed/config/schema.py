@@ -9,15 +9,59 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
+from typing_extensions import TypedDict
 
-from honed.data.config import DataConfig
+from honed.config.paths import LocalPath
+from honed.data.config import SEED_MAX, DataConfig
 from honed.evaluate.config import EvaluatorConfig
 from honed.systems.accelerator import Accelerator
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Booleans are StrictBool field by field: "false" (a string) is truthy and must never switch on
+    # trust_remote_code; NaN/inf never validate as numbers.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+DTypeName = Literal["float32", "fp32", "float16", "fp16", "bfloat16", "bf16", "auto"]
+
+
+class LoadKwargs(TypedDict, total=False):
+    """``from_pretrained`` arguments: the ones whose type matters are checked; any other key is passed on.
+
+    A key that is neither a ``from_pretrained`` argument nor an attribute of the model's config makes
+    transformers fail when the model loads, so the preflight refuses it for a local model folder and
+    names it in a warning when the config cannot be read before the run (hub id, GGUF file).
+    """
+
+    __pydantic_config__ = ConfigDict(extra="allow", allow_inf_nan=False)  # type: ignore[misc]
+
+    trust_remote_code: StrictBool
+    local_files_only: StrictBool
+    low_cpu_mem_usage: StrictBool
+    use_safetensors: StrictBool
+    force_download: StrictBool
+    ignore_mismatched_sizes: StrictBool
+    output_loading_info: StrictBool
+    offload_buffers: StrictBool
+    use_kernels: StrictBool
+    weights_only: StrictBool
+    revision: str
+    subfolder: str
+    variant: str
+    attn_implementation: str
+    torch_dtype: DTypeName
+    dtype: DTypeName
+
+
+FROM_PRETRAINED_KEYS = frozenset({
+    *LoadKwargs.__annotations__, "adapter_kwargs", "adapter_name", "cache_dir", "device_map", "device_mesh",
+    "distributed_config", "experts_implementation", "generation_config", "gguf_file", "kernel_config",
+    "key_mapping", "max_memory", "offload_folder", "proxies", "quantization_config", "tp_plan", "tp_size",
+    "token", "disable_mmap", "allow_all_kernels", "code_revision",
+})
+"""Arguments transformers' ``from_pretrained`` takes itself (not passed on to the model's config)."""
 
 
 class InputModelConfig(_Strict):
@@ -26,16 +70,18 @@ class InputModelConfig(_Strict):
     type: Literal["HfModel", "OnnxModel", "GenAIModel"] = Field(
         "HfModel", description="HfModel (transformers folder, hub id, GGUF file), OnnxModel or GenAIModel."
     )
-    model_path: str = Field(
+    model_path: LocalPath = Field(
         description="Local folder or file, a hub id (org/name), a .gguf file, or a file inside an installed "
         "Python package written 'pkg://package/relative/path'."
     )
     task: str = Field("text-generation", description="What the model does: text-generation, text-classification, ...")
-    adapter_path: str | None = Field(None, description="A PEFT adapter folder to apply over model_path.")
-    load_kwargs: dict[str, Any] = Field(
-        default_factory=dict,
+    adapter_path: LocalPath | None = Field(None, description="A PEFT adapter folder to apply over model_path.")
+    load_kwargs: LoadKwargs = Field(
+        default_factory=lambda: LoadKwargs(),
         description="Arguments for from_pretrained (torch_dtype, revision, ...). trust_remote_code is honoured "
-        "only when set here.",
+        "only when set here, and only as true or false (never a string). Other keys are passed to "
+        "from_pretrained, which hands them to the model's config; one that is neither is refused before the "
+        "run for a local model folder and named in a warning otherwise.",
     )
 
 
@@ -48,7 +94,7 @@ class SystemConfig(_Strict):
     accelerators: list[Accelerator] = Field(
         default_factory=lambda: [Accelerator()], description="Devices and their execution providers."
     )
-    python_environment_path: str | None = Field(
+    python_environment_path: LocalPath | None = Field(
         None, description="PythonEnvironment only: the folder holding the interpreter (a venv's bin/)."
     )
 
@@ -63,20 +109,21 @@ class SystemConfig(_Strict):
 class EngineConfig(_Strict):
     """How the workflow runs: where outputs and the cache go, which systems to use."""
 
-    cache_dir: str = Field("cache", description="Content-addressed cache of pass outputs; reruns reuse it.")
-    output_dir: str = Field("models", description="The final model's files, footprints.json and the report.")
+    cache_dir: LocalPath = Field("cache", description="Content-addressed cache of pass outputs; reruns reuse it.")
+    output_dir: LocalPath = Field("models", description="The final model's files, footprints.json and the report.")
     host: str | None = Field(None, description="Name of the system passes run on (default: local CPU).")
     target: str | None = Field(None, description="Name of the system the model is built for (default: host).")
     evaluator: str | None = Field(None, description="Name of the evaluator that scores models.")
-    evaluate_input_model: bool | None = Field(
+    evaluate_input_model: StrictBool | None = Field(
         None, description="Score the input model too, so the report shows before and after (default: yes "
         "when an evaluator is set)."
     )
-    evaluate_passes: bool | list[str] = Field(
+    evaluate_passes: StrictBool | list[str] = Field(
         False, description="Also score the output of these passes (true: every pass), so the table shows "
         "each stage, e.g. the merged fp32 model before the int4 build."
     )
-    seed: int = Field(0, description="Seed for search samplers and anything else random in the engine.")
+    seed: int = Field(0, ge=0, le=SEED_MAX,
+                      description="Seed for search samplers and anything else random in the engine (0 to 2**32-1).")
 
 
 class SearchStrategy(_Strict):
@@ -86,8 +133,8 @@ class SearchStrategy(_Strict):
     sampler: Literal["sequential", "random", "tpe"] = Field("sequential", description="How to pick trials.")
     max_iter: int | None = Field(None, gt=0, description="Stop after this many trials.")
     max_time: float | None = Field(None, gt=0, description="Stop after this many seconds.")
-    stop_when_goals_met: bool = Field(False, description="Stop at the first trial meeting every goal.")
-    seed: int = Field(0, description="Seed of the sampler.")
+    stop_when_goals_met: StrictBool = Field(False, description="Stop at the first trial meeting every goal.")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed of the sampler (0 to 2**32-1).")
     output_model_num: int | None = Field(
         None, gt=0, description="Copy this many best models to output_dir/<rank>/ (default: every Pareto-optimal one)."
     )

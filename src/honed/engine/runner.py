@@ -25,6 +25,7 @@ from honed.engine.hashing import hash_json, hash_path, use_memo
 from honed.engine.keys import pass_key
 from honed.engine.monitor import PeakMemory
 from honed.engine.outputs import check_output_dir, write_output_dir
+from honed.engine.preflight import preflight
 from honed.engine.progress import RunDisplay
 from honed.errors import PassFailed, UserError
 from honed.models.handle import ModelHandle
@@ -122,6 +123,7 @@ def run_workflow(
         return run_search(wf, output_dir=output_dir, cache_dir=cache_dir, display=display)
     out_dir = user_path(output_dir or wf.engine.output_dir, "engine.output_dir")
     cache_root = user_path(cache_dir or wf.engine.cache_dir, "engine.cache_dir")
+    preflight(wf, out_dir, cache_root)  # all that is knowable before a pass runs (dry runs too)
     problem = open_problem(cache_root)
     if problem:
         raise UserError(f"engine.cache_dir (or --cache-dir): {problem}")
@@ -158,10 +160,6 @@ def run_workflow(
                 f"passes.{step.name}: {step.pass_cls.name} takes {'/'.join(step.pass_cls.accepts)} models but "
                 f"receives a {model.kind} model; reorder the passes"
             )
-        missing = step.pass_cls.missing_requirements()
-        if missing:
-            raise UserError(f"passes.{step.name}: {step.pass_cls.name} needs {', '.join(missing)}; "
-                            f"install it with `pip install {' '.join(missing)}`")
         record = StepRecord(name=step.name, type=step.pass_cls.name, config=config_json, input_id=current_id,
                             output_id=key)
         entry = cache.get(key)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
-from honed.config.paths import InputPath
+from honed.config.paths import PythonFile
+from honed.data.config import MAX_SEQ_LEN
 
 MetricType = Literal["accuracy", "perplexity", "latency", "throughput", "size_on_disk", "memory", "custom"]
 
@@ -41,7 +42,7 @@ GoalType = Literal["threshold", "min-improvement", "max-degradation", "percent-m
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class GoalConfig(_Strict):
@@ -61,7 +62,7 @@ class SubMetricConfig(_Strict):
     priority: int = Field(-1, description="Rank of this number among the search objectives (1 first; -1: "
                           "reported only, not an objective).")
     goal: GoalConfig | None = Field(None, description="Bound a model must meet on this number.")
-    higher_is_better: bool | None = Field(
+    higher_is_better: StrictBool | None = Field(
         None, description="Direction; set by the metric type for built-ins, required for custom metrics."
     )
     metric_config: dict[str, Any] | None = Field(
@@ -74,10 +75,11 @@ class MetricUserConfig(_Strict):
 
     batch_size: int = Field(1, gt=0, description="Rows per forward call (latency/throughput: batch of inputs).")
     max_samples: int | None = Field(None, gt=0, description="Score at most this many rows.")
-    warmup_num: int = Field(2, ge=0, description="Latency/throughput: untimed runs first.")
-    repeat_test_num: int = Field(10, gt=0, description="Latency/throughput: timed runs.")
-    sleep_num: float = Field(0, ge=0, description="Latency: seconds to sleep between timed runs.")
-    max_new_tokens: int = Field(16, gt=0, description="Generation length (greedy accuracy, tokens_per_s).")
+    warmup_num: int = Field(2, ge=0, le=100_000, description="Latency/throughput: untimed runs first.")
+    repeat_test_num: int = Field(10, gt=0, le=1_000_000, description="Latency/throughput: timed runs.")
+    sleep_num: float = Field(0, ge=0, le=3600, description="Latency: seconds to sleep between timed runs.")
+    max_new_tokens: int = Field(16, gt=0, le=MAX_SEQ_LEN,
+                                description="Generation length (greedy accuracy, tokens_per_s).")
     labels: list[str] | None = Field(None, description="Accuracy: the candidate labels; default: the distinct "
                                      "values of the label column in the data.")
     label_col: str | None = Field(None, description="Accuracy: the column holding the label; default: the last "
@@ -86,9 +88,9 @@ class MetricUserConfig(_Strict):
         "loglikelihood", description="Accuracy with a generative model: pick the label with the highest "
         "log-likelihood after the prompt, or greedy-generate and compare the text."
     )
-    score_eos: bool = Field(True, description="Include the EOS after the label in its log-likelihood (tells "
+    score_eos: StrictBool = Field(True, description="Include the EOS after the label in its log-likelihood (tells "
                             "'joy' from 'joyful'); matches training with append_eos.")
-    user_script: InputPath | None = Field(None, description="custom: the Python file defining evaluate_func.")
+    user_script: PythonFile | None = Field(None, description="custom: the Python file defining evaluate_func.")
     evaluate_func: str | None = Field(None, description="custom: function (model: ModelHandle, rows: list[dict] "
                                       "| None) -> float | dict[str, float].")
     prompt: str = Field("The quick brown fox jumps over the lazy dog", description="Latency/throughput input "

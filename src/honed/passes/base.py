@@ -26,9 +26,10 @@ if TYPE_CHECKING:
 
 
 class PassConfig(BaseModel):
-    """Base of every pass config: unknown keys are errors, never silently dropped."""
+    """Base of every pass config: unknown keys are errors, never silently dropped; NaN and infinity are
+    never numbers.  Declare booleans ``StrictBool`` so the string "false" is an error, not true."""
 
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 class ProgressTask:
@@ -88,6 +89,9 @@ class Pass:
     """Distributions whose versions enter the cache key (``torch``, ``peft``)."""
     accepts: ClassVar[tuple[str, ...]] = ("hf",)
     """Model kinds (``ModelHandle.kind``) this pass takes as input."""
+    produces: ClassVar[tuple[str, ...]] = ()
+    """Model kinds this pass can output; empty: not declared (the preflight then checks no later pass's
+    input kind)."""
     search_space: ClassVar[dict[str, list[Any]]] = {}
     """Values a search tries for a parameter set to ``SEARCHABLE_VALUES`` (see honed.search.space)."""
 

@@ -24,6 +24,7 @@ class CastDtype(Pass):
     config_class = CastDtypeConfig
     libraries = ("torch", "transformers", "safetensors")
     accepts = ("hf",)
+    produces = ("hf",)
 
     def run(self, model: ModelHandle, config: CastDtypeConfig, output_dir: Path, ctx: PassContext) -> ModelHandle:
         hf = load_model(model, dtype=config.dtype)

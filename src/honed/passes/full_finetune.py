@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import Field
+from pydantic import Field, StrictBool
 
 from honed.models.handle import ModelHandle
 from honed.passes.base import Pass, PassConfig, PassContext, register_pass
@@ -18,7 +18,7 @@ from honed.passes.lora import FineTuneConfig
 class FullFineTuneConfig(FineTuneConfig):
     """Full fine-tuning settings."""
 
-    freeze_embeddings: bool = Field(
+    freeze_embeddings: StrictBool = Field(
         False, description="Keep the input embeddings fixed (saves optimizer memory on large vocabularies)."
     )
 
@@ -30,6 +30,7 @@ class FullFineTune(Pass):
     config_class: ClassVar[type[PassConfig]] = FullFineTuneConfig
     libraries: ClassVar[tuple[str, ...]] = ("torch", "transformers")
     accepts: ClassVar[tuple[str, ...]] = ("hf",)
+    produces: ClassVar[tuple[str, ...]] = ("hf",)
 
     def run(self, model: ModelHandle, config: Any, output_dir: Path, ctx: PassContext) -> ModelHandle:
         from honed.training.finetune import finetune_full

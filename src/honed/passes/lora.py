@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, StrictBool, field_validator
 
 from honed.models.handle import ModelHandle
 from honed.passes.base import Pass, PassConfig, PassContext, register_pass
@@ -55,8 +55,8 @@ class FineTuneConfig(PassConfig):
 class LoRAConfig(FineTuneConfig):
     """Low-rank adapters on the model's linear layers."""
 
-    r: int = Field(64, gt=0, description="LoRA rank (Olive's name; `lora_r` in old configs).")
-    alpha: float = Field(16, gt=0, description="LoRA scaling numerator: updates are scaled by alpha / r.")
+    r: int = Field(64, gt=0, le=65536, description="LoRA rank (Olive's name; `lora_r` in old configs).")
+    alpha: float = Field(16, gt=0, le=1e6, description="LoRA scaling numerator: updates are scaled by alpha / r.")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter input.")
     target_modules: list[str] | Literal["all-linear"] | None = Field(
         None,
@@ -66,7 +66,7 @@ class LoRAConfig(FineTuneConfig):
     modules_to_save: list[str] | None = Field(
         None, description="Modules trained in full and saved with the adapter (e.g. lm_head)."
     )
-    use_rslora: bool = Field(False, description="Rank-stabilised scaling alpha / sqrt(r).")
+    use_rslora: StrictBool = Field(False, description="Rank-stabilised scaling alpha / sqrt(r).")
 
 
 class DoRAConfig(LoRAConfig):
@@ -76,7 +76,7 @@ class DoRAConfig(LoRAConfig):
 class QLoRAConfig(LoRAConfig):
     """LoRA over a 4-bit bitsandbytes base."""
 
-    double_quant: bool = Field(True, description="Quantize the 4-bit scales too (saves ~0.4 bit/weight).")
+    double_quant: StrictBool = Field(True, description="Quantize the 4-bit scales too (saves ~0.4 bit/weight).")
     quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type of the base weights.")
     compute_dtype: DTypeName | None = Field(
         None, description="Dtype 4-bit layers compute in; default: the training dtype (torch_dtype)."
@@ -95,6 +95,7 @@ class _LoRABase(Pass):
     config_class: ClassVar[type[PassConfig]] = LoRAConfig
     libraries: ClassVar[tuple[str, ...]] = ("torch", "transformers", "peft")
     accepts: ClassVar[tuple[str, ...]] = ("hf",)
+    produces: ClassVar[tuple[str, ...]] = ("peft",)
     variant: ClassVar[str] = "lora"
     search_space: ClassVar[dict[str, list[Any]]] = {"r": [8, 16, 32, 64]}
 

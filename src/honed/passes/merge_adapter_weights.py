@@ -32,6 +32,7 @@ class MergeAdapterWeights(Pass):
     config_class: ClassVar[type[PassConfig]] = MergeAdapterWeightsConfig
     libraries: ClassVar[tuple[str, ...]] = ("torch", "transformers", "peft")
     accepts: ClassVar[tuple[str, ...]] = ("peft",)
+    produces: ClassVar[tuple[str, ...]] = ("hf",)
 
     def run(self, model: ModelHandle, config: Any, output_dir: Path, ctx: PassContext) -> ModelHandle:
         from honed.training.merge import merge_adapter

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, StrictBool
 
 from honed.models.handle import ModelHandle
 from honed.passes._onnx_common import OnnxSaveConfig, matmul_nbits
@@ -18,7 +18,7 @@ class OnnxBlockWiseRtnQuantizationConfig(OnnxSaveConfig):
 
     bits: Literal[4, 8] = Field(4, description="Bits per weight.")
     block_size: Literal[16, 32, 64, 128, 256] = Field(128, description="Weights per block sharing one scale.")
-    is_symmetric: bool = Field(True, description="Symmetric blocks (no zero point).")
+    is_symmetric: StrictBool = Field(True, description="Symmetric blocks (no zero point).")
     accuracy_level: Literal[0, 1, 2, 3, 4] | None = Field(
         None, description="MatMulNBits compute type: 1 fp32, 2 fp16, 3 bf16, 4 int8."
     )
@@ -35,6 +35,7 @@ class OnnxBlockWiseRtnQuantization(Pass):
     config_class = OnnxBlockWiseRtnQuantizationConfig
     libraries = ("onnxruntime", "onnx")
     accepts: ClassVar[tuple[str, ...]] = ("onnx",)
+    produces: ClassVar[tuple[str, ...]] = ("onnx",)
 
     def run(self, model: ModelHandle, config: OnnxBlockWiseRtnQuantizationConfig, output_dir: Path,
             ctx: PassContext) -> ModelHandle:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, StrictBool
 
 from honed.models.handle import ModelHandle
 from honed.passes._onnx_common import OnnxSaveConfig, finish_onnx_output, onnx_file, prepare_input
@@ -17,14 +17,14 @@ class OnnxDynamicQuantizationConfig(OnnxSaveConfig):
     """Dynamic int8 quantization options (Olive's names)."""
 
     weight_type: Literal["QInt8", "QUInt8"] = Field("QInt8", description="Data type of quantized weights.")
-    per_channel: bool = Field(False, description="One scale per output channel instead of per tensor.")
-    reduce_range: bool = Field(False, description="7-bit weights, for old CPUs without VNNI.")
+    per_channel: StrictBool = Field(False, description="One scale per output channel instead of per tensor.")
+    reduce_range: StrictBool = Field(False, description="7-bit weights, for old CPUs without VNNI.")
     op_types_to_quantize: list[str] | None = Field(
         None, description="Operator types to quantize (default: all that onnxruntime supports)."
     )
     nodes_to_quantize: list[str] | None = Field(None, description="Quantize only these node names.")
     nodes_to_exclude: list[str] | None = Field(None, description="Node names left in float.")
-    quant_preprocess: bool = Field(
+    quant_preprocess: StrictBool = Field(
         True, description="Run shape inference and graph optimization first (onnxruntime's quant_pre_process)."
     )
     extra_options: dict[str, Any] = Field(
@@ -38,6 +38,7 @@ class OnnxDynamicQuantization(Pass):
     config_class = OnnxDynamicQuantizationConfig
     libraries = ("onnxruntime", "onnx")
     accepts: ClassVar[tuple[str, ...]] = ("onnx",)
+    produces: ClassVar[tuple[str, ...]] = ("onnx",)
 
     def run(self, model: ModelHandle, config: OnnxDynamicQuantizationConfig, output_dir: Path,
             ctx: PassContext) -> ModelHandle:

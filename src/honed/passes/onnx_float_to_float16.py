@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
-from pydantic import Field
+from pydantic import Field, StrictBool
 
 from honed.models.handle import ModelHandle
 from honed.passes._onnx_common import OnnxSaveConfig, finish_onnx_output, onnx_file, save_onnx
@@ -18,7 +18,7 @@ class OnnxFloatToFloat16Config(OnnxSaveConfig):
 
     min_positive_val: float = Field(5.96e-08, gt=0, description="Smaller magnitudes are clamped to this.")
     max_finite_val: float = Field(65504.0, gt=0, description="Larger magnitudes are clamped to this.")
-    keep_io_types: bool = Field(False, description="Keep fp32 inputs and outputs (casts are inserted).")
+    keep_io_types: StrictBool = Field(False, description="Keep fp32 inputs and outputs (casts are inserted).")
     op_block_list: list[str] | None = Field(None, description="Operator types kept in fp32.")
     node_block_list: list[str] | None = Field(None, description="Node names kept in fp32.")
 
@@ -29,6 +29,7 @@ class OnnxFloatToFloat16(Pass):
     config_class = OnnxFloatToFloat16Config
     libraries = ("onnxruntime", "onnx")
     accepts: ClassVar[tuple[str, ...]] = ("onnx",)
+    produces: ClassVar[tuple[str, ...]] = ("onnx",)
 
     def run(self, model: ModelHandle, config: OnnxFloatToFloat16Config, output_dir: Path,
             ctx: PassContext) -> ModelHandle:

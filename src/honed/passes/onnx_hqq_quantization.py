@@ -29,6 +29,7 @@ class OnnxHqqQuantization(Pass):
     requires = ("torch",)
     libraries = ("onnxruntime", "onnx", "torch")
     accepts: ClassVar[tuple[str, ...]] = ("onnx",)
+    produces: ClassVar[tuple[str, ...]] = ("onnx",)
 
     def run(self, model: ModelHandle, config: OnnxHqqQuantizationConfig, output_dir: Path,
             ctx: PassContext) -> ModelHandle:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, StrictBool
 
 from honed.errors import UserError
 from honed.models.handle import ModelHandle
@@ -35,12 +35,12 @@ class OnnxStaticQuantizationConfig(OnnxSaveConfig):
         "QInt8", description="Data type of quantized activations."
     )
     weight_type: Literal["QInt8", "QUInt8"] = Field("QInt8", description="Data type of quantized weights.")
-    per_channel: bool = Field(False, description="One weight scale per output channel.")
-    reduce_range: bool = Field(False, description="7-bit weights, for old CPUs without VNNI.")
+    per_channel: StrictBool = Field(False, description="One weight scale per output channel.")
+    reduce_range: StrictBool = Field(False, description="7-bit weights, for old CPUs without VNNI.")
     op_types_to_quantize: list[str] | None = Field(None, description="Operator types to quantize.")
     nodes_to_quantize: list[str] | None = Field(None, description="Quantize only these node names.")
     nodes_to_exclude: list[str] | None = Field(None, description="Node names left in float.")
-    quant_preprocess: bool = Field(True, description="Run onnxruntime's quant_pre_process first.")
+    quant_preprocess: StrictBool = Field(True, description="Run onnxruntime's quant_pre_process first.")
     extra_options: dict[str, Any] = Field(default_factory=dict, description="onnxruntime quantizer extra_options.")
 
 
@@ -60,6 +60,7 @@ class OnnxStaticQuantization(Pass):
     config_class = OnnxStaticQuantizationConfig
     libraries = ("onnxruntime", "onnx")
     accepts: ClassVar[tuple[str, ...]] = ("onnx",)
+    produces: ClassVar[tuple[str, ...]] = ("onnx",)
 
     def run(self, model: ModelHandle, config: OnnxStaticQuantizationConfig, output_dir: Path,
             ctx: PassContext) -> ModelHandle:

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import Field
+from pydantic import Field, StrictBool
 
 from honed.errors import UserError
 from honed.models.handle import ModelHandle
@@ -32,10 +32,10 @@ class OrtTransformersOptimizationConfig(OnnxSaveConfig):
         default_factory=dict, description="FusionOptions attributes to set, e.g. {'enable_gelu': false}."
     )
     opt_level: int | None = Field(None, ge=0, le=99, description="onnxruntime graph optimization level.")
-    only_onnxruntime: bool = Field(False, description="Use only onnxruntime's own graph optimizer.")
-    float16: bool = Field(False, description="Convert the fused model to fp16.")
-    keep_io_types: bool = Field(True, description="With float16, keep fp32 inputs and outputs.")
-    use_gpu: bool | None = Field(None, description="Optimize for GPU (default: the workflow's target).")
+    only_onnxruntime: StrictBool = Field(False, description="Use only onnxruntime's own graph optimizer.")
+    float16: StrictBool = Field(False, description="Convert the fused model to fp16.")
+    keep_io_types: StrictBool = Field(True, description="With float16, keep fp32 inputs and outputs.")
+    use_gpu: StrictBool | None = Field(None, description="Optimize for GPU (default: the workflow's target).")
 
 
 def _hf_config(model: ModelHandle, src: Path) -> dict[str, Any]:
@@ -52,6 +52,7 @@ class OrtTransformersOptimization(Pass):
     config_class = OrtTransformersOptimizationConfig
     libraries = ("onnxruntime", "onnx")
     accepts: ClassVar[tuple[str, ...]] = ("onnx",)
+    produces: ClassVar[tuple[str, ...]] = ("onnx",)
 
     def run(self, model: ModelHandle, config: OrtTransformersOptimizationConfig, output_dir: Path,
             ctx: PassContext) -> ModelHandle:

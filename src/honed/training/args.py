@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
+
+from honed.data.config import SEED_MAX
 
 Optim = Literal[
     "adamw_torch", "adamw_torch_fused", "adamw_hf", "adamw", "adamw_8bit", "adamw_bnb_8bit",
@@ -25,17 +27,18 @@ Scheduler = Literal[
 class TrainingArgs(BaseModel):
     """Training loop settings, spelled as in Hugging Face ``TrainingArguments``."""
 
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
-    seed: int = Field(42, description="Seed of adapter initialisation, dropout and everything random.")
-    data_seed: int | None = Field(None, description="Seed of the data order; `seed` when unset.")
+    seed: int = Field(42, ge=0, le=SEED_MAX,
+                      description="Seed of adapter initialisation, dropout and everything random (0 to 2**32-1).")
+    data_seed: int | None = Field(None, ge=0, le=SEED_MAX, description="Seed of the data order; `seed` when unset.")
     per_device_train_batch_size: int = Field(8, gt=0, description="Sequences per training micro-batch.")
     per_device_eval_batch_size: int = Field(8, gt=0, description="Sequences per evaluation batch.")
     gradient_accumulation_steps: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
-    gradient_checkpointing: bool = Field(
+    gradient_checkpointing: StrictBool = Field(
         False, description="Recompute activations in the backward pass: less memory, about 30% slower."
     )
-    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    learning_rate: float = Field(2e-4, gt=0, le=10, description="Peak learning rate (above 0, at most 10).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     adam_beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1.")
     adam_beta2: float = Field(0.999, ge=0, lt=1, description="AdamW beta2.")
@@ -57,18 +60,18 @@ class TrainingArgs(BaseModel):
     eval_steps: int | None = Field(None, gt=0, description="Steps between evaluations; logging_steps when unset.")
     save_steps: int = Field(50, gt=0, description="Checkpoint every N steps into the pass work dir (for resume).")
     save_total_limit: int = Field(1, gt=0, description="Checkpoints kept; older ones are deleted.")
-    group_by_length: bool = Field(
+    group_by_length: StrictBool = Field(
         True, description="Batch sequences of similar length together so padding wastes little compute."
     )
     early_stopping_patience: int | None = Field(
         None, gt=0, description="Stop after this many evaluations without eval-loss improvement."
     )
     early_stopping_threshold: float = Field(0.0, ge=0, description="Smallest eval-loss decrease that counts.")
-    load_best_model_at_end: bool = Field(
+    load_best_model_at_end: StrictBool = Field(
         False, description="Keep the adapter of the best evaluation rather than the last step."
     )
-    bf16: bool = Field(False, description="bf16 autocast over a float32 base (mixed precision).")
-    fp16: bool = Field(False, description="fp16 autocast over a float32 base (mixed precision, CUDA only).")
+    bf16: StrictBool = Field(False, description="bf16 autocast over a float32 base (mixed precision).")
+    fp16: StrictBool = Field(False, description="fp16 autocast over a float32 base (mixed precision, CUDA only).")
 
     @model_validator(mode="before")
     @classmethod
