@@ -1,7 +1,12 @@
 """Safety: honed never deletes, overwrites or runs what the user did not ask, and damage heals.
 
-Every case runs with a sandboxed HOME and working directory. Each checks a defect found by trying
-honed the way a careful user (or a hostile file) would; see the issue "Safety first".
+Every case runs with a sandboxed HOME and working directory, under a tripwire that fails the test
+instead of letting a broken honed write outside the test's folders (the "/" and system-folder cases
+would otherwise damage the machine they run on). Each checks a defect found by trying honed the way
+a careful user (or a hostile file) would; see the issue "Safety first". Defects 6 (no network) and 8
+(hash-seed independence, resume) need fresh interpreters: tests/test_network.py and
+tests/test_training_safety.py; tests/test_fuzz_config.py and tests/test_config_errors.py hold the
+config cases (10).
 """
 
 from __future__ import annotations
@@ -20,9 +25,41 @@ import yaml
 from tests.helpers import cli, write_config
 
 
+def _tripwire(monkeypatch: pytest.MonkeyPatch, allowed: list[Path]) -> None:
+    """Refuse (AssertionError) every file-system write honed's output and cache code makes outside ``allowed``."""
+    roots = [str(Path(a).resolve()) for a in allowed]
+
+    def check(path: object) -> None:
+        text = os.path.abspath(os.fspath(path))  # type: ignore[call-overload]
+        if not any(text == r or text.startswith(r + os.sep) for r in roots):
+            raise AssertionError(f"tripwire: honed tried to write {text}")
+
+    def guard(fn, *which: int, kw: str | None = None):
+        def wrapped(*args, **kwargs):
+            for i in which:
+                if len(args) > i:
+                    check(args[i])
+            if kw and kwargs.get(kw) is not None:
+                check(kwargs[kw])
+            return fn(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(os, "replace", guard(os.replace, 1))
+    monkeypatch.setattr(os, "mkdir", guard(os.mkdir, 0))
+    monkeypatch.setattr(os, "unlink", guard(os.unlink, 0))
+    monkeypatch.setattr(os, "rmdir", guard(os.rmdir, 0))
+    import shutil
+
+    monkeypatch.setattr(shutil, "copyfile", guard(shutil.copyfile, 1))
+    monkeypatch.setattr(shutil, "rmtree", guard(shutil.rmtree, 0))
+    monkeypatch.setattr(tempfile, "mkdtemp", guard(tempfile.mkdtemp, 2, kw="dir"))
+    monkeypatch.setattr(tempfile, "mkstemp", guard(tempfile.mkstemp, 2, kw="dir"))
+
+
 @pytest.fixture
 def sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """HOME and the working directory inside tmp_path; returns the working directory."""
+    """HOME and the working directory inside tmp_path, behind the tripwire; returns the working directory."""
+    _tripwire(monkeypatch, [tmp_path.parent.parent, Path(tempfile.gettempdir())])
     home, work = tmp_path / "home", tmp_path / "work"
     home.mkdir()
     work.mkdir()
@@ -213,12 +250,16 @@ def test_roots_home_system_folders_and_files_are_refused_before_any_pass(
     assert sorted(p.name for p in home.iterdir()) == []
 
 
-def test_a_read_only_output_folder_is_found_before_any_pass(project: Path, monkeypatch: pytest.MonkeyPatch,
-                                                            capsys: pytest.CaptureFixture) -> None:
+def test_the_writability_probe_sees_what_permission_bits_do_not() -> None:
     from honed.util.fs import writable_problem
 
-    # sysfs refuses new files even to root: the probe sees what permission bits would not.
+    # sysfs refuses new files even to root (tests run as root in CI, where mode bits grant everything).
     assert "not writable" in (writable_problem(Path("/sys/kernel/honed-out")) or "")
+    assert writable_problem(Path(tempfile.gettempdir()) / "honed-probe-parent" / "out") is None
+
+
+def test_a_read_only_output_folder_is_found_before_any_pass(project: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture) -> None:
     real = tempfile.mkstemp
 
     def read_only(*args: object, **kw: object) -> tuple[int, str]:
@@ -373,3 +414,44 @@ def test_damaged_tokenized_data_is_tokenized_again(sandbox: Path, tiny_llama: Pa
     again = build_datasets(cfg, tokenizer=tok, cache_dir=sandbox / "c")
     assert again.stats["cache"] == "miss" and again.train["input_ids"] == first.train["input_ids"]
     assert build_datasets(cfg, tokenizer=tok, cache_dir=sandbox / "c").stats["cache"] == "hit"
+
+
+# -- 5. blocked code stays blocked; 7. garbage numbers are refused -------------------------------------
+
+@pytest.mark.parametrize("value", ["false", "False", 0, 2, 0.5, "abc"])
+def test_trust_remote_code_accepts_only_booleans_and_runs_nothing(project: Path, tiny_llama: Path, value: object,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    from tests.test_training_safety import custom_code_model
+
+    marker = project / "custom-code-ran"
+    model = custom_code_model(tiny_llama, project / "custom", marker)
+    cfg = yaml.safe_load((project / "wf.yaml").read_text())
+    cfg["input_model"] = {"model_path": str(model), "load_kwargs": {"trust_remote_code": value}}
+    write_config(project / "wf.yaml", cfg)
+    assert cli("run", "-c", "wf.yaml") == 2
+    assert "input_model.load_kwargs.trust_remote_code" in one_error(capsys)
+    assert not marker.exists() and ran(project) == []
+
+
+@pytest.mark.parametrize("key,value", [("learning_rate", ".nan"), ("learning_rate", ".inf"), ("weight_decay", "-.inf"),
+                                       ("learning_rate", "1e300"), ("max_grad_norm", ".nan")])
+def test_non_finite_or_absurd_training_numbers_are_refused(project: Path, tiny_llama: Path, key: str, value: str,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    (project / "lora.yaml").write_text(
+        f"input_model: {{model_path: {project / 'tiny'}}}\n"
+        "data_configs: [{name: rows, load_dataset_config: {data_files: rows.jsonl},\n"
+        "  pre_process_data_config: {text_template: '{phrase} -> {tone}'}}]\n"
+        f"passes: {{lora: {{type: LoRA, train_data_config: rows, training_args: {{max_steps: 1, {key}: {value}}}}}}}\n")
+    import shutil
+
+    shutil.copytree(tiny_llama, project / "tiny")
+    assert cli("run", "-c", "lora.yaml", "--dry-run") == 2
+    assert f"passes.lora.training_args.{key}" in one_error(capsys)
+
+
+def test_a_root_or_system_folder_in_a_config_string_is_not_hashed() -> None:
+    from honed.engine.hashing import with_content_hashes
+
+    start = time.perf_counter()
+    assert with_content_hashes({"model_type": "/", "x": ["/usr", "/etc"]}) == {"model_type": "/", "x": ["/usr", "/etc"]}
+    assert time.perf_counter() - start < 1.0

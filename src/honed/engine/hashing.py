@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from honed.util.fs import protected_reason
+
 _CHUNK = 1 << 22
 _RACY_S = 2.0
 _MEMO: Path | None = None
@@ -97,6 +99,8 @@ def with_content_hashes(obj: Any) -> Any:
         return [with_content_hashes(v) for v in obj]
     if isinstance(obj, str) and obj.startswith("/") and len(obj) < 4096 and "\0" not in obj:
         p = Path(obj)
+        if p.is_dir() and protected_reason(p):
+            return obj  # "/" or a system folder in a free-text field: never walk the whole disk
         if p.exists():
             return {"path": obj, "sha256": hash_path(p)}
         import glob
