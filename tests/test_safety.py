@@ -344,7 +344,8 @@ def _entry_of(project: Path, pass_name: str) -> Path:
     raise AssertionError(pass_name)
 
 
-@pytest.mark.parametrize("damage", ["truncated-handle", "emptied", "bit-flip", "missing-file"])
+@pytest.mark.parametrize("damage", ["truncated-handle", "emptied", "bit-flip", "missing-file", "malformed-records",
+                                    "deep-meta"])
 def test_a_damaged_entry_is_a_miss_and_is_recomputed(project: Path, damage: str) -> None:
     assert cli("run", "-c", "wf.yaml") == 0
     good = tree(project / "out")
@@ -361,6 +362,11 @@ def test_a_damaged_entry_is_a_miss_and_is_recomputed(project: Path, damage: str)
         data = bytearray(weights.read_bytes())
         data[len(data) - 3] ^= 0x01
         weights.write_bytes(bytes(data))
+    elif damage == "malformed-records":
+        meta = json.loads((entry / "meta.json").read_text())
+        (entry / "meta.json").write_text(json.dumps({**meta, "files": [1]}))
+    elif damage == "deep-meta":
+        (entry / "meta.json").write_text("[" * 100000 + "]" * 100000)
     else:
         weights.unlink()
     assert cli("cache", "ls", "--cache-dir", "cache") == 0
@@ -455,3 +461,98 @@ def test_a_root_or_system_folder_in_a_config_string_is_not_hashed() -> None:
     start = time.perf_counter()
     assert with_content_hashes({"model_type": "/", "x": ["/usr", "/etc"]}) == {"model_type": "/", "x": ["/usr", "/etc"]}
     assert time.perf_counter() - start < 1.0
+
+
+
+# -- what a fresh user found next (adversarial review) -------------------------------------------------
+
+def test_weights_that_diverge_on_the_last_step_fail_the_pass(project: Path, tiny_llama: Path,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    model = project / "huge"
+    shutil.copytree(tiny_llama, model)
+    weights = load_file(model / "model.safetensors")
+    save_file({k: v * 1e37 if "embed" in k or "lm_head" in k else v for k, v in weights.items()},
+              model / "model.safetensors", metadata={"format": "pt"})
+    (project / "lora.yaml").write_text(
+        f"input_model: {{model_path: {model}}}\n"
+        "data_configs: [{name: rows, load_dataset_config: {data_files: rows.jsonl},\n"
+        "  pre_process_data_config: {text_template: '{phrase} -> {tone}'}}]\n"
+        "passes: {lora: {type: LoRA, r: 4, train_data_config: rows, training_args: {max_steps: 1}}}\n"
+        "engine: {cache_dir: cache, output_dir: out}\n")
+    assert cli("run", "-c", "lora.yaml") == 2
+    assert "not finite after step 1" in one_error(capsys)
+    assert not any((project / "cache" / "entries").iterdir()) and not (project / "out").exists()
+
+
+def test_a_huge_template_width_is_refused_before_any_pass(project: Path, capsys: pytest.CaptureFixture) -> None:
+    for template in ("{phrase:>100000000} {tone}", "{phrase.upper} {tone}", "{phrase[0]} {tone}"):
+        cfg = yaml.safe_load((project / "wf.yaml").read_text())
+        cfg["data_configs"][0]["pre_process_data_config"] = {"text_template": template}
+        write_config(project / "wf.yaml", cfg)
+        assert cli("run", "-c", "wf.yaml", "--dry-run") == 2
+        assert "text_template" in one_error(capsys)
+
+
+def test_damaged_hash_memo_and_manifest_are_rebuilt(project: Path) -> None:
+    assert cli("run", "-c", "wf.yaml") == 0
+    (project / "cache" / "hashes.sqlite").write_bytes(b"not a database" * 100)
+    (project / "out" / ".honed-manifest.json").write_text("[" * 100000 + "]" * 100000)
+    (project / "out" / "model.safetensors").unlink()  # no manifest: honed must not claim the other files
+    assert cli("run", "-c", "wf.yaml") == 2  # config.json & co. are now unknown files: refused, not overwritten
+    for f in (project / "out").iterdir():
+        f.unlink()
+    assert cli("run", "-c", "wf.yaml") == 0
+    assert steps(project / "out") == {"cast": True, "append": True}
+
+
+def test_a_cache_folder_replaced_by_a_file_is_one_line(project: Path, capsys: pytest.CaptureFixture) -> None:
+    assert cli("run", "-c", "wf.yaml") == 0
+    import shutil
+
+    shutil.rmtree(project / "cache" / "locks")
+    (project / "cache" / "locks").write_text("x")
+    assert cli("run", "-c", "wf.yaml") == 2
+    assert "locks" in one_error(capsys)
+
+
+def test_a_planted_journal_deletes_and_claims_nothing(project: Path) -> None:
+    assert cli("run", "-c", "wf.yaml") == 0
+    out = project / "out"
+    (out / "user.txt").write_text("U1")
+    (out / "user2.txt").write_text("U2")
+    (out / "config.json").write_text('{"edited": 1}')
+    (out / ".honed-commit.json").write_text(json.dumps({
+        "staging": ".honed-staging-nothere", "files": {"user.txt": [2, 0], "footprints.json": [1, 0]},
+        "remove": ["user2.txt", "config.json"]}))
+    assert cli("run", "-c", "wf.yaml") == 2  # config.json is the user's now
+    assert (out / "user2.txt").read_text() == "U2" and (out / "config.json").read_text() == '{"edited": 1}'
+    assert "user.txt" not in json.loads((out / ".honed-manifest.json").read_text())["files"]
+
+
+def test_a_pickle_checkpoint_is_one_line_and_never_unpickled(sandbox: Path, tiny_llama: Path,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    import shutil
+
+    import torch
+
+    model = sandbox / "pickled"
+    shutil.copytree(tiny_llama, model)
+    (model / "model.safetensors").unlink()
+    marker = sandbox / "unpickled"
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.write_text, (marker, "ran"))
+
+    torch.save({"model.embed_tokens.weight": Evil()}, model / "pytorch_model.bin")
+    from honed.errors import UserError
+    from honed.models.handle import ModelHandle
+    from honed.models.loaders import load_model
+
+    with pytest.raises(UserError, match="pickle checkpoint"):
+        load_model(ModelHandle(kind="hf", path=str(model)))
+    assert not marker.exists()

@@ -6,6 +6,7 @@ Field names follow Olive's current schema (``load_dataset_config``,
 
 from __future__ import annotations
 
+import re
 import string
 from typing import Any, Literal
 
@@ -21,6 +22,10 @@ MAX_SEQ_LEN = 1 << 20
 of that size."""
 
 
+MAX_FIELD_WIDTH = 1000
+"""Widest padding a template field may ask for ({phrase:>100000000} would build gigabytes of text)."""
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -31,13 +36,19 @@ def check_format_template(template: str) -> str:
         parts = list(string.Formatter().parse(template))
     except ValueError as e:
         raise ValueError(f"not a valid format string ({e}); write literal braces as '{{{{' and '}}}}'") from None
-    for _, name, _, conv in parts:
+    for _, name, spec, conv in parts:
         if name is None:
             continue
         if name == "" or name.isdigit():
             raise ValueError(f"has a positional field '{{{name}}}'; name a column instead, e.g. '{{phrase}}'")
         if conv not in (None, "r", "s", "a"):
             raise ValueError(f"field '{{{name}!{conv}}}' has an unknown conversion '!{conv}'; use !r, !s or !a")
+        if not name.isidentifier():  # '.upper' or '[0]' would render Python reprs or index into values
+            raise ValueError(f"field '{{{name}}}' is not a plain column name; name a column, e.g. '{{phrase}}'")
+        widths = [int(w) for w in re.findall(r"\d+", spec or "")]
+        if widths and max(widths) > MAX_FIELD_WIDTH:
+            raise ValueError(f"field '{{{name}:{spec}}}' pads to {max(widths)} characters (at most "
+                             f"{MAX_FIELD_WIDTH}); drop the format spec")
     return template
 
 

@@ -101,7 +101,7 @@ def open_problem(root: Path) -> str | None:
     if problem:
         return f"{root} {problem}"
     if root.is_dir() and not (root / MARKER).exists():
-        names = {p.name for p in root.iterdir()}
+        names = {p.name for p in root.iterdir() if not p.name.startswith(".honed-probe-")}
         # An older honed wrote no marker but always made all four folders; anything else is not ours.
         legacy = set(_SUBDIRS) <= names and names <= _KNOWN
         foreign = sorted(names - _KNOWN) or ([] if legacy or not names else sorted(names))
@@ -126,6 +126,9 @@ class Cache:
         if problem:
             raise UserError(f"engine.cache_dir (or --cache-dir): {problem}")
         for sub in _SUBDIRS:
+            if (self.root / sub).exists() and not (self.root / sub).is_dir():
+                raise UserError(f"engine.cache_dir (or --cache-dir): {self.root / sub} should be a folder of the "
+                                "cache but is a file; move it away")
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         if not (self.root / MARKER).exists():
             atomic_write_text(self.root / MARKER, json.dumps({"format": CACHE_FORMAT}) + "\n")
@@ -149,11 +152,15 @@ class Cache:
             raw = json.loads((d / "handle.json").read_text())
             meta = json.loads((d / "meta.json").read_text())
             handle = ModelHandle.model_validate(raw).rebased(ROOT_TOKEN, str(self.root))
-        except (OSError, ValueError, ValidationError) as e:
+        except (OSError, ValueError, RecursionError, ValidationError) as e:
             return None, f"unreadable ({type(e).__name__})"
         if not isinstance(meta, dict):
             return None, "unreadable (meta.json is not a mapping)"
         records = meta.get("files")
+        if records is not None and not (isinstance(records, dict) and all(
+                isinstance(r, dict) and isinstance(r.get("size"), int) and isinstance(r.get("sha256"), str)
+                for r in records.values())):
+            return None, "unreadable (meta.json's file records are malformed)"
         if records is not None:
             why = damage(d / "model", records)
             if why:
@@ -228,7 +235,7 @@ class Cache:
         """Every intact entry, oldest first (damaged ones are skipped; see ``damaged``)."""
         out = []
         for d in sorted((self.root / "entries").iterdir()):
-            e = self.get(d.name) if _KEY.match(d.name) else None
+            e = self.get(d.name) if _KEY.match(d.name) and d.is_dir() else None
             if e is not None:
                 out.append(e)
         return sorted(out, key=lambda e: e.meta.get("created", 0) if isinstance(e.meta.get("created"), int | float)

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
 from honed.util.fs import protected_reason
+
+log = logging.getLogger("honed")
 
 _CHUNK = 1 << 22
 _RACY_S = 2.0
@@ -31,11 +34,21 @@ def use_memo(cache_root: Path | None) -> None:
 
 
 def _db() -> sqlite3.Connection | None:
+    """The memo, or None when there is none; a damaged memo is only a cache of hashes: it is rebuilt."""
     if _MEMO is None or not _MEMO.parent.is_dir():
         return None
-    con = sqlite3.connect(_MEMO, timeout=30)
-    con.execute("create table if not exists h2 (path text primary key, stat text, sha text)")
-    return con
+    for attempt in range(2):
+        try:
+            con = sqlite3.connect(_MEMO, timeout=30)
+            con.execute("create table if not exists h2 (path text primary key, stat text, sha text)")
+            con.execute("select count(*) from h2 where path = ''").fetchone()
+            return con
+        except sqlite3.DatabaseError:
+            if attempt or not _MEMO.is_file():
+                return None  # not a file we may replace (a folder): hash without a memo
+            log.warning("%s is damaged; remembering hashes afresh", _MEMO)
+            _MEMO.unlink()
+    return None
 
 
 def _stat_key(st: Any) -> str:
@@ -58,17 +71,21 @@ def hash_file(path: Path) -> str:
     con = _db()
     if con is None:
         return sha256_file(path)
-    with con:
-        row = con.execute("select stat, sha from h2 where path=?", (str(path),)).fetchone()
-        if row and row[0] == _stat_key(st):
-            return row[1]
-        sha = sha256_file(path)
-        after = path.stat()
-        settled = time.time() - _RACY_S
-        if _stat_key(after) == _stat_key(st) and max(st.st_mtime_ns, st.st_ctime_ns) / 1e9 < settled:
-            con.execute("insert or replace into h2 values (?,?,?)", (str(path), _stat_key(st), sha))
-    con.close()
-    return sha
+    try:
+        with con:
+            row = con.execute("select stat, sha from h2 where path=?", (str(path),)).fetchone()
+            if row and row[0] == _stat_key(st):
+                return row[1]
+            sha = sha256_file(path)
+            after = path.stat()
+            settled = time.time() - _RACY_S
+            if _stat_key(after) == _stat_key(st) and max(st.st_mtime_ns, st.st_ctime_ns) / 1e9 < settled:
+                con.execute("insert or replace into h2 values (?,?,?)", (str(path), _stat_key(st), sha))
+        return sha
+    except sqlite3.DatabaseError:  # damaged under us: the content hash needs no memo
+        return sha256_file(path)
+    finally:
+        con.close()
 
 
 def hash_path(path: Path) -> str:

@@ -18,6 +18,7 @@ Safety rules (the output folder may also hold the user's own files, or the cache
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -27,6 +28,8 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock
 
 from honed.engine.footprints import Footprints
 from honed.errors import UserError
@@ -80,7 +83,7 @@ def owned_files(out: Path) -> dict[str, Path]:
         raw = json.loads((out / MANIFEST).read_text())
     except FileNotFoundError:
         return {}
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         log.warning("%s is unreadable; honed treats every file in %s as yours", out / MANIFEST, out)
         return {}
     # Format 2 maps each name to [size, mtime_ns]. Format 1 (honed 0.1) was a list of names, and
@@ -123,14 +126,21 @@ def _conflicts(out: Path, names: list[str], owned: dict[str, Path]) -> list[str]
 
 
 def recover(out: Path) -> None:
-    """Finish a write that was killed while renaming files into place, and drop dead staging folders."""
+    """Finish a write that was killed while renaming files into place, and drop honed's own leftovers
+    (dead staging folders, writability probes, temp copies of its bookkeeping files).
+
+    The journal is not trusted beyond what it can prove: a listed file is recorded as honed's only if it
+    is still in the staging folder or carries the size and mtime the staged copy had; a stale file is
+    deleted only if the current manifest says honed wrote it.
+    """
     journal = out / JOURNAL
     if journal.is_file():
         try:
             plan = json.loads(journal.read_text())
             staging = safe_relative(out, plan["staging"])
-            files, remove = list(plan["files"]), list(plan["remove"])
-        except (OSError, ValueError, KeyError, TypeError):
+            files = {str(k): v for k, v in dict(plan["files"]).items()}
+            remove = [str(n) for n in plan["remove"]]
+        except (OSError, ValueError, RecursionError, KeyError, TypeError, AttributeError):
             plan = None
         if plan is not None and staging is not None and staging.name.startswith(STAGING_PREFIX):
             _place(out, staging, files, remove)
@@ -138,23 +148,31 @@ def recover(out: Path) -> None:
     for d in out.glob(STAGING_PREFIX + "*"):
         if d.is_dir() and not d.is_symlink():
             shutil.rmtree(d, ignore_errors=True)
+    for f in [*out.glob(".honed-probe-*"), *out.glob(f".{MANIFEST}.*.tmp"), *out.glob(f".{JOURNAL}.*.tmp")]:
+        if f.is_file() and not f.is_symlink():
+            f.unlink()
 
 
-def _place(out: Path, staging: Path, files: list[str], remove: list[str]) -> None:
-    """Rename staged files into place, delete the stale ones, record the new manifest."""
-    for name in files:
+def _place(out: Path, staging: Path, files: dict[str, list[int]], remove: list[str]) -> None:
+    """Rename staged files into place, delete the stale ones honed owns, record the new manifest.
+
+    ``files`` maps each name to the [size, mtime_ns] of its staged copy (renames keep both).
+    """
+    owned = owned_files(out)
+    placed = {}
+    for name, stamp in files.items():
         src, dest = staging / name, safe_relative(out, name)
         if dest is None:
             continue
-        if src.is_file():
+        if src.is_file() and not src.is_symlink():
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.replace(src, dest)
+        if dest.is_file() and (_stamp(dest) == stamp or name in owned):
+            placed[name] = _stamp(dest)
     for name in remove:
-        path = safe_relative(out, name)
-        if path is not None and path.is_file():
-            path.unlink()
-    manifest = {"format": 2, "files": {n: _stamp(p) for n in sorted(files) if (p := out / n).is_file()}}
-    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
+        if name in owned and name not in placed:
+            owned[name].unlink(missing_ok=True)
+    atomic_write_text(out / MANIFEST, json.dumps({"format": 2, "files": placed}, indent=1, sort_keys=True))
 
 
 def write_output_dir(model: ModelHandle | None, out: Path, footprints: Footprints,
@@ -170,6 +188,14 @@ def write_output_dir(model: ModelHandle | None, out: Path, footprints: Footprint
     out = Path(out)
     check_output_dir(out)
     out.mkdir(parents=True, exist_ok=True)
+    # Two runs writing one folder take turns; the lock lives in the temp folder, not among the user's files.
+    tag = hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:24]
+    with FileLock(str(Path(tempfile.gettempdir()) / f"honed-output-{tag}.lock")):
+        return _write(model, out, footprints, report)
+
+
+def _write(model: ModelHandle | None, out: Path, footprints: Footprints,
+           report: Callable[[dict[str, Any]], str] | None) -> list[str]:
     recover(out)
     owned = owned_files(out)
     files = _model_files(model) if model is not None and Path(model.path).exists() else {}
@@ -190,7 +216,8 @@ def write_output_dir(model: ModelHandle | None, out: Path, footprints: Footprint
         if report:
             (staging / "report.html").write_text(report(json.loads((staging / "footprints.json").read_text())),
                                                  encoding="utf-8")
-        plan = {"staging": staging.name, "files": names, "remove": sorted(set(owned) - set(names))}
+        plan = {"staging": staging.name, "files": {n: _stamp(staging / n) for n in names},
+                "remove": sorted(set(owned) - set(names))}
         atomic_write_text(out / JOURNAL, json.dumps(plan, sort_keys=True))
     except OSError as e:
         shutil.rmtree(staging, ignore_errors=True)
@@ -201,7 +228,7 @@ def write_output_dir(model: ModelHandle | None, out: Path, footprints: Footprint
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _place(out, staging, names, plan["remove"])
+    _place(out, staging, plan["files"], plan["remove"])
     (out / JOURNAL).unlink(missing_ok=True)
     shutil.rmtree(staging, ignore_errors=True)
     return names

@@ -118,8 +118,15 @@ def load_model(handle: ModelHandle, *, dtype: str | None = None, device: str | N
         auto = transformers.AutoModelForSequenceClassification
     elif handle.task in ("feature-extraction", "sentence-similarity"):
         auto = transformers.AutoModel
-    with _local_load(handle.path):
-        model = auto.from_pretrained(handle.path, **kwargs)
+    import pickle
+
+    try:
+        with _local_load(handle.path):
+            model = auto.from_pretrained(handle.path, **kwargs)
+    except pickle.UnpicklingError:  # torch refused a pickle checkpoint (weights_only): say what to do
+        raise UserError(f"{handle.path}: holds a pickle checkpoint (pytorch_model.bin) that honed does not load; "
+                        "convert it to safetensors (model.save_pretrained(..., safe_serialization=True)) in a "
+                        "trusted environment") from None
     if device is not None:
         model = model.to(device)
     return model.eval()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from pydantic import Field, StrictBool
 
@@ -21,6 +21,7 @@ from honed.passes._onnx_common import (
     save_onnx,
 )
 from honed.passes.base import Pass, PassContext, register_pass
+from honed.passes.lora import DTypeName
 
 log = logging.getLogger("honed")
 
@@ -37,7 +38,7 @@ class OnnxConversionConfig(OnnxSaveConfig):
         True, description="Use the torch.export-based exporter. False (encoders only) uses the TorchScript "
         "exporter with eager attention, whose graph OrtTransformersOptimization fuses into Attention ops."
     )
-    torch_dtype: Literal["float32", "fp32", "float16", "fp16", "bfloat16", "bf16"] | None = Field(
+    torch_dtype: DTypeName | None = Field(
         None, description="Cast the model first (float32, float16, bfloat16).")
     use_past: StrictBool | None = Field(
         None, description="Causal LMs: past key/values as inputs and outputs (default true for text-generation)."

@@ -544,6 +544,11 @@ def train(
         with torch.no_grad():
             for n, p in _trainable(model).items():
                 p.copy_(best_weights[n])
+    with torch.no_grad():  # the last optimizer step is after the last loss: check what it left
+        bad = next((n for n, p in _trainable(model).items() if not bool(torch.isfinite(p).all())), None)
+    if bad is not None:
+        raise UserError(f"{key}: trainable weight {bad} is not finite after step {state.global_step}; lower "
+                        "training_args.learning_rate or check the data and the base model's weights")
     model.eval()
     run_seconds = time.perf_counter() - t_start
     metrics: dict[str, float] = {

@@ -115,6 +115,8 @@ def user_path(value: str | os.PathLike[str], key: str) -> Path:
     from honed.errors import UserError
 
     text = os.fspath(value)
+    if not text.strip():
+        raise UserError(f"{key}: empty path; name a folder, e.g. ./models")
     if "\0" in text:
         raise UserError(f"{key}: the path contains a NUL byte; remove it")
     too_long = [part for part in text.split("/") if len(part.encode()) > 255]
