@@ -46,7 +46,7 @@ def test_search_space_and_defaults_are_shown() -> None:
     assert re.search(r"^\| `train_data_config` \| string \| \*\*required\*\* \| - \|", lora, re.M)
     # Nested models (training_args) get their own table once.
     assert text.count("\n#### TrainingArgs\n") == 1
-    assert "| `max_steps` | integer | -1 |" in text
+    assert "| `max_steps` | integer (≤ 1000000000) | -1 |" in text
 
 
 @pytest.mark.parametrize(

@@ -440,7 +440,9 @@ def test_trust_remote_code_accepts_only_booleans_and_runs_nothing(project: Path,
 
 
 @pytest.mark.parametrize("key,value", [("learning_rate", ".nan"), ("learning_rate", ".inf"), ("weight_decay", "-.inf"),
-                                       ("learning_rate", "1e300"), ("max_grad_norm", ".nan")])
+                                       ("learning_rate", "1e300"), ("max_grad_norm", ".nan"),
+                                       ("max_steps", "true"), ("max_steps", "1000000000000000000"),
+                                       ("num_train_epochs", "1e30")])
 def test_non_finite_or_absurd_training_numbers_are_refused(project: Path, tiny_llama: Path, key: str, value: str,
                                                            capsys: pytest.CaptureFixture) -> None:
     (project / "lora.yaml").write_text(

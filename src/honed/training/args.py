@@ -44,8 +44,9 @@ class TrainingArgs(BaseModel):
     adam_beta2: float = Field(0.999, ge=0, lt=1, description="AdamW beta2.")
     adam_epsilon: float = Field(1e-8, gt=0, description="AdamW epsilon.")
     max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm; 0 turns clipping off.")
-    num_train_epochs: float = Field(1.0, gt=0, description="Passes over the training data (when max_steps is -1).")
-    max_steps: int = Field(-1, description="Optimizer steps to run; -1 runs num_train_epochs instead.")
+    num_train_epochs: float = Field(1.0, gt=0, le=1e6, description="Passes over the training data (when max_steps "
+                                    "is -1).")
+    max_steps: int = Field(-1, le=10**9, description="Optimizer steps to run; -1 runs num_train_epochs instead.")
     lr_scheduler_type: Scheduler = Field("linear", description="Learning-rate schedule (transformers' names).")
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps; overrides warmup_ratio when > 0.")
     warmup_ratio: float = Field(0.0, ge=0, le=1, description="Warm-up as a fraction of all steps.")
@@ -84,6 +85,13 @@ class TrainingArgs(BaseModel):
                 raise ValueError("evaluation_strategy and eval_strategy disagree; keep only eval_strategy")
             data["eval_strategy"] = old
         return data
+
+    @field_validator("max_steps", mode="before")
+    @classmethod
+    def _not_a_bool(cls, v: object) -> object:
+        if isinstance(v, bool):  # true would silently mean 1 step
+            raise ValueError("must be a whole number of steps, not true/false")
+        return v
 
     @field_validator("max_steps")
     @classmethod
