@@ -40,3 +40,19 @@ def cli_subprocess(*args: str, env: dict[str, str] | None = None, cwd: Path | No
     if background:
         return subprocess.Popen(cmd, env=full_env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return subprocess.run(cmd, env=full_env, cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def engine_project(folder: Path, model: Path) -> Path:
+    """A one-row JSONL file and ``wf.yaml`` (CastDtype, then the test pass that copies the data) in ``folder``:
+    the small workflow the engine and safety tests rerun, edit and damage."""
+    (folder / "rows.jsonl").write_text('{"phrase": "a", "tone": "joy"}\n')
+    write_config(folder / "wf.yaml", {
+        "input_model": {"model_path": str(model)},
+        "data_configs": [{"name": "rows", "load_dataset_config": {"data_files": "rows.jsonl"}}],
+        "passes": {
+            "cast": {"type": "CastDtype", "dtype": "bfloat16"},
+            "append": {"type": "TestAppendData", "data_config": "rows", "tag": "a"},
+        },
+        "engine": {"cache_dir": "cache", "output_dir": "out"},
+    })
+    return folder

@@ -10,24 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import cli, cli_subprocess, write_config
+from tests.helpers import cli, cli_subprocess, engine_project, write_config
 
 
 @pytest.fixture
 def project(tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HONED_TEST_LOG", str(tmp_path / "ran.log"))
-    (tmp_path / "rows.jsonl").write_text('{"phrase": "a", "tone": "joy"}\n')
-    write_config(tmp_path / "wf.yaml", {
-        "input_model": {"model_path": str(tiny_llama)},
-        "data_configs": [{"name": "rows", "load_dataset_config": {"data_files": "rows.jsonl"}}],
-        "passes": {
-            "cast": {"type": "CastDtype", "dtype": "bfloat16"},
-            "append": {"type": "TestAppendData", "data_config": "rows", "tag": "a"},
-        },
-        "engine": {"cache_dir": "cache", "output_dir": "out"},
-    })
-    return tmp_path
+    return engine_project(tmp_path, tiny_llama)
 
 
 def ran(project: Path) -> list[str]:

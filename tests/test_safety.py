@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import cli, write_config
+from tests.helpers import cli, engine_project, write_config
 
 
 def _tripwire(monkeypatch: pytest.MonkeyPatch, allowed: list[Path]) -> None:
@@ -71,17 +71,7 @@ def sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def project(sandbox: Path, tiny_llama: Path) -> Path:
-    (sandbox / "rows.jsonl").write_text('{"phrase": "a", "tone": "joy"}\n')
-    write_config(sandbox / "wf.yaml", {
-        "input_model": {"model_path": str(tiny_llama)},
-        "data_configs": [{"name": "rows", "load_dataset_config": {"data_files": "rows.jsonl"}}],
-        "passes": {
-            "cast": {"type": "CastDtype", "dtype": "bfloat16"},
-            "append": {"type": "TestAppendData", "data_config": "rows", "tag": "a"},
-        },
-        "engine": {"cache_dir": "cache", "output_dir": "out"},
-    })
-    return sandbox
+    return engine_project(sandbox, tiny_llama)
 
 
 def ran(project: Path) -> list[str]:

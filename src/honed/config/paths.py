@@ -15,37 +15,16 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, ValidationInfo
 
+from honed.util.fs import path_problem
+
 log = logging.getLogger("honed")
 _noted: set[str] = set()
 
-MAX_NAME_BYTES = 255
-"""Longest file or folder name (one path component) ext4, APFS, NTFS and most filesystems take."""
-MAX_PATH_BYTES = 4096
-"""Longest path Linux takes (PATH_MAX)."""
 
 
 def is_url(value: str) -> bool:
     """True for fsspec URLs (s3://, https://, hf://) that are not local paths."""
     return "://" in value and not value.startswith("file://")
-
-
-def path_problem(value: str) -> str | None:
-    """Why ``value`` cannot be a path on any filesystem (NUL byte, over-long name), or None.
-
-    Checked before the path touches the filesystem: ``os.stat`` raises ValueError on a NUL byte
-    and OSError (ENAMETOOLONG) on a name over 255 bytes, far from the key that caused it.
-    """
-    if "\0" in value:
-        return "contains a NUL byte (\\0); remove it"
-    size = len(value.encode("utf-8", "surrogatepass"))
-    if size > MAX_PATH_BYTES:
-        return f"is {size} bytes long; a path can be at most {MAX_PATH_BYTES}"
-    for part in value.replace("\\", "/").split("/"):
-        n = len(part.encode("utf-8", "surrogatepass"))
-        if n > MAX_NAME_BYTES:
-            return (f"has a file or folder name of {n} bytes ('{part[:20]}...'); a name can be at most "
-                    f"{MAX_NAME_BYTES} bytes")
-    return None
 
 
 def expand_home(value: str) -> str:

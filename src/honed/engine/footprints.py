@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +37,6 @@ class Footprints:
     """Metrics of the input and output models and the goal checks (see honed.evaluate)."""
     search: dict[str, Any] | None = None
     """Every trial of a search, the Pareto front and the ranking (see honed.search)."""
-
-    def write(self, path: Path) -> None:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2, default=str))
-        os.replace(tmp, path)
 
 
 def read_footprints(path: Path) -> dict[str, Any]:

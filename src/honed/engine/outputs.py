@@ -199,7 +199,6 @@ def _write(model: ModelHandle | None, out: Path, footprints: Footprints,
     recover(out)
     owned = owned_files(out)
     files = _model_files(model) if model is not None and Path(model.path).exists() else {}
-    fp = asdict(footprints)
     names = sorted({*files, "footprints.json", *(["report.html"] if report else [])})
     bad = _conflicts(out, names, owned)
     if bad:
@@ -212,10 +211,10 @@ def _write(model: ModelHandle | None, out: Path, footprints: Footprints,
             dest = staging / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dest)
-        (staging / "footprints.json").write_text(json.dumps(fp, indent=2, default=str))
+        text = json.dumps(asdict(footprints), indent=2, default=str)
+        (staging / "footprints.json").write_text(text)
         if report:
-            (staging / "report.html").write_text(report(json.loads((staging / "footprints.json").read_text())),
-                                                 encoding="utf-8")
+            (staging / "report.html").write_text(report(json.loads(text)), encoding="utf-8")
         plan = {"staging": staging.name, "files": {n: _stamp(staging / n) for n in names},
                 "remove": sorted(set(owned) - set(names))}
         atomic_write_text(out / JOURNAL, json.dumps(plan, sort_keys=True))

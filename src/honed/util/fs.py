@@ -12,6 +12,11 @@ import os
 import tempfile
 from pathlib import Path
 
+MAX_NAME_BYTES = 255
+"""Longest file or folder name (one path component) ext4, APFS, NTFS and most filesystems take."""
+MAX_PATH_BYTES = 4096
+"""Longest path Linux takes (PATH_MAX)."""
+
 # Folders of the operating system: never an output or a cache, nor anything inside the first group.
 _SYSTEM_TREES = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/sbin",
                  "/sys", "/usr")
@@ -106,6 +111,25 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def path_problem(value: str) -> str | None:
+    """Why ``value`` cannot be a path on any filesystem (NUL byte, over-long name), or None.
+
+    Checked before the path touches the filesystem: ``os.stat`` raises ValueError on a NUL byte
+    and OSError (ENAMETOOLONG) on a name over 255 bytes, far from the key that caused it.
+    """
+    if "\0" in value:
+        return "contains a NUL byte (\\0); remove it"
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > MAX_PATH_BYTES:
+        return f"is {size} bytes long; a path can be at most {MAX_PATH_BYTES}"
+    for part in value.replace("\\", "/").split("/"):
+        n = len(part.encode("utf-8", "surrogatepass"))
+        if n > MAX_NAME_BYTES:
+            return (f"has a file or folder name of {n} bytes ('{part[:20]}...'); a name can be at most "
+                    f"{MAX_NAME_BYTES} bytes")
+    return None
+
+
 def user_path(value: str | os.PathLike[str], key: str) -> Path:
     """An absolute path from a user's setting: ``~`` expanded, relative to the working directory.
 
@@ -117,10 +141,7 @@ def user_path(value: str | os.PathLike[str], key: str) -> Path:
     text = os.fspath(value)
     if not text.strip():
         raise UserError(f"{key}: empty path; name a folder, e.g. ./models")
-    if "\0" in text:
-        raise UserError(f"{key}: the path contains a NUL byte; remove it")
-    too_long = [part for part in text.split("/") if len(part.encode()) > 255]
-    if too_long:
-        raise UserError(f"{key}: a folder or file name in the path is {len(too_long[0].encode())} bytes long "
-                        "(at most 255); shorten it")
+    problem = path_problem(text)
+    if problem:
+        raise UserError(f"{key}: the path {problem}")
     return Path(os.path.abspath(os.path.expanduser(text)))
