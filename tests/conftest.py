@@ -32,6 +32,14 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_bert_classifier(tmp_path_factory.mktemp("tiny") / "bert")
 
 
+@pytest.fixture(scope="session")
+def genai_fp32(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory):
+    """tiny_llama built by ModelBuilder at fp32 (an onnxruntime-genai folder), once per session."""
+    from tests.helpers import run_pass
+
+    return run_pass("ModelBuilder", tiny_llama, tmp_path_factory.mktemp("genai"), precision="fp32")
+
+
 @pytest.fixture(params=["llama", "phi3"])
 def tiny_causal_lm(request: pytest.FixtureRequest) -> Path:
     """Each test using this runs once per architecture."""

@@ -56,3 +56,18 @@ def engine_project(folder: Path, model: Path) -> Path:
         "engine": {"cache_dir": "cache", "output_dir": "out"},
     })
     return folder
+
+
+def run_pass(kind: str, model: Path | Any, out: Path, **config: Any) -> Any:
+    """Run one registered pass directly on a model folder (a Hugging Face model) or a ``ModelHandle``, writing
+    into ``out``; returns the output handle."""
+    from honed.models.handle import ModelHandle
+    from honed.passes.base import PassContext, get_pass
+    from honed.systems.accelerator import Accelerator
+
+    cls = get_pass(kind)
+    handle = model if isinstance(model, ModelHandle) else ModelHandle(kind="hf", path=str(model))
+    ctx = PassContext(pass_name=kind, host=Accelerator(), target=Accelerator(), data_configs={},
+                      work_dir=out / "work", cache_dir=out / "cache")
+    (out / "model").mkdir(parents=True, exist_ok=True)
+    return cls().run(handle, cls.config_class(**config), out / "model", ctx)

@@ -75,7 +75,7 @@ CASES: list[tuple[str, Callable[[dict], None], list[str]]] = [
      ["passes.lora.training_args.max_stpes", "did you mean 'max_steps'"]),
     ("negative-max-steps", _set("passes.lora.training_args.max_steps", -5), ["passes.lora.training_args.max_steps"]),
     ("wrong-type-r", _set("passes.lora.r", "sixteen"), ["passes.lora.r", "integer"]),
-    ("unknown-pass-type", _set("passes.lora.type", "LoRa"), ["passes.lora.type", "did you mean 'LoRA'"]),
+    ("unknown-pass-type", _set("passes.lora.type", "LoRAA"), ["passes.lora.type", "did you mean 'LoRA'"]),
     ("pass-without-type", _del("passes.mb.type"), ["passes.mb.type"]),
     ("misspelled-pass-key", _rename("passes.lora.r", "rr"), ["passes.lora.rr", "did you mean 'r'"]),
     ("dangling-data-ref", _set("passes.lora.train_data_config", "trian"),

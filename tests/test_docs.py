@@ -70,3 +70,54 @@ def test_check_mode_detects_a_stale_file(tmp_path: Path, monkeypatch: pytest.Mon
     assert gen_docs.main(["--check"]) == 1
     assert gen_docs.main([]) == 0
     assert gen_docs.main(["--check"]) == 0
+
+
+# ---- docs/coming-from-olive.md and the field corpus README, generated from the Olive field corpus -----------
+
+def test_coming_from_olive_is_up_to_date() -> None:
+    current = (ROOT / "docs" / "coming-from-olive.md").read_text(encoding="utf-8")
+    expected = gen_docs.render_coming_from_olive(gen_docs.load_corpus(ROOT))
+    assert current == expected, "docs/coming-from-olive.md is stale; run: python scripts/gen_docs.py"
+
+
+def test_field_corpus_readme_is_up_to_date() -> None:
+    current = (ROOT / "tests" / "fixtures" / "olive-field" / "README.md").read_text(encoding="utf-8")
+    expected = gen_docs.render_field_readme(gen_docs.load_corpus(ROOT))
+    assert current == expected, "tests/fixtures/olive-field/README.md is stale; run: python scripts/gen_docs.py"
+
+
+def test_coming_from_olive_lists_every_unsupported_feature() -> None:
+    corpus = gen_docs.load_corpus(ROOT)
+    text = gen_docs.render_coming_from_olive(corpus)
+    table = text.split("## What honed does not run", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    from honed.config.olive import UNSUPPORTED
+
+    assert len(rows) == len(UNSUPPORTED)
+    for u, row in zip(UNSUPPORTED, rows, strict=True):
+        assert row.startswith(f"| `{u['olive']}` |") and u["why"] in row and u["instead"] in row
+    supported = sum(r["outcome"] == 0 for r in corpus["files"])
+    assert f"{supported} of them" in text and f"holds {len(corpus['files'])} files" in text
+    readme = gen_docs.render_field_readme(corpus)
+    assert all(f"| `{r['file']}` |" in readme for r in corpus["files"])
+
+
+def test_check_mode_detects_a_stale_olive_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    field = tmp_path / "tests" / "fixtures" / "olive-field"
+    field.mkdir(parents=True)
+    (tmp_path / "docs").mkdir()
+    corpus_text = (ROOT / "tests" / "fixtures" / "olive-field" / "corpus.yaml").read_text(encoding="utf-8")
+    (field / "corpus.yaml").write_text(corpus_text, encoding="utf-8")
+    monkeypatch.setattr(gen_docs, "ROOT", tmp_path)
+    monkeypatch.setattr(gen_docs, "OUT", tmp_path / "docs" / "config-reference.md")
+    assert gen_docs.main([]) == 0
+    assert gen_docs.main(["--check"]) == 0
+    page = tmp_path / "docs" / "coming-from-olive.md"
+    page.write_text(page.read_text(encoding="utf-8").replace("Docker", "Dokcer"), encoding="utf-8")
+    assert gen_docs.main(["--check"]) == 1
+    assert gen_docs.main([]) == 0
+    assert "Dokcer" not in page.read_text(encoding="utf-8")
+    edited = corpus_text.replace("examples/bert/bert_ptq_cpu.json", "examples/bert/bert_ptq_cpu_v2.json", 1)
+    assert edited != corpus_text
+    (field / "corpus.yaml").write_text(edited, encoding="utf-8")
+    assert gen_docs.main(["--check"]) == 1  # an edited corpus makes its README stale

@@ -20,8 +20,6 @@ from honed.evaluate.evaluator import evaluate_model
 from honed.evaluate.goals import check_goals, goal_bound
 from honed.evaluate.metrics import classification_scores, timing_stats
 from honed.models.handle import ModelHandle
-from honed.passes.base import PassContext, get_pass
-from honed.systems.accelerator import Accelerator
 from tests.helpers import cli
 
 ROWS = [("I passed the exam", "joy"), ("lights went out upstairs", "fear"), ("my old dog died", "sadness"),
@@ -36,15 +34,6 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> DataConfig:
     path.write_text("\n".join(json.dumps({"phrase": p, "tone": t, "label": LABELS.index(t)}) for p, t in ROWS))
     return DataConfig.model_validate({"name": "d", "load_dataset_config": {"data_files": str(path)},
                                       "pre_process_data_config": {"text_template": TEMPLATE}})
-
-
-@pytest.fixture(scope="module")
-def genai_fp32(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> ModelHandle:
-    tmp = tmp_path_factory.mktemp("genai")
-    cls = get_pass("ModelBuilder")
-    ctx = PassContext(pass_name="mb", host=Accelerator(), target=Accelerator(), data_configs={},
-                      work_dir=tmp / "work", cache_dir=tmp / "cache")
-    return cls().run(ModelHandle(kind="hf", path=str(tiny_llama)), cls.config_class(precision="fp32"), tmp, ctx)
 
 
 def evaluator(*metrics: dict) -> EvaluatorConfig:
@@ -260,3 +249,159 @@ def test_cli_evaluate_with_flags(tiny_llama: Path, data: DataConfig, tmp_path: P
     assert metrics["latency-avg"] > 0 and "size_on_disk-mb" in metrics
     assert cli("evaluate", "--model", str(tiny_llama), "--metrics", "accuracy") == 2  # no --data
     assert cli("evaluate", "--model", str(tiny_llama), "--metrics", "speed") == 2
+
+
+# ------------------------------------------------------------------ every metric name Olive defines
+
+OLIVE_SUB_TYPES = {  # olive/evaluator/metric.py (AccuracySubType, LatencySubType, ...), spelled as Olive does
+    "accuracy": ["accuracy_score", "f1_score", "precision", "recall", "auroc", "perplexity", "wer", "rtfx",
+                 "exact_match", "relaxed_accuracy", "word_sort_ratio"],
+    "latency": ["avg", "max", "min", "p50", "p75", "p90", "p95", "p99", "p999"],
+    "throughput": ["avg", "max", "min", "p50", "p75", "p90", "p95", "p99", "p999"],
+    "size_on_disk": ["bytes"],
+}
+OLIVE_METRIC_TYPES = ["accuracy", "latency", "throughput", "size_on_disk", "custom"]  # MetricType
+REFUSED = {("accuracy", "rtfx"): "throughput metric"}  # what honed cannot compute, and the alternative named
+LOWER = {("accuracy", "perplexity"), ("accuracy", "wer"), *(("latency", s) for s in OLIVE_SUB_TYPES["latency"]),
+         ("size_on_disk", "bytes")}
+ACCEPTED = [(t, s) for t, subs in OLIVE_SUB_TYPES.items() for s in subs if (t, s) not in REFUSED]
+
+
+def test_every_olive_metric_type_is_accepted() -> None:
+    for t in OLIVE_METRIC_TYPES:
+        metric = {"name": "m", "type": t, "data_config": "d"}
+        if t == "custom":
+            metric.update(sub_types=[{"name": "x", "higher_is_better": True}],
+                          user_config={"user_script": __file__, "evaluate_func": "f"})
+        assert evaluator(metric).metrics[0].type == t
+
+
+@pytest.mark.parametrize(("mtype", "sub"), [(t, s) for t, subs in OLIVE_SUB_TYPES.items() for s in subs])
+def test_every_olive_sub_type_is_accepted_or_refused_by_name(mtype: str, sub: str) -> None:
+    metric = {"name": "m", "type": mtype, "data_config": "d", "sub_types": [{"name": sub}]}
+    if (mtype, sub) in REFUSED:
+        with pytest.raises(ValueError, match=f"{sub}.*{REFUSED[mtype, sub]}"):
+            evaluator(metric)
+        return
+    assert evaluator(metric).directions() == {f"m-{sub}": (mtype, sub) not in LOWER}
+
+
+def hand_label_scores(model_dir: Path) -> list[list[float]]:
+    """Each row's summed log-prob of each label's tokens + EOS after the prompt, with torch directly."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    out = []
+    for phrase, _ in ROWS:
+        prompt = f"### Text: {phrase}\n### The tone is:\n"
+        n = len(tok(prompt)["input_ids"])
+        row = []
+        for label in LABELS:
+            ids = tok(prompt + label)["input_ids"] + [tok.eos_token_id]
+            with torch.no_grad():
+                lp = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), -1)
+            row.append(float(sum(lp[i - 1, ids[i]] for i in range(n, len(ids)))))
+        out.append(row)
+    return out
+
+
+def test_every_accepted_olive_sub_type_is_computed(tiny_llama: Path, data: DataConfig) -> None:
+    """No sub type is dropped: each configured key comes back, with the value honed's computation gives."""
+    from honed.evaluate.metrics import auroc
+
+    by_type: dict[str, list[dict]] = {}
+    for t, s in [*ACCEPTED, ("accuracy", "auc")]:  # auc: Olive 0.2's name for auroc
+        by_type.setdefault(t, []).append({"name": s})
+    timing = {"warmup_num": 0, "repeat_test_num": 3}
+    cfg = evaluator(
+        {"name": "acc", "type": "accuracy", "data_config": "d", "user_config": {"labels": LABELS},
+         "sub_types": by_type["accuracy"]},
+        {"name": "ppl", "type": "perplexity", "data_config": "d"},
+        {"name": "lat", "type": "latency", "user_config": timing, "sub_types": by_type["latency"]},
+        {"name": "tp", "type": "throughput", "user_config": {**timing, "batch_size": 2},
+         "sub_types": by_type["throughput"]},
+        {"name": "size", "type": "size_on_disk", "sub_types": [{"name": "bytes"}, {"name": "mb"}]},
+    )
+    ticks = iter([0.0, 0.001, 1.0, 1.002, 2.0, 2.004] * 2)  # 1, 2 and 4 ms, for latency then throughput
+    r = evaluate_model(ModelHandle(kind="hf", path=str(tiny_llama)), cfg, {"d": data}, clock=lambda: next(ticks))
+    assert set(r) == set(cfg.directions())
+    scores = hand_label_scores(tiny_llama)
+    truth = [t for _, t in ROWS]
+    preds = [LABELS[max(range(len(LABELS)), key=row.__getitem__)] for row in scores]
+    acc = sum(p == t for p, t in zip(preds, truth, strict=True)) / len(ROWS)
+    assert 0 < acc < 1  # the text scores below then tell right from wrong rows
+    assert r["acc-accuracy_score"] == r["acc-exact_match"] == r["acc-relaxed_accuracy"] == pytest.approx(acc)
+    assert r["acc-word_sort_ratio"] == pytest.approx(acc) and r["acc-wer"] == pytest.approx(1 - acc)  # 1-word labels
+    probs = [[math.exp(x - max(row)) / sum(math.exp(y - max(row)) for y in row) for x in row] for row in scores]
+    assert r["acc-auroc"] == r["acc-auc"] == pytest.approx(auroc(truth, probs, LABELS))
+    assert r["acc-perplexity"] == pytest.approx(r["ppl-perplexity"])
+    assert r["lat-p999"] == pytest.approx(2 + 2 * 0.998) and r["lat-p75"] == pytest.approx(3.0)  # ms
+    assert r["tp-p999"] == pytest.approx(1000 + 1000 * 0.998) and r["tp-min"] == pytest.approx(500)  # items/s
+    size = sum(f.stat().st_size for f in tiny_llama.rglob("*") if f.is_file())
+    assert r["size-bytes"] == pytest.approx(size) and r["size-mb"] == pytest.approx(size / 2**20)
+
+
+def test_auroc_of_a_classifier(tiny_bert: Path, data: DataConfig) -> None:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from honed.evaluate.metrics import auroc
+
+    tok = AutoTokenizer.from_pretrained(tiny_bert)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert).eval()
+    texts = [f"### Text: {p}\n### The tone is:\n" for p, _ in ROWS]
+    with torch.no_grad():
+        probs = torch.softmax(model(**tok(texts, return_tensors="pt", padding=True)).logits, -1).tolist()
+    truth = [str(LABELS.index(t)) for _, t in ROWS]
+    data2 = data.model_copy(update={"pre_process_data_config": data.pre_process_data_config.model_copy(
+        update={"text_template": "### Text: {phrase}\n### The tone is:\n{label}"})})
+    cfg = evaluator({"name": "acc", "type": "accuracy", "data_config": "d", "user_config": {"label_col": "label"},
+                     "sub_types": [{"name": "auroc"}]})
+    r = evaluate_model(ModelHandle(kind="hf", path=str(tiny_bert), task="text-classification"), cfg, {"d": data2})
+    assert r["acc-auroc"] == pytest.approx(auroc(truth, probs, ["0", "1", "2", "3"]))
+
+
+def test_auroc_and_text_scores_by_hand() -> None:
+    from honed.evaluate.metrics import auroc, binary_auroc, text_scores
+
+    # scikit-learn's roc_auc_score example: 3 of the 4 positive-negative pairs ordered right
+    assert binary_auroc([False, False, True, True], [0.1, 0.4, 0.35, 0.8]) == pytest.approx(0.75)
+    assert binary_auroc([False, True], [0.3, 0.3]) == pytest.approx(0.5)  # a tie counts one half
+    assert math.isnan(binary_auroc([True, True], [0.1, 0.2]))
+    probs = [[0.7, 0.2, 0.1], [0.2, 0.6, 0.2], [0.5, 0.1, 0.4], [0.1, 0.3, 0.6]]
+    # one-vs-rest, truth a b a c: a 0.7, 0.5 over 0.2, 0.1; b 0.6 over 0.2, 0.1, 0.3; c 0.6 over 0.1, 0.2, 0.4
+    assert auroc(["a", "b", "a", "c"], probs, ["a", "b", "c"]) == pytest.approx(1.0)
+    # truth a b c a: a 0.7, 0.1 vs 0.2, 0.5 (2 of 4 pairs); b 3 of 3; c 0.4 vs 0.1, 0.2, 0.6 (2 of 3)
+    assert auroc(["a", "b", "c", "a"], probs, ["a", "b", "c"]) == pytest.approx((0.5 + 1 + 2 / 3) / 3)
+    assert auroc(["x", "y", "y"], [[0.9, 0.1], [0.4, 0.6], [0.2, 0.8]], ["x", "y"]) == pytest.approx(1.0)
+    s = text_scores(["Paris|paris, France", "42", "the cat sat", "b"], [" PARIS ", "43", "sat the dog", "c"])
+    assert s["exact_match"] == pytest.approx(1 / 4)  # case/whitespace-insensitive, '|' alternatives
+    assert s["relaxed_accuracy"] == pytest.approx(2 / 4)  # 43 is within 5% of 42
+    # word_sort_ratio and wer take the reference whole, as Olive does: 'paris|paris, france' shares no word
+    # with 'paris' (word_sort_ratio) and normalizes to 'paris paris france' (wer: 2 deletions of 3 words)
+    assert s["word_sort_ratio"] == pytest.approx((0 + 0 + 2 / 3 + 0) / 4)
+    assert s["wer"] == pytest.approx((2 + 1 + 3 + 1) / (3 + 1 + 3 + 1))
+    assert text_scores(["42"], ["43"], tolerance=0.01)["relaxed_accuracy"] == 0
+    assert text_scores(["The cat, sat."], ["the cat sat"])["wer"] == 0  # punctuation and case normalized
+
+
+@pytest.mark.parametrize(("metric", "message"), [
+    ({"name": "a", "type": "accuracy", "data_config": "d", "sub_types": [{"name": "auroc"}],
+      "user_config": {"scoring": "generate"}}, "auroc.*loglikelihood"),
+    ({"name": "a", "type": "accuracy", "data_config": "d",
+      "sub_types": [{"name": "f1_score", "metric_config": {"average": "micro"}}]}, "macro"),
+    ({"name": "a", "type": "accuracy", "data_config": "d",
+      "sub_types": [{"name": "relaxed_accuracy", "metric_config": {"tolerance": "5%"}}]}, "a number"),
+    ({"name": "a", "type": "accuracy", "data_config": "d", "backend": "huggingface_metrics",
+      "sub_types": [{"name": "bleu"}]}, "custom metric"),
+])
+def test_olive_options_honed_cannot_apply_are_errors(metric: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        evaluator(metric)
+
+
+def test_torchmetrics_options_are_named_in_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="honed"):
+        evaluator({"name": "olive_acc", "type": "accuracy", "data_config": "d", "sub_types": [
+            {"name": "accuracy_score", "metric_config": {"task": "multiclass", "num_classes": 4}}]})
+    assert "metric_config.task is not applied" in caplog.text and "num_classes" in caplog.text

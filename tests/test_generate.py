@@ -9,19 +9,11 @@ import pytest
 
 from honed.cli import cmd_generate
 from honed.errors import UserError
-from honed.models.handle import ModelHandle
-from honed.passes.base import PassContext, get_pass
-from honed.systems.accelerator import Accelerator
 
 
 @pytest.fixture(scope="module")
-def genai_llama(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp = tmp_path_factory.mktemp("genai")
-    cls = get_pass("ModelBuilder")
-    ctx = PassContext(pass_name="b", host=Accelerator(), target=Accelerator(), data_configs={},
-                      work_dir=tmp / "w", cache_dir=tmp / "c")
-    return Path(cls().run(ModelHandle(kind="hf", path=str(tiny_llama)), cls.config_class(precision="fp32"),
-                          tmp, ctx).path)
+def genai_llama(genai_fp32) -> Path:
+    return Path(genai_fp32.path)
 
 
 def _cli(*argv: str) -> int:

@@ -165,3 +165,119 @@ def test_mixed_precision_sets_the_lm_head_width(tiny_llama: Path, tmp_path: Path
     bits = _matmul_bits(handle.path)
     assert [b for name, b in bits.items() if name.startswith("/lm_head/")] == [head_bits]
     assert 4 in bits.values()
+
+
+# --- Olive's ModelBuilder options: extra_options, metadata_only, enable_GQA_on_CPU --------------------------
+
+
+@pytest.mark.parametrize(("extra", "match"), [
+    ({"int4_blocksize": 32}, "'int4_blocksize' is not an option of the installed onnxruntime-genai model builder; "
+                             "did you mean 'block_size'"),
+    ({"no_such_option": 1}, "not an option of the installed onnxruntime-genai model builder; the builder knows: "),
+    ({"config_only": True}, "set metadata_only: true instead"),
+    ({"block_size": 32, "int4_block_size": 64}, "repeats 'block_size'"),
+    ({"filename": ["a", "b"]}, "takes one value, not a list"),
+])
+def test_unknown_extra_options_are_refused_in_one_line(extra: dict, match: str) -> None:
+    cls = get_pass("ModelBuilder").config_class
+    with pytest.raises(ValidationError, match=match) as e:
+        cls.model_validate({"precision": "int4", "extra_options": extra})
+    assert "\n" not in e.value.errors()[0]["msg"]  # the CLI prints it as one line with its key path
+
+
+def test_builder_option_names_come_from_the_installed_builder() -> None:
+    from honed.passes.model_builder import builder_option_names
+
+    names = builder_option_names()
+    assert names is not None
+    assert {"block_size", "accuracy_level", "exclude_embeds", "exclude_lm_head", "filename",
+            "op_types_to_quantize", "enable_cuda_graph"} <= names
+    assert "int2" not in names  # a value of moe_quant_type, not an option
+
+
+def test_extra_options_reach_the_builder(tiny_llama: Path, tmp_path: Path) -> None:
+    """Olive's int4_-prefixed names are renamed (the builder ignores them silently), the rest pass through."""
+    import json
+
+    import onnx
+
+    handle, ctx = _build(tiny_llama, tmp_path, precision="int4", int4_algo_config="default", extra_options={
+        "int4_block_size": 16, "int4_accuracy_level": 1, "exclude_embeds": True, "filename": "decoder.onnx",
+        "op_types_to_quantize": ["MatMul"],
+    })
+    folder = Path(handle.path)
+    assert not (folder / "model.onnx").exists() and (folder / "decoder.onnx").is_file()
+    assert json.loads((folder / "genai_config.json").read_text())["model"]["decoder"]["filename"] == "decoder.onnx"
+    graph = onnx.load(str(folder / "decoder.onnx"), load_external_data=False).graph
+    assert "inputs_embeds" in {i.name for i in graph.input} and "input_ids" not in {i.name for i in graph.input}
+    nodes = [n for n in graph.node if n.op_type == "MatMulNBits"]
+    assert nodes
+    for n in nodes:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+        assert (attrs["block_size"], attrs["accuracy_level"]) == (16, 1)
+    assert ctx.metrics["onnx_size_mb"] > 0
+
+
+@pytest.mark.parametrize("value", [True, False])
+def test_enable_gqa_on_cpu_is_a_warned_no_op(value: bool, caplog: pytest.LogCaptureFixture) -> None:
+    cls = get_pass("ModelBuilder").config_class
+    with caplog.at_level("WARNING", logger="honed"):
+        cfg = cls.model_validate({"precision": "int4", "enable_GQA_on_CPU": value})
+    assert cfg.enable_GQA_on_CPU is value
+    assert "enable_GQA_on_CPU" in caplog.text and ("no effect" if value else "GQA stays on") in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="honed"):
+        cls.model_validate({"precision": "int4"})
+    assert "enable_GQA_on_CPU" not in caplog.text
+
+
+def test_metadata_only_makes_an_onnx_export_runnable_by_genai(tiny_llama: Path, tmp_path: Path) -> None:
+    """OnnxConversion's graph + the builder's genai_config/tokenizer: onnxruntime-genai's greedy tokens equal
+    transformers'. The builder's config omits position_ids (its own CPU graph has none); honed matches it."""
+    import json
+
+    import onnxruntime_genai as og
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    conv = get_pass("OnnxConversion")
+    (tmp_path / "conv").mkdir()
+    onnx_handle = conv().run(ModelHandle(kind="hf", path=str(tiny_llama)), conv.config_class(target_opset=17),
+                             tmp_path / "conv", _ctx(tmp_path / "c"))
+    cls = get_pass("ModelBuilder")
+    (tmp_path / "out").mkdir()
+    handle = cls().run(onnx_handle, cls.config_class(metadata_only=True, search={"max_length": 24, "top_k": 1}),
+                       tmp_path / "out", _ctx(tmp_path))
+    folder = Path(handle.path)
+    assert handle.kind == "genai"
+    assert (folder / "model.onnx").read_bytes() == (Path(onnx_handle.path) / "model.onnx").read_bytes()
+    genai = json.loads((folder / "genai_config.json").read_text())
+    inputs = genai["model"]["decoder"]["inputs"]
+    assert inputs["position_ids"] == "position_ids" and inputs["past_key_names"] == "past_key_values.%d.key"
+    assert genai["search"]["max_length"] == 24 and genai["search"]["top_k"] == 1
+    assert "do_sample" in genai["search"]  # the builder's other defaults stay
+
+    model = og.Model(str(folder))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=16, do_sample=False)
+    gen = og.Generator(model, params)
+    prompt = [5, 6, 7, 8]
+    gen.append_tokens(prompt)
+    got = []
+    while not gen.is_done():
+        gen.generate_next_token()
+        got.append(int(gen.get_next_tokens()[0]))
+    hf = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
+    with torch.no_grad():
+        ref = hf.generate(torch.tensor([prompt]), max_new_tokens=len(got), min_new_tokens=len(got),
+                          do_sample=False)[0, len(prompt):].tolist()
+    assert len(got) == 12 and got == ref
+
+
+def test_metadata_only_needs_an_onnx_input_and_vice_versa(tiny_llama: Path, tmp_path: Path) -> None:
+    cls = get_pass("ModelBuilder")
+    with pytest.raises(UserError, match="metadata_only takes an ONNX model, not a hf model"):
+        cls().run(ModelHandle(kind="hf", path=str(tiny_llama)), cls.config_class(metadata_only=True), tmp_path,
+                  _ctx(tmp_path))
+    with pytest.raises(UserError, match="the input is an ONNX model; set metadata_only: true"):
+        cls().run(ModelHandle(kind="onnx", path=str(tmp_path)), cls.config_class(), tmp_path, _ctx(tmp_path))

@@ -70,8 +70,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "finetune", help="Fine-tune a causal LM on a data file with LoRA, QLoRA or DoRA (one-line workflow).",
         description="Fine-tune a causal LM on a local data file (json/jsonl/csv/parquet) or hub dataset. "
-        "Writes the adapter (or with --merge the merged model) to --output-dir. The loss covers only "
-        "the text after the template's last field prefix (completion-only) by default.",
+        "Writes the adapter (or with --merge the merged model) to --output-dir. The loss covers the "
+        "answer only (completion-only): everything after the prompt, which ends at the first field after an "
+        "assistant marker such as <|assistant|> or ### Response:, else at the template's last field.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_common(p)

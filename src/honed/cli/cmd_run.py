@@ -46,14 +46,18 @@ def print_summary(result: RunResult) -> None:
     table = Table(title="honed run", title_justify="left")
     for col in ("pass", "type", "cached", "time (s)", "peak RSS (MB)"):
         table.add_column(col)
-    for s in result.steps:
-        table.add_row(s.name, s.type, "yes" if s.cached else "no", f"{s.wall_s:.1f}",
+    steps = ([(f"{n}/{s.name}", s) for n, r in result.flows.items() for s in r.steps] if result.flows
+             else [(s.name, s) for s in result.steps])
+    for name, s in steps:
+        table.add_row(name, s.type, "yes" if s.cached else "no", f"{s.wall_s:.1f}",
                       "-" if s.peak_rss_mb is None else f"{s.peak_rss_mb:.0f}")
     console.print(table)
     text = summary_text(result.footprints_path)
     if text:
         console.print(text, markup=False, soft_wrap=True)
-    if result.search:
+    if result.flows:
+        console.print(f"models: {', '.join(f'{result.output_dir}/{n}/' for n in result.flows)} (one per pass flow)")
+    elif result.search:
         console.print(f"models: {result.output_dir}/1/ (best) ... ranked by the search")
     else:
         console.print(f"model: {result.output_dir}  ({result.model.kind if result.model else '-'})")

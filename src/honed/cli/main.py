@@ -15,6 +15,7 @@ import pkgutil
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 
 import honed
 from honed.errors import ConfigError, HonedError, UserError
@@ -91,17 +92,19 @@ def main(argv: list[str] | None = None) -> int:
         if level == "debug":
             log.exception("config error")
         for p in e.problems:
-            err_console.print(f"[red]error:[/] {e.source + ': ' if e.source else ''}{p}", soft_wrap=True)
+            err_console.print(f"[red]error:[/] {escape(e.source + ': ' if e.source else '')}{escape(str(p))}",
+                              soft_wrap=True)
         return 2
     except UserError as e:
         if level == "debug":
             log.exception("user error")
-        err_console.print(f"[red]error:[/] {e}", soft_wrap=True)
+        err_console.print(f"[red]error:[/] {escape(str(e))}", soft_wrap=True)
         return 2
     except HonedError as e:
         if level == "debug":
             log.exception("failure")
-        err_console.print(f"[red]error:[/] {e} (rerun with --log-level debug for the traceback)", soft_wrap=True)
+        err_console.print(f"[red]error:[/] {escape(str(e))} (rerun with --log-level debug for the traceback)",
+                          soft_wrap=True)
         return 1
     except KeyboardInterrupt:
         err_console.print("[red]interrupted[/]; finished passes stay cached, rerun to continue")
@@ -109,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # the CLI boundary: a bug, not bad input; say so in one line
         if level == "debug":
             raise
-        err_console.print(f"[red]internal error:[/] {type(e).__name__}: {e} (rerun with --log-level debug)",
+        err_console.print(f"[red]internal error:[/] {type(e).__name__}: {escape(str(e))} "
+                          "(rerun with --log-level debug)",
                           soft_wrap=True)
         return 1
 

@@ -49,6 +49,9 @@ class Workflow:
     search_space: Any = None
     """A ``honed.search.space.SearchSpace`` when search_strategy is set and some parameter is searched;
     ``steps`` then hold the default (first) choice of every dimension."""
+    flows: list[tuple[str, Workflow]] = field(default_factory=list)
+    """With ``pass_flows``: one workflow per flow (its passes in flow order), named by its pass names joined
+    with '-'; the engine runs each as its own branch into ``output_dir/<name>/``."""
 
     @property
     def config_dir(self) -> Path | None:
@@ -297,6 +300,7 @@ def validate(raw: dict[str, Any], source: Path | None = None) -> Workflow:
     problems: list[ConfigProblem] = []
 
     raw_passes = data.pop("passes", None)
+    translated_passes = raw_passes
     try:
         cfg = WorkflowConfig.model_validate({**data, "passes": {}}, context=context)
     except ValidationError as e:
@@ -327,8 +331,8 @@ def validate(raw: dict[str, Any], source: Path | None = None) -> Workflow:
             continue
         cls = get_pass(kind)
         if cls is None:
-            close = difflib.get_close_matches(kind, list(names), n=1, cutoff=0.5)
-            fix = f"did you mean '{close[0]}'?" if close else "run `honed passes` to list them"
+            close = difflib.get_close_matches(kind, list(names), n=1, cutoff=0.6)
+            fix = f"did you mean '{close[0]}'?" if close else "pass types are: " + ", ".join(names)
             problems.append(ConfigProblem(f"{key}.type", f"unknown pass type '{kind}'", fix))
             continue
         params = {k: v for k, v in entry.items() if k != "type"}
@@ -368,6 +372,16 @@ def validate(raw: dict[str, Any], source: Path | None = None) -> Workflow:
                     problems.append(ConfigProblem(f"evaluators.{ev_name}.metrics[{i}].data_config",
                                                   f"no data config named '{metric.data_config}'",
                                                   "add it under data_configs"))
+        for i, flow in enumerate(cfg.pass_flows or []):
+            for name in flow:
+                if not isinstance(raw_passes, dict) or name not in raw_passes:
+                    known = list(raw_passes or {})
+                    close = difflib.get_close_matches(name, known, n=1)
+                    fix = f"did you mean '{close[0]}'?" if close else f"passes are: {', '.join(known) or 'none'}"
+                    problems.append(ConfigProblem(f"pass_flows[{i}]", f"no pass named '{name}'", fix))
+            if len(set(flow)) < len(flow):
+                problems.append(ConfigProblem(f"pass_flows[{i}]", "names a pass twice",
+                                              "define a second pass under another name"))
         if cfg.search_strategy is not None and space is not None and space.dimensions and cfg.engine.evaluator is None:
             problems.append(ConfigProblem("engine.evaluator", "a search needs an evaluator to rank its trials",
                                           "define one under evaluators and name it here"))
@@ -375,7 +389,16 @@ def validate(raw: dict[str, Any], source: Path | None = None) -> Workflow:
         raise ConfigError(problems, src)
     cfg.passes = {}
     search = space if space is not None and space.dimensions else None
-    return Workflow(cfg, steps, source, translation.generation, translation.warnings, search)
+    flows = []
+    in_flows = {n for flow in cfg.pass_flows or [] for n in flow}
+    for name in raw_passes if cfg.pass_flows and isinstance(raw_passes, dict) else []:
+        if name not in in_flows:
+            translation.warnings.append(f"passes.{name}: ignored (it is in no pass flow, so it does not run)")
+    for flow in cfg.pass_flows or []:
+        # Each flow is validated as its own workflow: the same file with only the flow's passes, in flow order.
+        sub = {**data, "pass_flows": None, "passes": {n: translated_passes[n] for n in flow}}
+        flows.append(("-".join(flow), validate(sub, source)))
+    return Workflow(cfg, steps, source, translation.generation, translation.warnings, search, flows)
 
 
 def load_workflow(path: str | Path) -> Workflow:

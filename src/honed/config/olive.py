@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from honed.errors import ConfigError, ConfigProblem
 from honed.systems.accelerator import execution_provider_problem
@@ -37,7 +40,24 @@ IGNORED_ENGINE_KEYS = {
     "no_artifacts": "honed writes the final model and footprints only",
     "azureml_client": "honed has no AzureML integration",
     "workflow_id": "honed keys runs by content",
+    "auto_optimizer_config": "honed runs the passes the file lists (Olive too uses it only without passes)",
+    "data_root": "relative data paths resolve against the working folder, then the config's folder",
+    "log_severity_level_ort": "honed logs with --log-level",
 }
+CACHE_CONFIG_KEYS = {"cache_dir": "cache_dir"}
+"""Olive's ``cache_config`` keys honed applies (-> engine key); the rest are ignored with a warning."""
+IGNORED_PASS_KEYS_BY_TYPE: dict[str, dict[str, str]] = {
+    "OnnxConversion": {"device": "honed exports on the host system's device"},
+    "QLoRA": {"device_map": "honed places the model on the host system's device",
+              "save_quant_config": "honed's QLoRA output is a PEFT adapter over the unquantized base"},
+    "LoRA": {"device_map": "honed places the model on the host system's device"},
+    "ExtractAdapters": {"pack_inputs": "honed keeps the LoRA input layout ModelBuilder wrote (q/k/v packed as the "
+                                       "graph packs them); the adapter files always match the model's inputs"},
+    "DoRA": {"device_map": "honed places the model on the host system's device"},
+}
+"""Olive pass options that change nothing in honed's output, by pass type: a warning each."""
+PRECISION_TO_QTYPE = {"int8": "QInt8", "uint8": "QUInt8"}
+"""OnnxQuantization's ``precision`` (Olive) -> onnxruntime's weight_type/activation_type names."""
 IGNORED_PASS_KEYS = {
     "disable_search": "honed searches only parameters given as lists or SEARCHABLE_VALUES",
     "clean_run_cache": "run `honed cache clean` instead",
@@ -47,13 +67,82 @@ IGNORED_PASS_KEYS = {
     "evaluator": "set engine.evaluator",
 }
 PASS_RENAMES = {"lora_r": "r", "lora_alpha": "alpha"}
+RENAMES_BY_TYPE = {"OrtSessionParamsTuning": {"execution_providers_list": "providers_list"}}
+"""Olive's later spellings of a pass option -> the name the pass takes."""
 LORA_TYPES = {"LoRA", "QLoRA", "DoRA", "LoftQ", "LoRA+"}
 QUANT_ONLY_KEYS = {"double_quant", "quant_type", "compute_dtype"}
 PASS_TYPE_ALIASES = {
     "OnnxMatMul4Quantizer": "OnnxBlockWiseRtnQuantization",
-    "OnnxQuantization": "OnnxDynamicQuantization",
-    "OrtTransformersOptimization": "OrtTransformersOptimization",
+    "OrtPerfTuning": "OrtSessionParamsTuning",
+    "GenAIModelExporter": "ModelBuilder",
 }
+STATIC_ONLY_KEYS = {"data_config", "calibrate_method", "calibration_sampling_size", "quant_format",
+                    "activation_type", "precision", "prepare_qnn_config", "qnn_extra_options"}
+"""OnnxQuantization keys that only make sense for static quantization (Olive picks static when one is given)."""
+ORT_QUANT_EXTRA_OPTIONS = {
+    "MatMulConstBOnly", "WeightSymmetric", "ActivationSymmetric", "EnableSubgraph", "ForceQuantizeNoInputCheck",
+    "AddQDQPairToWeight", "OpTypesToExcludeOutputQuantization", "DedicatedQDQPair", "QDQOpTypePerChannelAxis",
+    "CalibTensorRangeSymmetric", "CalibMovingAverage", "CalibMovingAverageConstant", "SmoothQuant",
+    "SmoothQuantAlpha", "SmoothQuantFolding", "UseQDQContribOps", "MinimumRealRange", "QDQKeepRemovableActivations",
+    "QDQDisableWeightAdjustForInt32Bias", "TensorQuantOverrides",
+}
+"""onnxruntime.quantization ``extra_options`` keys Olive lets a file write at the pass's top level."""
+HF_METRIC_SUB_TYPES = {"accuracy": "accuracy_score", "f1": "f1_score", "precision": "precision",
+                       "recall": "recall", "exact_match": "exact_match"}
+"""Sub type names of Olive's ``huggingface_metrics`` backend (the evaluate library's names) -> honed's."""
+INPUT_MODEL_SCRIPT_KEYS = ("model_script", "script_dir", "model_loader", "dummy_inputs_func", "io_config")
+"""Olive pass types that are another name of a honed pass (same options)."""
+RUNS_AS = {
+    "OptimumConversion": ("OnnxConversion", "honed exports with torch.onnx, not Optimum; the ONNX graph has the "
+                                            "same inputs and outputs"),
+}
+"""Olive pass types honed runs with a different implementation of the same step; a warning says so."""
+IGNORED_OPTIMUM_KEYS = {
+    "device": "honed exports on the host system's device",
+    "extra_args": "honed's exporter takes target_opset and torch_dtype",
+}
+UNSUPPORTED_TABLE = Path(__file__).with_name("olive_unsupported.yaml")
+
+
+def _unsupported() -> list[dict[str, Any]]:
+    return yaml.safe_load(UNSUPPORTED_TABLE.read_text(encoding="utf-8"))
+
+
+UNSUPPORTED: list[dict[str, Any]] = _unsupported()
+"""Every Olive key, pass type and system type honed does not support (``olive_unsupported.yaml``): each entry has
+``kind`` (pass, system or key), ``olive`` (what the file says), ``why`` and ``instead``; pass and system entries
+list their ``types``.  Refusals quote it, the field corpus test checks against it and docs/coming-from-olive.md is
+generated from it."""
+UNSUPPORTED_PASSES: dict[str, tuple[str, str]] = {
+    t: (u["why"], u["instead"]) for u in UNSUPPORTED if u["kind"] == "pass" for t in u["types"]}
+UNSUPPORTED_SYSTEMS: dict[str, tuple[str, str]] = {
+    t: (u["why"], u["instead"]) for u in UNSUPPORTED if u["kind"] == "system" for t in u["types"]}
+
+
+def unsupported_key(olive: str) -> tuple[str, str]:
+    """(why, instead) of the ``kind: key`` entry whose ``olive`` text starts with ``olive``."""
+    entry = next(u for u in UNSUPPORTED if u["kind"] == "key" and u["olive"].startswith(olive))
+    return entry["why"], entry["instead"]
+
+
+SKIPPED_PASSES = {
+    "AddOliveMetadata": "it writes Olive's provenance into the ONNX file's metadata, which changes no output; "
+                        "honed records every pass, its config and its inputs in footprints.json",
+}
+"""Olive pass types that change nothing a model computes: left out of the plan with a warning."""
+AUTO_OPT_PASSES: dict[str, list[tuple[str, dict[str, Any]]]] = {
+    "fp32": [("conversion", {"type": "OnnxConversion"}), ("optimization", {"type": "OrtTransformersOptimization"})],
+    "fp16": [("conversion", {"type": "OnnxConversion"}), ("optimization", {"type": "OrtTransformersOptimization"}),
+             ("fp16", {"type": "OnnxFloatToFloat16"})],
+    "int8": [("conversion", {"type": "OnnxConversion"}), ("optimization", {"type": "OrtTransformersOptimization"}),
+             ("int8", {"type": "OnnxDynamicQuantization"})],
+    "int4": [("conversion", {"type": "OnnxConversion"}), ("int4", {"type": "OnnxBlockWiseRtnQuantization"})],
+}
+"""The passes Olive's auto-optimizer picks for a causal LM by precision (without use_model_builder)."""
+AUTO_OPT_KEYS = {"precision", "precisions", "use_model_builder", "calibration_data_config", "generate_config_only",
+                 "disable_auto_optimizer"}
+SEARCH_ALGORITHMS = {"exhaustive": "sequential", "random": "random", "tpe": "tpe", "qmc": "qmc", "nsgaII": "nsgaII"}
+"""Olive's ``search_algorithm`` names -> honed's ``search_strategy.sampler``."""
 LOAD_KEYS = {"data_name", "data_dir", "data_files", "split", "subset", "trust_remote_code", "streaming"}
 PRE_PROCESS_RENAMES = {"source_max_len": "max_seq_len", "corpus_strategy": "strategy"}
 IGNORED_PRE_PROCESS = {
@@ -61,12 +150,10 @@ IGNORED_PRE_PROCESS = {
     "dataset_type": "honed builds causal-LM sequences from the template",
 }
 HF_LOAD_KEYS = ("model_loading_args", "from_pretrained_args")
+INPUT_MODEL_DATA = "__input_model_data_config__"
+"""Olive's name for the data config made from the seed generation's ``hf_config.dataset``."""
 DEVICE_EPS = {"cpu": "CPUExecutionProvider", "gpu": "CUDAExecutionProvider", "npu": "QNNExecutionProvider"}
 
-AZURE_SYSTEM_HINT = (
-    "run on this machine with a LocalSystem ({'type': 'LocalSystem', 'accelerators': [{'device': 'gpu'}]}), "
-    "in another interpreter with a PythonEnvironment system, or on a cluster with honed's Ray system"
-)
 
 
 @dataclass
@@ -83,14 +170,29 @@ def detect_generation(raw: dict[str, Any]) -> str:
     text = repr(raw)
     if "params_config" in text:
         return "legacy"
-    if "'params'" in text or "hf_config" in text:
+    data = raw.get("data_configs")
+    datas = list(data.values()) if isinstance(data, dict) else data if isinstance(data, list) else []
+    if "hf_config" in text or any(
+        isinstance(d, dict) and isinstance(d.get(section), dict) and d[section].get("params")
+        for d in datas for section in ("load_dataset_config", "pre_process_data_config")
+    ):
         return "seed"
     passes = raw.get("passes")
     if isinstance(passes, dict) and any(isinstance(p, dict) and "config" in p for p in passes.values()):
         return "seed"
-    if "engine" in raw and not (ENGINE_KEYS | set(IGNORED_ENGINE_KEYS)) & set(raw):
-        return "honed"
+    t = _Translator()
+    if t.workflow(copy.deepcopy(raw)) == raw and not t.warnings and not t.problems:
+        return "honed"  # already in honed's schema: translating it changes nothing
     return "current"
+
+
+def _canonical_pass_type(kind: str) -> str:
+    """``kind`` spelled as honed or Olive registers it (``qlora`` -> ``QLoRA``); unknown names unchanged."""
+    from honed.passes.base import all_passes
+
+    names = [*all_passes(), *PASS_TYPE_ALIASES, *RUNS_AS, *UNSUPPORTED_PASSES, *SKIPPED_PASSES, "OnnxQuantization",
+             "OnnxIODataTypeConverter"]
+    return next((n for n in names if n.lower() == kind.lower()), kind)
 
 
 def _unwrap(d: Any) -> Any:
@@ -118,6 +220,8 @@ class _Translator:
     def __init__(self) -> None:
         self.warnings: list[str] = []
         self.problems: list[ConfigProblem] = []
+        self.new_data_configs: list[dict[str, Any]] = []
+        """Data configs made from Olive's ``dataloader_func`` keys (metrics, passes)."""
 
     def ignore(self, key: str, why: str) -> None:
         self.warnings.append(f"{key}: ignored ({why})")
@@ -155,11 +259,9 @@ class _Translator:
             return m
         m = dict(m)
         if _is_azure(m.get("model_path")):
+            why, instead = unsupported_key("input_model.model_path")
             self.problems.append(ConfigProblem(
-                "input_model.model_path",
-                f"'{m['model_path'].get('type')}' is an AzureML registry model, which honed cannot fetch",
-                "download the model once and set model_path to its folder or hub id",
-            ))
+                "input_model.model_path", f"'{m['model_path'].get('type')}' is an AzureML model ({why})", instead))
             m.pop("model_path")
         hf = self.mapping("input_model.hf_config", m.pop("hf_config", None), "keys (model_name, task, ...)")
         if hf is not None:
@@ -167,7 +269,10 @@ class _Translator:
                 m.setdefault("model_path", hf["model_name"])
             if "task" in hf:
                 m.setdefault("task", hf["task"])
-            for k in sorted(set(hf) - {"model_name", "task", *HF_LOAD_KEYS}, key=str):
+            dataset = self.mapping("input_model.hf_config.dataset", hf.get("dataset"), "dataset keys")
+            if dataset is not None:
+                self.input_model_data(dataset)
+            for k in sorted(set(hf) - {"model_name", "task", "dataset", *HF_LOAD_KEYS}, key=str):
                 self.ignore(f"input_model.hf_config.{k}", "honed loads the model with transformers' Auto classes")
             given = m.get("load_kwargs")
             if given is None or isinstance(given, dict):  # any other shape is reported by the schema
@@ -181,10 +286,21 @@ class _Translator:
             m["type"] = "HfModel"
         elif m.get("type") == "ONNXModel":
             m["type"] = "OnnxModel"
-        for k in ("model_file_format", "io_config", "generative", "model_attributes"):
+        for k in ("model_file_format", "generative", "model_attributes"):
             if k in m:
                 m.pop(k)
                 self.ignore(f"input_model.{k}", "honed reads this from the model files")
+        for k in INPUT_MODEL_SCRIPT_KEYS:
+            if k in m:
+                value = m.pop(k)
+                if k == "model_loader" and value:
+                    self.problems.append(ConfigProblem(
+                        "input_model.model_loader", "honed loads Hugging Face models with transformers' Auto "
+                        "classes, not a user function", "save the model with save_pretrained and set model_path "
+                        "to that folder"))
+                else:
+                    self.ignore(f"input_model.{k}", "honed derives ONNX input/output names and example inputs "
+                                "from the model's config")
         return m
 
     def system(self, name: str, s: Any) -> Any:
@@ -193,19 +309,21 @@ class _Translator:
             return s
         s = dict(s)
         kind = s.get("type")
-        if kind in ("AzureML", "AzureMLSystem"):
-            self.problems.append(ConfigProblem(
-                f"systems.{name}", "AzureML systems run in Azure and are not supported by honed",
-                AZURE_SYSTEM_HINT,
-            ))
+        if kind in UNSUPPORTED_SYSTEMS:
+            why, instead = UNSUPPORTED_SYSTEMS[kind]
+            self.problems.append(ConfigProblem(f"systems.{name}", f"{kind} systems are not supported by honed "
+                                               f"({why})", instead))
             return None
-        if kind in ("Docker", "IsolatedORT"):
-            self.problems.append(ConfigProblem(
-                f"systems.{name}", f"'{kind}' systems are not supported by honed",
-                "use a PythonEnvironment system pointing at the interpreter to isolate, or a LocalSystem",
-            ))
-            return None
-        for k in ("olive_managed_env", "requirements_file", "hf_token"):
+        managed = s.pop("olive_managed_env", None)
+        if managed is True:  # honed builds the venv from requirements_file, as Olive does
+            s["managed_env"] = True
+        elif managed is not None:
+            self.ignore(f"systems.{name}.olive_managed_env", f"{managed!r}: honed runs in the environment you give it")
+        if "requirements_file" in s and managed is not None and not s.get("managed_env"):  # Olive ignores it too
+            s.pop("requirements_file")
+            self.ignore(f"systems.{name}.requirements_file", "only a managed environment (olive_managed_env: true) "
+                        "installs it")
+        for k in ("hf_token",):
             if k in s:
                 s.pop(k)
                 self.ignore(f"systems.{name}.{k}", "honed runs in the environment you give it")
@@ -220,6 +338,8 @@ class _Translator:
         if not isinstance(a, dict):
             return a
         a = dict(a)
+        if "accelerator_type" in a:  # Olive's other name for the device
+            a.setdefault("device", a.pop("accelerator_type"))
         eps = self.providers(f"{key}.execution_providers", a.pop("execution_providers", None))
         if eps:
             if len(eps) > 1:
@@ -231,41 +351,44 @@ class _Translator:
         return a
 
     def data_config(self, i: int, d: Any) -> Any:
+        from honed.data.config import BUILTIN_COMPONENTS, COMPONENT_KEYS
+
         if not isinstance(d, dict):
             return d
         d = dict(d)
         key = f"data_configs[{i}]"
-        load = self.mapping(f"{key}.load_dataset_config", d.pop("load_dataset_config", None)) or {}
-        pre = self.mapping(f"{key}.pre_process_data_config", d.pop("pre_process_data_config", None)) or {}
-        for name, sub in (("load_dataset_config", load), ("pre_process_data_config", pre)):
-            if "params" in sub:  # seed generation
-                params = self.mapping(f"{key}.{name}.params", sub.pop("params"))
-                sub.pop("type", None)
-                sub.update(params or {})
-        load.pop("type", None)
-        pre.pop("type", None)
+        subs = {section: self.mapping(f"{key}.{section}", d.pop(section, None)) or {}
+                for section in COMPONENT_KEYS.values()}
+        # The legacy generation names components (components.<kind>.type) and their arguments
+        # (params_config.component_kwargs.<kind>) apart from each other.
+        comps = self.mapping(f"{key}.components", d.pop("components", None), "components") or {}
         legacy = self.mapping(f"{key}.params_config", d.pop("params_config", None))
+        kwargs = {}
         if legacy is not None:
-            comps = self.mapping(f"{key}.params_config.component_kwargs", legacy.pop("component_kwargs", None)) or {}
-            load.update({k: v for k, v in legacy.items() if k in LOAD_KEYS})
+            kwargs = self.mapping(f"{key}.params_config.component_kwargs", legacy.pop("component_kwargs", None)) or {}
+            subs["load_dataset_config"].update({k: v for k, v in legacy.items() if k in LOAD_KEYS})
             for k in sorted(set(legacy) - LOAD_KEYS, key=str):
                 self.ignore(f"{key}.params_config.{k}", "not a data loading option honed knows")
-            comp_key = f"{key}.params_config.component_kwargs"
-            load.update(self.mapping(f"{comp_key}.load_dataset", comps.get("load_dataset")) or {})
-            pre.update(self.mapping(f"{comp_key}.pre_process_data", comps.get("pre_process_data")) or {})
-            for k in sorted(set(comps) - {"load_dataset", "pre_process_data"}, key=str):
-                self.ignore(f"{comp_key}.{k}", "honed batches data itself")
-        for k in ("post_process_data_config", "dataloader_config", "components", "user_script", "script_dir"):
-            if k in d:
-                d.pop(k)
-                self.ignore(f"{key}.{k}", "honed tokenizes, packs and batches data itself")
+        for kind in sorted({*comps, *kwargs}, key=str):
+            section = COMPONENT_KEYS.get(kind)
+            if section is None:
+                self.problems.append(ConfigProblem(f"{key}.components.{kind}", "unknown data component",
+                                                   "use " + ", ".join(COMPONENT_KEYS)))
+                continue
+            comp = self.mapping(f"{key}.components.{kind}", comps.get(kind)) or {}
+            subs[section].update(comp)
+            subs[section].update(self.mapping(f"{key}.params_config.component_kwargs.{kind}", kwargs.get(kind)) or {})
+        for kind, section in COMPONENT_KEYS.items():
+            sub = subs[section]
+            # seed generation: {type, params}; a built-in component's params are honed's own keys
+            if sub.get("params") and sub.get("type") in (None, *BUILTIN_COMPONENTS[kind]):
+                params = self.mapping(f"{key}.{section}.params", sub.pop("params"))
+                sub.update(params or {})
+        load, pre = subs["load_dataset_config"], subs["pre_process_data_config"]
         if _is_azure(load.get("data_files")):
+            why, instead = unsupported_key("data_configs[*].load_dataset_config.data_files")
             self.problems.append(ConfigProblem(
-                f"{key}.load_dataset_config.data_files",
-                "azureml_datastore data cannot be read by honed",
-                "copy the file locally, or use an fsspec URL such as az://container/path.jsonl with "
-                "AZURE_STORAGE_ACCOUNT_NAME/AZURE_STORAGE_ACCOUNT_KEY set",
-            ))
+                f"{key}.load_dataset_config.data_files", f"azureml_datastore data cannot be read ({why})", instead))
             load.pop("data_files")
         for old, new in PRE_PROCESS_RENAMES.items():
             if old in pre:
@@ -274,10 +397,9 @@ class _Translator:
             if k in pre:
                 pre.pop(k)
                 self.ignore(f"{key}.pre_process_data_config.{k}", why)
-        if load:
-            d["load_dataset_config"] = load
-        if pre:
-            d["pre_process_data_config"] = pre
+        for section, sub in subs.items():
+            if sub:
+                d[section] = sub
         return d
 
     def pass_entry(self, name: str, p: Any) -> Any:
@@ -288,12 +410,72 @@ class _Translator:
         kind = p.get("type")
         if not isinstance(kind, str):  # the loader names a missing or mistyped type
             return p
+        kind = p["type"] = _canonical_pass_type(kind)  # Olive matches pass types case-insensitively
+        for k in [k for k, v in p.items() if v == "DEFAULT_VALUE"]:  # Olive's "use the default"
+            p.pop(k)
+        if kind == "OnnxIODataTypeConverter":  # Olive's later, general name of OnnxIOFloat16ToFloat32
+            src, dst = p.pop("source_dtype", 10), p.pop("target_dtype", 1)
+            if src in (10, "float16") and dst in (1, "float32"):
+                p["type"] = kind = "OnnxIOFloat16ToFloat32"
+            else:
+                self.problems.append(ConfigProblem(f"passes.{name}", f"OnnxIODataTypeConverter from {src!r} to "
+                                                   f"{dst!r} is not supported (honed converts float16 inputs and "
+                                                   "outputs to float32 only)", "use source_dtype 10 (float16) and "
+                                                   "target_dtype 1 (float32)"))
+        if kind == "OnnxQuantization":
+            static = p.get("quant_mode") == "static" or (p.get("quant_mode") is None
+                                                         and bool(STATIC_ONLY_KEYS & set(p)))
+            p.pop("quant_mode", None)
+            p["type"] = kind = "OnnxStaticQuantization" if static else "OnnxDynamicQuantization"
+            self.warnings.append(f"passes.{name}.type: OnnxQuantization runs as {kind} "
+                                 + ("(static: it has calibration data)" if static else "(no calibration data)"))
+        if kind in ("OnnxDynamicQuantization", "OnnxStaticQuantization"):
+            top = {k: p.pop(k) for k in sorted(ORT_QUANT_EXTRA_OPTIONS & set(p))}
+            if top:
+                extra = p.get("extra_options")
+                p["extra_options"] = {**top, **(extra if isinstance(extra, dict) else {})}
+        for old, new in RENAMES_BY_TYPE.get(kind, {}).items():
+            if old in p:
+                p.setdefault(new, p.pop(old))
+        for k, why in IGNORED_PASS_KEYS_BY_TYPE.get(kind, {}).items():
+            if k in p:
+                p.pop(k)
+                self.ignore(f"passes.{name}.{k}", why)
+        if kind == "OnnxStaticQuantization" and isinstance(p.get("precision"), str):
+            qtype = PRECISION_TO_QTYPE.get(p["precision"].lower())
+            if qtype is None:
+                self.problems.append(ConfigProblem(f"passes.{name}.precision", f"{p['precision']!r} is not an 8-bit "
+                                                   "precision honed's static quantization writes", "use int8 or "
+                                                   "uint8 (4-bit: OnnxBlockWiseRtnQuantization)"))
+            else:
+                p.setdefault("weight_type", qtype)
+                p.setdefault("activation_type", qtype)
+            p.pop("precision")
+        if kind == "ExtractAdapters" and str(p.get("adapter_type", "lora")).lower() != "lora":
+            why, instead = unsupported_key("passes.*.adapter_type (ExtractAdapters)")
+            self.problems.append(ConfigProblem(f"passes.{name}.adapter_type", f"ExtractAdapters adapter_type "
+                                               f"{p['adapter_type']!r} is not supported ({why})", instead))
+        if p.get("dataloader_func") and not p.get("data_config"):
+            p["data_config"] = self.loader_data_config(name, p)
+        if kind in UNSUPPORTED_PASSES:
+            why, instead = UNSUPPORTED_PASSES[kind]
+            self.problems.append(ConfigProblem(f"passes.{name}.type", f"Olive's {kind} is not supported by honed "
+                                               f"({why})", instead))
+            return p
         if kind in PASS_TYPE_ALIASES:
             p["type"] = kind = PASS_TYPE_ALIASES[kind]
+        if kind in RUNS_AS:
+            p["type"], why = RUNS_AS[kind]
+            self.warnings.append(f"passes.{name}.type: {kind} runs as {p['type']} ({why})")
+            if kind == "OptimumConversion":
+                self.optimum(name, p)
+            kind = p["type"]
         for k, why in IGNORED_PASS_KEYS.items():
             if k in p:
                 p.pop(k)
                 self.ignore(f"passes.{name}.{k}", why)
+        if isinstance(p.get("training_args"), dict):
+            p["training_args"] = self.training_args(f"passes.{name}.training_args", p["training_args"])
         if kind in LORA_TYPES:
             for old, new in PASS_RENAMES.items():
                 if old in p:
@@ -303,6 +485,169 @@ class _Translator:
                     p.pop(k)
                     self.ignore(f"passes.{name}.{k}", f"only QLoRA quantizes the base model; {kind} trains it as is")
         return p
+
+    def auto_optimizer(self, auto: dict[str, Any], out: dict[str, Any], engine: dict[str, Any]) -> None:
+        """Olive's auto-optimizer (a workflow without passes): the passes it would pick for a causal LM, one pass
+        flow per precision, named in a warning; ``generate_config_only`` writes that workflow and runs nothing."""
+        precisions = auto.get("precisions") or [auto.get("precision", "fp32")]
+        if not isinstance(precisions, list) or any(p not in AUTO_OPT_PASSES for p in precisions):
+            self.problems.append(ConfigProblem("auto_optimizer_config.precision", f"{precisions!r}: honed picks "
+                                               "passes for " + ", ".join(AUTO_OPT_PASSES), "list the passes"))
+            return
+        builder = bool(auto.get("use_model_builder"))
+        passes: dict[str, Any] = {}
+        flows = []
+        for precision in precisions:
+            chain = ([("model_builder_" + precision, {"type": "ModelBuilder", "precision": precision})] if builder
+                     else [(n, dict(c)) for n, c in AUTO_OPT_PASSES[precision]])
+            for n, c in chain:
+                if c["type"] == "OnnxDynamicQuantization" and auto.get("calibration_data_config"):
+                    c = {"type": "OnnxStaticQuantization", "data_config": auto["calibration_data_config"]}
+                passes.setdefault(n, c)
+            flows.append([n for n, _ in chain])
+        out["passes"] = passes
+        if len(flows) > 1:
+            out["pass_flows"] = flows
+        chosen = "; ".join(" -> ".join(passes[n]["type"] for n in f) for f in flows)
+        self.warnings.append(f"auto_optimizer_config: honed runs {chosen} (the passes Olive's auto-optimizer "
+                             "picks for this precision); list passes to choose others")
+        for k in sorted(set(auto) - AUTO_OPT_KEYS, key=str):
+            self.ignore(f"auto_optimizer_config.{k}", "honed's auto-optimizer reads precision(s), "
+                        "use_model_builder and calibration_data_config")
+        if auto.get("generate_config_only"):
+            engine["generate_config_only"] = True
+
+    def input_model_data(self, dataset: dict[str, Any]) -> None:
+        """The seed generation's ``hf_config.dataset`` -> the data config Olive names
+        ``__input_model_data_config__``, which metrics without a data_config of their own score on."""
+        cfg: dict[str, Any] = {"name": INPUT_MODEL_DATA, "load_dataset_config": {}, "pre_process_data_config": {},
+                               "dataloader_config": {}}
+        for k, v in dataset.items():
+            if k in LOAD_KEYS:
+                cfg["load_dataset_config"][k] = v
+            elif k == "batch_size":
+                cfg["dataloader_config"][k] = v
+            else:
+                cfg["pre_process_data_config"][k] = v
+        self.new_data_configs.append(cfg)
+
+    def loader_data_config(self, owner: str, d: dict[str, Any]) -> str | None:
+        """Olive's older ``dataloader_func`` (with ``user_script``, ``script_dir``, ``data_dir``, ``batch_size``,
+        ``dataloader_func_kwargs``/``func_kwargs``) taken out of ``d`` into a data config of its own, whose name
+        is returned (None when ``d`` has none).  honed then calls the user's function through the data layer."""
+        func = d.pop("dataloader_func", None)
+        if not func:
+            return None
+        cfg: dict[str, Any] = {"name": f"{owner}_dataloader", "dataloader_func": func,
+                               "dataloader_config": {}}
+        for k in ("user_script", "script_dir"):
+            if k in d:
+                cfg[k] = d.pop(k)
+        for k in ("data_dir", "batch_size"):
+            if k in d:
+                cfg["dataloader_config"][k] = d.pop(k)
+        for k in ("dataloader_func_kwargs", "func_kwargs"):
+            kwargs = d.pop(k, None)
+            if isinstance(kwargs, dict):
+                cfg["dataloader_config"].update(kwargs)
+        self.new_data_configs.append(cfg)
+        return cfg["name"]
+
+    def evaluator(self, name: str, e: Any) -> Any:
+        """Sub type names of the ``huggingface_metrics`` backend (accuracy, f1) -> honed's (accuracy_score, ...);
+        a metric's ``user_config.dataloader_func`` -> a data config of its own."""
+        metrics = e.get("metrics") if isinstance(e, dict) else None
+        if not isinstance(metrics, list):
+            return e
+        out = []
+        for m in metrics:
+            if isinstance(m, dict) and not m.get("data_config") and m.get("type") in ("accuracy", "perplexity") \
+                    and any(d["name"] == INPUT_MODEL_DATA for d in self.new_data_configs):
+                m = {**m, "data_config": INPUT_MODEL_DATA}
+            uc = m.get("user_config") if isinstance(m, dict) else None
+            if isinstance(uc, dict) and uc.get("input_shapes") and not m.get("data_config") \
+                    and not uc.get("dataloader_func"):  # Olive's made-up inputs -> its DummyDataContainer
+                uc = dict(uc)
+                dummy = {k: uc.pop(k) for k in ("input_shapes", "input_names", "input_types") if k in uc}
+                cfg = {"name": f"{name}_{m.get('name')}_dummy", "type": "DummyDataContainer",
+                       "load_dataset_config": dummy}
+                self.new_data_configs.append(cfg)
+                m = {**m, "user_config": uc, "data_config": cfg["name"]}
+            if isinstance(uc, dict) and uc.get("dataloader_func") and not m.get("data_config"):
+                uc = dict(uc)
+                m = {**m, "user_config": uc, "data_config": self.loader_data_config(f"{name}_{m.get('name')}", uc)}
+            if isinstance(m, dict) and m.get("backend") == "huggingface_metrics" and isinstance(m.get("sub_types"), list):
+                subs = [{**st, "name": HF_METRIC_SUB_TYPES.get(st.get("name"), st.get("name"))}
+                        if isinstance(st, dict) else st for st in m["sub_types"]]
+                m = {**m, "sub_types": subs}
+            out.append(m)
+        return {**e, "metrics": out}
+
+    def optimum(self, name: str, p: dict[str, Any]) -> None:
+        """OptimumConversion's own options, read as OnnxConversion's."""
+        if p.pop("fp16", False) is True:
+            p.setdefault("torch_dtype", "float16")
+        if p.pop("components", None) is not None:
+            why, instead = unsupported_key("passes.*.components (OptimumConversion)")
+            self.problems.append(ConfigProblem(f"passes.{name}.components", f"OptimumConversion's components are "
+                                               f"not supported ({why})", instead))
+        for k, why in IGNORED_OPTIMUM_KEYS.items():
+            if k in p:
+                p.pop(k)
+                self.ignore(f"passes.{name}.{k}", why)
+
+    def training_args(self, key: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Hugging Face TrainingArguments fields honed does not apply: a warning each, or an error when the
+        value would change the trained model."""
+        from honed.training.args import unapplied_training_args  # training imports data, which imports config
+
+        warnings, errors = unapplied_training_args(args)
+        for k, why in warnings.items():
+            self.ignore(f"{key}.{k}", why)
+        for k, why in errors.items():
+            self.problems.append(ConfigProblem(f"{key}.{k}", "not applied by honed", why))
+        return {k: v for k, v in args.items() if k not in warnings and k not in errors}
+
+    def search_strategy(self, s: Any) -> Any:
+        """Olive's ``search_algorithm`` + ``search_algorithm_config`` (and ``sampler_config``) -> honed's sampler."""
+        if not isinstance(s, dict):
+            return s
+        s = dict(s)
+        algo = s.pop("search_algorithm", None)
+        if algo is not None:
+            if algo not in SEARCH_ALGORITHMS:
+                self.problems.append(ConfigProblem(
+                    "search_strategy.search_algorithm", f"unknown search algorithm {algo!r}",
+                    "use one of " + ", ".join(SEARCH_ALGORITHMS)))
+            else:
+                s.setdefault("sampler", SEARCH_ALGORITHMS[algo])
+        for section in ("search_algorithm_config", "sampler_config"):
+            conf = self.mapping(f"search_strategy.{section}", s.pop(section, None), unwrap=False) or {}
+            for k, v in conf.items():
+                if k == "num_samples":
+                    s.setdefault("max_iter", v)
+                elif k == "seed":
+                    s.setdefault("seed", v)
+                else:
+                    self.ignore(f"search_strategy.{section}.{k}", "honed's samplers take only num_samples and seed")
+        if "max_samples" in s:  # Olive 0.8's flat spelling of search_algorithm_config.num_samples
+            s.setdefault("max_iter", s.pop("max_samples"))
+        if "include_pass_params" in s:
+            s.pop("include_pass_params")
+            self.ignore("search_strategy.include_pass_params", "honed searches the parameters given as lists")
+        return s
+
+    def data_configs(self, value: Any) -> Any:
+        """The first generation's ``{name: config}`` mapping -> a list of named configs."""
+        if not isinstance(value, dict):
+            return value
+        out = []
+        for name, d in value.items():
+            if isinstance(d, dict) and d.get("name", name) != name:
+                self.ignore(f"data_configs.{name}.name", f"passes refer to this data config by its key "
+                            f"'{name}', as in Olive, not by {d['name']!r}")
+            out.append({**d, "name": name} if isinstance(d, dict) else d)
+        return out
 
     # -- whole file -------------------------------------------------------------------------------
     def workflow(self, raw: dict[str, Any]) -> dict[str, Any]:
@@ -320,6 +665,36 @@ class _Translator:
             out.pop("search_strategy")
         elif out.get("search_strategy") is True:
             out["search_strategy"] = {}
+        if "search_strategy" in out:
+            out["search_strategy"] = self.search_strategy(out["search_strategy"])
+        out.pop("$schema", None)  # an editor hint (Olive's JSON Schema URL); it changes nothing
+        if "data_configs" in out:
+            out["data_configs"] = self.data_configs(out["data_configs"])
+        cache_config = self.mapping("cache_config", raw.get("cache_config", engine.pop("cache_config", None)),
+                                    unwrap=False)
+        out.pop("cache_config", None)
+        for k, v in (cache_config or {}).items():
+            if k in CACHE_CONFIG_KEYS:
+                engine.setdefault(CACHE_CONFIG_KEYS[k], v)
+            else:
+                self.ignore(f"cache_config.{k}", "honed's cache is content-addressed and local; see `honed cache`")
+        for k in ("host", "target"):
+            if isinstance(engine.get(k), dict):  # a system written inline: give it a name under systems
+                systems = out.setdefault("systems", {})
+                if isinstance(systems, dict):
+                    name = f"{k}_system" if f"{k}_system" not in systems else f"engine_{k}"
+                    systems[name] = engine[k]
+                    engine[k] = name
+        auto = engine.pop("auto_optimizer_config", None)
+        if isinstance(auto, dict) and not auto.get("disable_auto_optimizer") and not raw.get("passes"):
+            self.auto_optimizer(auto, out, engine)
+        elif auto is not None:
+            self.ignore("engine.auto_optimizer_config", "Olive uses it only when a workflow lists no passes")
+        if raw.get("workflow_host") is not None or engine.get("workflow_host") is not None:
+            why, instead = unsupported_key("workflow_host")
+            self.problems.append(ConfigProblem("workflow_host", f"not supported ({why})", instead))
+        out.pop("workflow_host", None)
+        engine.pop("workflow_host", None)
         for k, why in IGNORED_ENGINE_KEYS.items():
             if k in engine:
                 engine.pop(k)
@@ -341,12 +716,23 @@ class _Translator:
         if isinstance(out.get("data_configs"), list):
             out["data_configs"] = [self.data_config(i, d) for i, d in enumerate(out["data_configs"])]
         if isinstance(out.get("passes"), dict):
+            for n in [n for n, q in out["passes"].items() if isinstance(q, dict)
+                      and _canonical_pass_type(str(_unwrap(q).get("type"))) in SKIPPED_PASSES]:
+                kind = _canonical_pass_type(str(_unwrap(out["passes"].pop(n)).get("type")))
+                self.warnings.append(f"passes.{n}: {kind} skipped ({SKIPPED_PASSES[kind]})")
+                if isinstance(out.get("pass_flows"), list):
+                    out["pass_flows"] = [[x for x in f if x != n] if isinstance(f, list) else f
+                                         for f in out["pass_flows"]]
             out["passes"] = {
                 n: [self.pass_entry(n, q) for q in p] if isinstance(p, list) else self.pass_entry(n, p)
                 for n, p in out["passes"].items()
             }
         if isinstance(out.get("evaluators"), dict):
-            out["evaluators"] = {n: _unwrap(e) for n, e in out["evaluators"].items()}
+            out["evaluators"] = {n: self.evaluator(n, _unwrap(e)) for n, e in out["evaluators"].items()}
+        if self.new_data_configs:
+            datas = out.get("data_configs")
+            if datas is None or isinstance(datas, list):
+                out["data_configs"] = [*(datas or []), *self.new_data_configs]
         systems = raw.get("systems")
         kept = out.get("systems")
         dropped = ({n for n in systems if not isinstance(kept, dict) or n not in kept}

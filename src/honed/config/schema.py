@@ -7,6 +7,7 @@ pass's own config model (see ``honed.config.load``), so this file knows no pass.
 
 from __future__ import annotations
 
+import typing
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
@@ -85,10 +86,15 @@ class InputModelConfig(_Strict):
     )
 
 
+SystemType = Literal["LocalSystem", "PythonEnvironment"]
+SYSTEM_TYPES: tuple[str, ...] = typing.get_args(SystemType)
+"""The system types honed has; messages recommend only these."""
+
+
 class SystemConfig(_Strict):
     """Where passes run (host) or what a model is built for (target)."""
 
-    type: Literal["LocalSystem", "PythonEnvironment"] = Field(
+    type: SystemType = Field(
         "LocalSystem", description="LocalSystem runs in this process; PythonEnvironment in another interpreter."
     )
     accelerators: list[Accelerator] = Field(
@@ -97,6 +103,31 @@ class SystemConfig(_Strict):
     python_environment_path: LocalPath | None = Field(
         None, description="PythonEnvironment only: the folder holding the interpreter (a venv's bin/)."
     )
+    managed_env: StrictBool = Field(
+        False, description="PythonEnvironment only, instead of python_environment_path: honed builds a virtual "
+        "environment under <cache_dir>/envs/ from requirements_file (host packages stay importable; the "
+        "requirements' versions come first) and reuses it while the file is unchanged (Olive's olive_managed_env)."
+    )
+    requirements_file: LocalPath | None = Field(
+        None, description="With managed_env: a pip requirements file installed into the managed environment "
+        "(relative: the working directory, else beside the config). Its content is part of every pass's cache key."
+    )
+
+    @field_validator("managed_env")
+    @classmethod
+    def _managed_python_env(cls, v: bool, info: Any) -> bool:  # info: pydantic.ValidationInfo
+        if v and info.data.get("type") != "PythonEnvironment":
+            raise ValueError("only a PythonEnvironment system can be managed; set type: PythonEnvironment")
+        if v and info.data.get("python_environment_path"):
+            raise ValueError("managed_env and python_environment_path exclude each other; keep one")
+        return v
+
+    @field_validator("requirements_file")
+    @classmethod
+    def _requirements_need_managed(cls, v: str | None, info: Any) -> str | None:  # pydantic.ValidationInfo
+        if v is not None and info.data.get("managed_env") is False:  # absent: managed_env itself is wrong
+            raise ValueError("only read with managed_env: true; set it or remove requirements_file")
+        return v
 
     @field_validator("accelerators")
     @classmethod
@@ -124,13 +155,21 @@ class EngineConfig(_Strict):
     )
     seed: int = Field(0, ge=0, le=SEED_MAX,
                       description="Seed for search samplers and anything else random in the engine (0 to 2**32-1).")
+    generate_config_only: StrictBool = Field(
+        False, description="Write the resolved workflow (honed's schema) to output_dir/workflow.json and run "
+        "nothing (Olive's auto_optimizer_config.generate_config_only).",
+    )
 
 
 class SearchStrategy(_Strict):
     """How to search pass parameters (see honed.search)."""
 
     execution_order: Literal["joint", "pass-by-pass"] = Field("joint", description="Search all passes jointly.")
-    sampler: Literal["sequential", "random", "tpe"] = Field("sequential", description="How to pick trials.")
+    sampler: Literal["sequential", "random", "tpe", "qmc", "nsgaII"] = Field(
+        "sequential", description="How to pick trials: sequential (every point in order), random, or optuna's "
+        "tpe, qmc (quasi-Monte Carlo) or nsgaII (Olive's search_algorithm names exhaustive/random/tpe/qmc/nsgaII "
+        "map here)."
+    )
     max_iter: int | None = Field(None, gt=0, description="Stop after this many trials.")
     max_time: float | None = Field(None, gt=0, description="Stop after this many seconds.")
     stop_when_goals_met: StrictBool = Field(False, description="Stop at the first trial meeting every goal.")
@@ -162,6 +201,23 @@ class WorkflowConfig(_Strict):
     passes: dict[str, PassEntry] = Field(default_factory=dict, description="Passes, run in this order.")
     engine: EngineConfig = Field(default_factory=EngineConfig)
     search_strategy: SearchStrategy | None = Field(None, description="Set to search pass parameters.")
+    pass_flows: list[list[str]] | None = Field(
+        None, description="Olive's pass flows: each list names passes (from `passes`) run in that order as its own "
+        "branch over the shared cache, written to output_dir/<flow>/ (the pass names joined by '-'); the top "
+        "output_dir then holds footprints.json and report.html comparing the flows.",
+    )
+
+    @field_validator("pass_flows")
+    @classmethod
+    def _flows(cls, v: list[list[str]] | None) -> list[list[str]] | None:
+        if v is not None:
+            if not v or any(not flow for flow in v):
+                raise ValueError("needs at least one flow, each naming at least one pass")
+            names = ["-".join(flow) for flow in v]
+            dup = sorted({n for n in names if names.count(n) > 1})
+            if dup:
+                raise ValueError(f"flows must differ; repeated: {', '.join(dup)}")
+        return v
 
     @field_validator("data_configs")
     @classmethod

@@ -2,10 +2,10 @@
 
 Public entry points::
 
-    load_rows(cfg) -> datasets.Dataset                     # raw rows
+    load_rows(cfg) -> datasets.Dataset                     # rows: loaded, col_filters, user components
     build_datasets(cfg, tokenizer, ...) -> Splits          # train/eval token sequences
     fingerprint(cfg) -> str                                # content hash for cache keys
-    split_template(template) -> (prompt, last field | None)
+    split_template(template) -> (prompt, answer field | None)
     format_rows(cfg, dataset, tokenizer=None) -> list[str]
 """
 

@@ -25,15 +25,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from honed.data.config import DataConfig
-from honed.data.formatting import Formatted, check_columns, completion_default, format_examples
-from honed.data.packing import pack, tokenize
+from honed.data.components import PreTokenized, is_tokenized, pretokenized_examples
+from honed.data.config import DataConfig, use_problem
+from honed.data.formatting import Formatted, check_columns, format_examples, loss_rule
+from honed.data.packing import Tokenized, loss_note, pack, tokenize, warn_once
 from honed.data.sources import drop_raw_cache, load_rows, locate_row, quiet_datasets, source_fingerprint
 from honed.errors import DataError
 
 log = logging.getLogger("honed")
 
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
 """Bump when the produced sequences change for the same inputs (invalidates caches)."""
 
 
@@ -59,7 +60,54 @@ def fingerprint(cfg: DataConfig) -> str:
     user_script = cfg.pre_process_data_config.user_script
     script = hashlib.sha256(Path(user_script).read_bytes()).hexdigest() if user_script else None
     options["pre_process_data_config"]["user_script"] = script
+    if cfg.user_script:  # the code that loads or prepares the rows, and the files its arguments name
+        options["user_script"] = hashlib.sha256(Path(cfg.user_script).read_bytes()).hexdigest()
+        options["script_dir"] = _tree_digest(Path(cfg.script_dir), "*.py") if cfg.script_dir else None
+        options["named_files"] = _named_files([cfg.load_dataset_config.params, cfg.pre_process_data_config.params])
     return _digest({"source": source_fingerprint(cfg), "options": options, "v": FORMAT_VERSION})
+
+
+MAX_TREE_FILES = 10_000
+"""Most files a folder named in a user function's arguments contributes to the key (by name, size, mtime)."""
+
+
+def _tree_digest(folder: Path, pattern: str = "*") -> str:
+    """Hash of the names, sizes and mtimes of ``folder``'s files (contents for .py files): a folder of data
+    a user function reads would take too long to hash by content on every run.  Hidden entries,
+    ``__pycache__`` and honed cache folders inside it (``.honed-cache`` marker) are left out."""
+    h = hashlib.sha256()
+    files = []
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__pycache__"
+                         and not (Path(root) / d / ".honed-cache").exists())
+        files += [Path(root) / n for n in names if not n.startswith(".") and Path(n).match(pattern)]
+        if len(files) >= MAX_TREE_FILES:
+            break
+    for f in sorted(files)[:MAX_TREE_FILES]:
+        st = f.stat()
+        h.update(f"{f.relative_to(folder)}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+        if f.suffix == ".py":
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def _named_files(obj: Any) -> dict[str, str]:
+    """Path -> content hash (file) or tree digest (folder) of every local path in a user function's arguments."""
+    out: dict[str, str] = {}
+    if isinstance(obj, dict):
+        for v in obj.values():
+            out |= _named_files(v)
+    elif isinstance(obj, list | tuple):
+        for v in obj:
+            out |= _named_files(v)
+    elif isinstance(obj, str) and 0 < len(obj) < 4096 and "\0" not in obj and "://" not in obj:
+        p = Path(obj).expanduser()
+        with contextlib.suppress(OSError):
+            if p.is_file():
+                out[obj] = hashlib.sha256(p.read_bytes()).hexdigest()
+            elif p.is_dir() and p.resolve() != Path(p.resolve().anchor):
+                out[obj] = _tree_digest(p)
+    return out
 
 
 _BODY_HASHES: weakref.WeakKeyDictionary[Any, tuple[int, str]] = weakref.WeakKeyDictionary()
@@ -97,15 +145,17 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 
 def _prepare_rows(cfg: DataConfig, tokenizer: Any, cache_dir: Path | None, seed: int) -> tuple[list[Formatted], dict]:
     """Formatted, de-duplicated rows of one config and counts about them."""
-    ds = load_rows(cfg, cache_dir=cache_dir)
+    ds = load_rows(cfg, cache_dir=cache_dir, tokenizer=tokenizer)
+    pretokenized = is_tokenized(cfg, ds)  # a user's pre_process_data (or the file) gave token ids
     try:
-        check_columns(cfg, ds, lambda i: locate_row(cfg, i))
+        if not pretokenized:
+            check_columns(cfg, ds, lambda i: locate_row(cfg, i))
     except DataError:
         drop_raw_cache(ds, cache_dir)
         raise
     pp = cfg.pre_process_data_config
     stats: dict[str, Any] = {"rows": len(ds)}
-    examples = format_examples(cfg, ds, tokenizer)
+    examples = pretokenized_examples(cfg, ds, tokenizer) if pretokenized else format_examples(cfg, ds, tokenizer)
     if pp.shuffle:  # shuffled after formatting so each row keeps its index (errors name its line)
         random.Random(pp.seed if pp.seed is not None else seed).shuffle(examples)
     if pp.dedupe:
@@ -161,7 +211,12 @@ def _to_dataset(rows: list[dict[str, list[int]]]) -> Any:
 
 def _sequences(cfg: DataConfig, examples: list[Formatted], tokenizer: Any, prefix: str) -> tuple[Any, dict]:
     pp = cfg.pre_process_data_config
-    toks = tokenize(examples, tokenizer, pp, completion_default(cfg))
+    if examples and isinstance(examples[0], PreTokenized):
+        rule = None
+        toks = [Tokenized(list(e.ids), list(e.labels)) for e in examples if isinstance(e, PreTokenized)]
+    else:
+        rule = loss_rule(cfg)
+        toks = tokenize(examples, tokenizer, pp, rule.completion)
     joiner = tokenizer(pp.joiner, add_special_tokens=False)["input_ids"] if pp.joiner else []
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     packed = pack(toks, pp, pad_id=pad, joiner_ids=joiner, where=lambda i: locate_row(cfg, examples[i].index))
@@ -173,6 +228,10 @@ def _sequences(cfg: DataConfig, examples: list[Formatted], tokenizer: Any, prefi
         f"{prefix}_label_tokens": sum(sum(1 for x in r["labels"] if x != -100) for r in packed.rows),
         f"{prefix}_longest_row_tokens": max(lengths, default=0),
     } | {f"{prefix}_{k}": v for k, v in packed.stats.items() if v}
+    note = loss_note(cfg.name, rule, examples, toks) if prefix == "train" and rule is not None else None
+    if note:  # kept in stats so a cache hit repeats it
+        stats["loss_warning"] = note
+        warn_once(note)
     if not packed.rows:
         raise DataError(f"data config '{cfg.name}': packing left no {prefix} sequences (max_seq_len "
                         f"{pp.max_seq_len}, drop_short_sequences {pp.drop_short_sequences}); lower max_seq_len")
@@ -197,6 +256,10 @@ def build_datasets(
     """
     import datasets
 
+    for used in (cfg, eval_config):  # dummy data or a user dataloader cannot feed a pass
+        problem = use_problem(used, "pass") if used is not None else None
+        if problem:
+            raise DataError(problem)
     if eval_dataset_size is not None and eval_config is not None:
         raise DataError("set either eval_dataset_size or an eval data config, not both")
     if not eval_dataset_size:  # Olive treats 0 as "no eval split"
@@ -224,6 +287,7 @@ def build_datasets(
                 shutil.rmtree(trash, ignore_errors=True)
             else:
                 stats |= {"cache": "hit", "seconds": round(time.perf_counter() - start, 3), "cache_key": key}
+                warn_once(stats.get("loss_warning"))
                 return Splits(train, evals, stats)
 
     examples, stats = _prepare_rows(cfg, tokenizer, cache_dir, seed)

@@ -7,13 +7,16 @@ the first token of each row inside a packed block).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from honed.data.config import PreProcessDataConfig
-from honed.data.formatting import Formatted
+from honed.data.formatting import Formatted, LossRule
 from honed.errors import DataError
+
+log = logging.getLogger("honed")
 
 IGNORE = -100
 _CHUNK = 4096
@@ -38,10 +41,13 @@ class Packed:
 def tokenize(
     examples: Sequence[Formatted], tokenizer: Any, pp: PreProcessDataConfig, completion_only: bool
 ) -> list[Tokenized]:
-    """Tokenize rows in batches; under completion-only loss label only tokens that reach into the answer.
+    """Tokenize rows in batches; under completion-only loss label only tokens that reach into a trained span.
 
-    A token is trained when its character span ends past the prompt, so a token that merges the
+    A trained span is the answer, or each span of ``Formatted.loss_spans`` (every assistant turn of a
+    chat).  A token is trained when its character span overlaps one, so a token that merges the
     prompt's last characters with the answer's first is still learned (the answer is never cut).
+    The appended EOS is trained when the row's last token is (a row that trains on nothing stays so).
+    Slow tokenizers (no offsets) count the tokens of each span boundary's text prefix instead.
     """
     add_special = pp.add_special_tokens and not pp.chat_template
     eos = tokenizer.eos_token_id if pp.append_eos else None
@@ -50,28 +56,83 @@ def tokenize(
     for start in range(0, len(examples), _CHUNK):
         chunk = examples[start:start + _CHUNK]
         texts = [e.text for e in chunk]
-        need_offsets = completion_only and fast
+        masked = [completion_only and (bool(e.prompt) or e.trained is not None) for e in chunk]
         enc = tokenizer(texts, add_special_tokens=add_special, return_attention_mask=False,
-                        return_offsets_mapping=need_offsets, verbose=False)
-        prompt_lens: list[int] | None = None
-        if completion_only and not fast:
-            penc = tokenizer([e.prompt for e in chunk], add_special_tokens=add_special, return_attention_mask=False)
-            prompt_lens = [len(p) for p in penc["input_ids"]]
+                        return_offsets_mapping=fast and any(masked), verbose=False)
+        counts: dict[tuple[int, int], int] = {}
+        if not fast and any(masked):  # tokens before each boundary: tokenize the text up to it
+            wanted = sorted({(j, c) for j, e in enumerate(chunk) if masked[j]
+                             for span in e.loss_spans() for c in span if c < len(texts[j])})
+            penc = tokenizer([texts[j][:c] for j, c in wanted], add_special_tokens=add_special,
+                             return_attention_mask=False)["input_ids"] if wanted else []
+            counts = {w: len(ids) for w, ids in zip(wanted, penc, strict=True)}
         for j, ex in enumerate(chunk):
             ids = list(enc["input_ids"][j])
-            if not completion_only or not ex.prompt:
+            if not masked[j]:
                 labels = list(ids)
-            elif prompt_lens is not None:
-                n = prompt_lens[j]
-                labels = [IGNORE] * min(n, len(ids)) + ids[n:]
+            elif fast:
+                spans = ex.loss_spans()
+                offsets = enc["offset_mapping"][j]
+                if len(spans) == 1:  # the common case, kept to one comparison per token
+                    (a, b), = spans
+                    labels = [t if end > a and begin < b else IGNORE for t, (begin, end) in zip(ids, offsets, strict=True)]
+                else:
+                    labels = [t if any(end > a and begin < b for a, b in spans) else IGNORE
+                              for t, (begin, end) in zip(ids, offsets, strict=True)]
             else:
-                cut = len(ex.prompt)
-                labels = [t if end > cut else IGNORE for t, (_, end) in zip(ids, enc["offset_mapping"][j], strict=True)]
+                labels = [IGNORE] * len(ids)
+                for a, b in ex.loss_spans():
+                    lo = counts.get((j, a), len(ids))
+                    hi = counts.get((j, b), len(ids))
+                    labels[lo:hi] = ids[lo:hi]
             if eos is not None and (not ids or ids[-1] != eos):
                 ids.append(eos)
-                labels.append(eos)
+                labels.append(eos if not labels or labels[-1] != IGNORE else IGNORE)
             out.append(Tokenized(ids, labels))
     return out
+
+
+SMALL_SHARE = 0.10
+"""Share of a data set's tokens under the loss below which honed warns that the answer may be cut wrong."""
+_WARNED: set[str] = set()
+
+
+def loss_note(cfg_name: str, rule: LossRule, examples: Sequence[Formatted], rows: Sequence[Tokenized]) -> str | None:
+    """A warning when the loss may not cover what the user meant, with the figures; None when all is well.
+
+    Fires when honed chose the answer boundary and under ``SMALL_SHARE`` of the tokens are trained,
+    when the boundary is a guess or a setting cannot apply (``rule.caveat``), or when rows train on
+    nothing (no ``response_template`` in them).  Counts are over the rows' tokens before packing
+    (no padding), EOS included.
+    """
+    if not rows:
+        return None
+    total = sum(len(r.ids) for r in rows)
+    trained = sum(1 for r in rows for x in r.labels if x != IGNORE)
+    empty = sum(1 for e, r in zip(examples, rows, strict=True) if rule.completion and all(x == IGNORE for x in r.labels))
+    small = rule.completion and not rule.explicit and trained < SMALL_SHARE * total
+    if not (small or rule.caveat or empty):
+        return None
+    n = len(rows)
+    figures = (f"the loss covers {trained} of {total} tokens ({100 * trained / max(total, 1):.1f}%; "
+               f"{trained / n:.1f} of {total / n:.1f} per row): {rule.rule}")
+    notes = []
+    if rule.caveat:
+        notes.append(rule.caveat)
+    if empty:
+        first = next(e for e, r in zip(examples, rows, strict=True) if all(x == IGNORE for x in r.labels))
+        notes.append(f"{empty} of {n} rows train on nothing (e.g. row {first.index}: "
+                     f"{first.text[:80]!r}); check response_template")
+    fix = ("To train on the whole answer, set pre_process_data_config.response_template to the text that ends "
+           "the prompt (e.g. '<|assistant|>\\n'), or completion_only: false to train on every token")
+    return f"data config '{cfg_name}': {figures}" + "".join(f"; {x}" for x in notes) + f". {fix}"
+
+
+def warn_once(message: str | None) -> None:
+    """Log ``message`` as a warning the first time this process sees it."""
+    if message and message not in _WARNED:
+        _WARNED.add(message)
+        log.warning("%s", message)
 
 
 def _row(ids: list[int], labels: list[int], positions: list[int] | None = None) -> dict[str, list[int]]:

@@ -7,6 +7,7 @@ from collections import Counter
 from typing import Any
 
 from honed.data.build import build_datasets
+from honed.data.components import is_tokenized, token_rows
 from honed.data.config import DataConfig
 from honed.data.formatting import answer_column, check_columns, completion_default, format_examples
 from honed.data.packing import IGNORE, tokenize
@@ -18,7 +19,9 @@ def preview(
     seed: int = 0,
 ) -> dict[str, Any]:
     """A summary of ``cfg``'s data; token and packing counts only when a tokenizer is given."""
-    ds = load_rows(cfg)
+    ds = load_rows(cfg, tokenizer=tokenizer)
+    if is_tokenized(cfg, ds):
+        return _preview_tokens(cfg, ds, tokenizer, n, eval_dataset_size, seed)
     check_columns(cfg, ds, lambda i: locate_row(cfg, i))
     examples = format_examples(cfg, ds, tokenizer)
     texts = Counter(e.text for e in examples)
@@ -59,3 +62,23 @@ def preview(
     out["max_seq_len"] = pp.max_seq_len
     return out
 
+
+
+def _preview_tokens(cfg: DataConfig, ds: Any, tokenizer: Any, n: int, eval_dataset_size: float | int | None,
+                    seed: int) -> dict[str, Any]:
+    """Summary of rows that arrived tokenized (a user's pre_process_data returned input_ids)."""
+    rows = token_rows(cfg, ds)
+    lengths = [len(ids) for ids, _ in rows]
+    keys = Counter((tuple(ids), tuple(labels)) for ids, labels in rows)
+    out: dict[str, Any] = {
+        "name": cfg.name, "rows": len(ds), "columns": list(ds.column_names), "tokenized": True,
+        "duplicate_rows": sum(c - 1 for c in keys.values()), "distinct_rows": len(keys),
+        "samples": [{"tokens": len(ids), "label_tokens": sum(1 for x in labels if x != IGNORE),
+                     **({"text": tokenizer.decode(ids)} if tokenizer is not None else {})} for ids, labels in rows[:n]],
+        "tokens": {"total": sum(lengths), "min": min(lengths), "mean": round(statistics.fmean(lengths), 1),
+                   "max": max(lengths)},
+    }
+    if tokenizer is not None:
+        splits = build_datasets(cfg, tokenizer, eval_dataset_size=eval_dataset_size, seed=seed)
+        out["packing"] = {k: v for k, v in splits.stats.items() if k not in ("cache", "seconds", "rows")}
+    return out

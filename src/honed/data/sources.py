@@ -125,7 +125,8 @@ def loader_name(cfg: DataConfig, files: list[str]) -> str:
 def is_hub(cfg: DataConfig) -> bool:
     """True when rows come from a hub dataset id (or a dataset folder) rather than data files."""
     lc = cfg.load_dataset_config
-    return not data_files(cfg) and bool(lc.data_name) and lc.data_name not in FILE_LOADERS
+    return (not data_files(cfg) and bool(lc.data_name) and lc.data_name not in FILE_LOADERS
+            and not cfg.user_component("load_dataset"))
 
 
 def resolved_files(cfg: DataConfig) -> list[str]:
@@ -158,12 +159,42 @@ def quiet_datasets() -> Iterator[None]:
             datasets.enable_progress_bars()
 
 
-def load_rows(cfg: DataConfig, *, cache_dir: Path | None = None) -> Any:
-    """Raw rows of ``cfg`` as a ``datasets.Dataset`` (no formatting, no tokenizing).
+def load_rows(cfg: DataConfig, *, cache_dir: Path | None = None, tokenizer: Any = None) -> Any:
+    """Rows of ``cfg`` as a ``datasets.Dataset``: loaded (by honed or the user's load_dataset function),
+    filtered by col_filters and passed through the user's pre_process_data function when there is one;
+    no formatting, no tokenizing.  ``tokenizer`` fills in a user pre_process function's model_name.
 
     Raises DataError naming the file, the line and the fix for a missing, empty, malformed
     or wrongly encoded file, or a hub dataset that is not reachable.
     """
+    from honed.data.components import to_dataset
+
+    what = f"data config '{cfg.name}': " + ("pre_process_data_config.type" if cfg.user_component("pre_process_data")
+                                            else "load_dataset_config.type")
+    return to_dataset(prepared(cfg, cache_dir=cache_dir, tokenizer=tokenizer), what)
+
+
+def prepared(cfg: DataConfig, *, cache_dir: Path | None = None, tokenizer: Any = None) -> Any:
+    """What the load and pre-process components produce, before it becomes a ``datasets.Dataset``
+    (a user's pre_process_data may return a torch Dataset, which a user dataloader then batches)."""
+    from honed.data.components import filter_rows, to_dataset, user_load, user_pre_process
+
+    if cfg.is_dummy:
+        raise DataError(f"data config '{cfg.name}' is {cfg.type}: made-up inputs for latency/throughput metrics, "
+                        "with no rows; use a data config with data_files or data_name here")
+    if cfg.user_component("load_dataset"):
+        rows = user_load(cfg)
+        if cfg.load_dataset_config.col_filters:
+            rows = filter_rows(cfg, to_dataset(rows, f"data config '{cfg.name}': load_dataset_config.type"))
+    else:
+        rows = filter_rows(cfg, _load_source(cfg, cache_dir))
+    if cfg.user_component("pre_process_data"):
+        rows = user_pre_process(cfg, rows, tokenizer)
+    return rows
+
+
+def _load_source(cfg: DataConfig, cache_dir: Path | None) -> Any:
+    """Rows of data_files or the hub dataset, as datasets loads them."""
     import datasets
     import pyarrow as pa
 
@@ -415,8 +446,10 @@ def _check_binary(path: str, builder: str) -> DataError | None:
 
 def locate_row(cfg: DataConfig, index: int) -> str:
     """'file, line N' of the row at ``index`` for local line-based files; else 'row N'."""
-    if is_hub(cfg):
+    if is_hub(cfg) or cfg.user_component("load_dataset") or cfg.user_component("pre_process_data"):
         return f"row {index}"
+    if cfg.load_dataset_config.col_filters:
+        return f"row {index} of those col_filters kept"
     try:
         files = resolved_files(cfg)
     except DataError:

@@ -37,7 +37,64 @@ class Footprints:
     """Metrics of the input and output models and the goal checks (see honed.evaluate)."""
     search: dict[str, Any] | None = None
     """Every trial of a search, the Pareto front and the ranking (see honed.search)."""
+    flows: dict[str, Any] | None = None
+    """With Olive's ``pass_flows``: per flow, its output folder (under this one), model, steps and evaluation."""
 
 
 def read_footprints(path: Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
+
+
+def model_contents(handle: Any) -> dict[str, Any]:
+    """What an ONNX/genai model's files hold, read from the files (not from any pass config): weight bytes
+    per precision (``weight_bytes``, and ``weight_mib`` in MiB), node counts per op type (``op_counts``)
+    and the ai.onnx opset. Other model kinds, or files that cannot be parsed, give ``{}``."""
+    import logging
+
+    from google.protobuf.message import DecodeError
+
+    from honed.errors import UserError
+    from honed.passes._onnx_common import load_graph_only, onnx_file, op_counts, weight_bytes
+
+    if handle is None or handle.kind not in ("onnx", "genai"):
+        return {}
+    try:
+        folder = Path(handle.path)
+        files = sorted(folder.glob("*.onnx")) if handle.kind == "genai" and folder.is_dir() else [onnx_file(handle)]
+        weights: dict[str, int] = {}
+        ops: dict[str, int] = {}
+        opsets: set[int] = set()
+        for f in files:
+            m = load_graph_only(f)
+            for k, v in weight_bytes(m).items():
+                weights[k] = weights.get(k, 0) + v
+            for k, v in op_counts(m).items():
+                ops[k] = ops.get(k, 0) + v
+            opsets |= {o.version for o in m.opset_import if o.domain in ("", "ai.onnx")}
+    except (OSError, DecodeError, UserError) as e:
+        logging.getLogger("honed").debug("cannot describe %s: %s", handle.path, e)
+        return {}
+    weights = dict(sorted(weights.items(), key=lambda kv: -kv[1]))
+    return {
+        "weight_bytes": weights,
+        "weight_mib": {k: round(v / 2**20, 4) for k, v in weights.items()},
+        "op_counts": dict(sorted(ops.items(), key=lambda kv: -kv[1])),
+        "opset": min(opsets) if len(opsets) == 1 else sorted(opsets),
+    }
+
+
+def describe_output(handle: Any) -> dict[str, Any]:
+    """The ``output_model`` entry of footprints.json: the handle plus ``contents`` read from its files."""
+    if handle is None:
+        return {}
+    described = handle.model_dump(mode="json")
+    contents = model_contents(handle)
+    if contents:
+        described["contents"] = contents
+    return described
+
+
+def step_contents(handle: Any) -> dict[str, Any]:
+    """A pass's footprint addition: ``{"model_contents": ...}`` for an ONNX/genai output, else ``{}``."""
+    contents = model_contents(handle)
+    return {"model_contents": contents} if contents else {}

@@ -24,7 +24,8 @@ from typing import Any
 from honed.config.load import Workflow
 from honed.config.paths import is_url, resolve_local
 from honed.config.schema import FROM_PRETRAINED_KEYS
-from honed.data.config import DataConfig, data_config_refs
+from honed.data.components import reads_files
+from honed.data.config import DataConfig, data_config_refs, use_problem
 from honed.data.formatting import required_columns
 from honed.data.sources import LOADERS, data_files, is_hub, loader_name
 from honed.errors import ConfigError, ConfigProblem, DataError
@@ -51,8 +52,31 @@ def preflight(wf: Workflow, out_dir: Path, cache_root: Path) -> None:
     problems += _model_chain(wf)
     problems += _input_model(wf)
     problems += _data(wf)
+    problems += _lm_evaluator(wf)
+    problems += _managed_envs(wf)
     if problems:
         raise ConfigError(problems, str(wf.source) if wf.source else "")
+
+
+def _managed_envs(wf: Workflow) -> list[ConfigProblem]:
+    """A managed PythonEnvironment whose requirements file is missing (it is read for the cache key)."""
+    out = []
+    for name, cfg in wf.config.systems.items():
+        req = cfg.requirements_file
+        found = resolve_local(req, wf.config_dir) if cfg.managed_env and req else None
+        if req and cfg.managed_env and (found is None or not found.is_file()):
+            out.append(ConfigProblem(f"systems.{name}.requirements_file", f"file not found: '{req}'",
+                                     "give the pip requirements file (relative: the working directory or "
+                                     "beside the config)"))
+    return out
+
+
+def _lm_evaluator(wf: Workflow) -> list[ConfigProblem]:
+    """An LMEvaluator without lm-eval installed, or whose task YAMLs name missing local data."""
+    from honed.evaluate.lmeval import preflight_problems
+
+    ev = wf.config.evaluators.get(wf.engine.evaluator) if wf.engine.evaluator else None
+    return preflight_problems(f"evaluators.{wf.engine.evaluator}", ev) if ev else []
 
 
 # -- passes -------------------------------------------------------------------------------------------
@@ -79,11 +103,12 @@ def _model_chain(wf: Workflow) -> list[ConfigProblem]:
     source = f"the input model ({wf.input_model.type})"
     for step in wf.steps:
         cls = step.pass_cls
-        if kinds and not kinds & set(cls.accepts):
+        accepted = cls.accepted_kinds(step.config)
+        if kinds and not kinds & set(accepted):
             got = "/".join(sorted(kinds))
             out.append(ConfigProblem(
                 f"passes.{step.name}",
-                f"{cls.name} takes {'/'.join(cls.accepts)} models but receives the {got} model of {source}",
+                f"{cls.name} takes {'/'.join(accepted)} models but receives the {got} model of {source}",
                 "reorder or remove passes",
             ))
         kinds = set(cls.produces)  # empty: not declared, later kinds unknown
@@ -190,12 +215,29 @@ def _data(wf: Workflow) -> list[ConfigProblem]:
     for i, cfg in enumerate(wf.config.data_configs):
         if cfg.name in used:
             out += _data_config(f"data_configs[{i}]", cfg)
+    return out + _data_uses(wf)
+
+
+def _data_uses(wf: Workflow) -> list[ConfigProblem]:
+    """Data a use cannot take (honed.data.config.use_problem): dummy data for a pass or an accuracy metric, a
+    user dataloader where honed batches, a user post-processing function for accuracy."""
+    by_name = {d.name: d for d in wf.config.data_configs}
+    uses = [(key, name, getattr(step.pass_cls, "data_use", "pass")) for step in wf.steps  # timing passes: latency
+            for key, name in data_config_refs(step.config.model_dump(), f"passes.{step.name}")]
+    ev = wf.config.evaluators.get(wf.engine.evaluator) if wf.engine.evaluator else None
+    uses += [(f"evaluators.{wf.engine.evaluator}.metrics[{i}].data_config", m.data_config, m.type)
+             for i, m in enumerate(ev.metrics if ev else []) if m.data_config]
+    out = []
+    for key, name, use in uses:
+        problem = use_problem(by_name[name], use) if name in by_name else None
+        if problem:
+            out.append(ConfigProblem(key, problem))
     return out
 
 
 def _data_config(key: str, cfg: DataConfig) -> list[ConfigProblem]:
-    if is_hub(cfg):
-        return []  # fetched (and checked) when the pass loads it
+    if is_hub(cfg) or not reads_files(cfg):
+        return []  # hub data is checked when fetched; dummy data and a user_script's loader read no file here
     entries = data_files(cfg)
     if not entries:
         return [ConfigProblem(f"{key}.load_dataset_config", f"data config '{cfg.name}' names no data",
@@ -222,6 +264,12 @@ def _data_config(key: str, cfg: DataConfig) -> list[ConfigProblem]:
         return [ConfigProblem(files_key, problem)]
     if columns is None:
         return []  # a format the preflight does not peek into (parquet without pyarrow, arrow)
+    missing = [c for c in cfg.load_dataset_config.col_filters or {} if c not in columns]
+    if missing:
+        return [ConfigProblem(f"{key}.load_dataset_config.col_filters.{missing[0]}", f"no column '{missing[0]}' in "
+                              f"{first}", f"its columns are {columns}; fix col_filters")]
+    if cfg.user_component("pre_process_data"):
+        return []  # the user's function makes the columns the formatting reads
     return _columns(key, cfg, first, columns)
 
 
@@ -328,7 +376,7 @@ def _columns(key: str, cfg: DataConfig, path: Path, columns: list[str]) -> list[
     if not missing:
         return []
     field = ("chat_messages" if pp.chat_template and pp.chat_messages else "messages_column" if pp.chat_template
-             else "text_template" if pp.text_template else "text_cols")
+             else "text_template" if pp.text_template else "input_cols" if pp.input_cols else "text_cols")
     return [ConfigProblem(f"{key}.pre_process_data_config.{field}",
                           f"column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} not in {path}",
                           f"its columns are {columns}; fix {field} or the data")]

@@ -8,6 +8,7 @@ into the cache and its handle feeds the next pass.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -18,9 +19,10 @@ from typing import Any
 
 import honed
 from honed.config.load import PassStep, Workflow
+from honed.config.paths import resolve_local
 from honed.data.config import DataConfig
 from honed.engine.cache import MARKER, Cache, Entry, open_problem
-from honed.engine.footprints import Footprints, StepRecord
+from honed.engine.footprints import Footprints, StepRecord, describe_output, step_contents
 from honed.engine.hashing import hash_json, hash_path, use_memo
 from honed.engine.keys import pass_key
 from honed.engine.monitor import PeakMemory
@@ -34,7 +36,7 @@ from honed.models.resolve import resolve_model
 from honed.passes.base import PassContext
 from honed.systems.accelerator import Accelerator
 from honed.systems.local import LocalSystem, device_problem
-from honed.systems.python_env import PythonEnvironmentSystem, find_python
+from honed.systems.python_env import ManagedEnv, PythonEnvironmentSystem, find_python
 from honed.util.fs import user_path
 
 log = logging.getLogger("honed")
@@ -62,6 +64,10 @@ class RunResult:
     """Input/output metrics and goal checks when an evaluator is set (see ``_evaluate``)."""
     search: dict[str, Any] | None = None
     """Trials, Pareto front and ranking of a search (see honed.search.runner)."""
+    flows: dict[str, RunResult] = field(default_factory=dict)
+    """With ``pass_flows``: each flow's own result (its output folder is ``output_dir/<flow>``)."""
+    flows_summary: dict[str, Any] | None = None
+    """What the top footprints.json records per flow: output folder, model, steps, evaluation."""
 
     @property
     def footprints_path(self) -> Path:
@@ -77,8 +83,18 @@ def _accelerators(wf: Workflow) -> tuple[Accelerator, Accelerator]:
     return host, target
 
 
-def _host_system(wf: Workflow, host: Accelerator) -> LocalSystem | PythonEnvironmentSystem:
+def _host_system(wf: Workflow, host: Accelerator, cache_root: Path,
+                 dry_run: bool) -> LocalSystem | PythonEnvironmentSystem:
     cfg = wf.config.systems.get(wf.engine.host) if wf.engine.host else None
+    if cfg is not None and cfg.type == "PythonEnvironment" and cfg.managed_env:
+        label = f"systems.{wf.engine.host}"
+        req = resolve_local(cfg.requirements_file, wf.config_dir) if cfg.requirements_file else None
+        if cfg.requirements_file and req is None:
+            raise UserError(f"{label}.requirements_file: file not found: '{cfg.requirements_file}'; fix the path")
+        env = ManagedEnv(cache_root, req, label)  # built by the first pass that runs, never in a dry run
+        if dry_run and not env.exists:
+            log.info("%s: a run creates the managed Python environment %s", label, env.path)
+        return PythonEnvironmentSystem(host, env=env)
     if cfg is not None and cfg.type == "PythonEnvironment":
         if not cfg.python_environment_path:
             raise UserError(f"systems.{wf.engine.host}.python_environment_path: required for a PythonEnvironment; "
@@ -117,6 +133,9 @@ def run_workflow(
     parameters runs one trial per point (``honed.search.runner``).  ``write_output`` False leaves
     the output folder alone (search trials)."""
     display = display or RunDisplay(quiet=True)
+    if wf.flows:
+        return run_flows(wf, output_dir=output_dir, cache_dir=cache_dir, dry_run=dry_run, display=display,
+                         write_output=write_output)
     if wf.search_space is not None and not dry_run:
         from honed.search.runner import run_search
 
@@ -129,6 +148,8 @@ def run_workflow(
         raise UserError(f"engine.cache_dir (or --cache-dir): {problem}")
     if write_output:
         check_output_dir(out_dir, cache_root)
+    if wf.engine.generate_config_only and not dry_run:
+        return _write_config_only(wf, out_dir)
     host, target = _accelerators(wf)
     if not dry_run:
         for role, acc, key in (("host", host, wf.engine.host), ("target", target, wf.engine.target)):
@@ -142,7 +163,7 @@ def run_workflow(
         use_memo(cache_root)  # a dry run reads the cache's remembered hashes, and writes nothing else
     model = _input_handle(wf, cache_root, dry_run)
     input_model = model
-    system = _host_system(wf, host)
+    system = _host_system(wf, host, cache_root, dry_run)
     result = RunResult(model=None, output_dir=out_dir, dry_run=dry_run)
     data_configs = wf.data_configs
     current_id = model.id
@@ -155,9 +176,10 @@ def run_workflow(
             result.plan.append(PlannedStep(step.name, step.pass_cls.name, config_json, key, cached))
             current_id = key
             continue
-        if model.kind not in step.pass_cls.accepts:
+        accepted = step.pass_cls.accepted_kinds(step.config)
+        if model.kind not in accepted:
             raise UserError(
-                f"passes.{step.name}: {step.pass_cls.name} takes {'/'.join(step.pass_cls.accepts)} models but "
+                f"passes.{step.name}: {step.pass_cls.name} takes {'/'.join(accepted)} models but "
                 f"receives a {model.kind} model; reorder the passes"
             )
         record = StepRecord(name=step.name, type=step.pass_cls.name, config=config_json, input_id=current_id,
@@ -188,12 +210,59 @@ def run_workflow(
     return result
 
 
+def _write_config_only(wf: Workflow, out_dir: Path) -> RunResult:
+    """``engine.generate_config_only``: the resolved workflow as ``out_dir/workflow.json`` (and footprints saying
+    nothing ran); run it with ``honed run --config out_dir/workflow.json``."""
+    import json
+
+    from honed.config.load import honed_dict
+    from honed.engine.outputs import rewrite_owned
+
+    result = RunResult(model=None, output_dir=out_dir)
+    write_output_dir(None, out_dir, footprints_for(wf, result))
+    config = honed_dict(wf)
+    config["engine"].pop("generate_config_only", None)
+    rewrite_owned(out_dir, "workflow.json", json.dumps(config, indent=2) + "\n")
+    log.info("generate_config_only: wrote %s; nothing ran", out_dir / "workflow.json")
+    return result
+
+
+def run_flows(wf: Workflow, *, output_dir: str | Path | None, cache_dir: str | Path | None, dry_run: bool,
+              display: RunDisplay, write_output: bool) -> RunResult:
+    """Run each of Olive's ``pass_flows`` as its own branch over the shared cache (a pass prefix two flows share
+    runs once) into ``output_dir/<flow>/``; ``output_dir`` then holds the footprints and report comparing them."""
+    out_dir = user_path(output_dir or wf.engine.output_dir, "engine.output_dir")
+    if write_output and not dry_run:
+        check_output_dir(out_dir, user_path(cache_dir or wf.engine.cache_dir, "engine.cache_dir"))
+    result = RunResult(model=None, output_dir=out_dir, dry_run=dry_run)
+    runs: dict[str, RunResult] = {}
+    for name, flow in wf.flows:
+        display.line(f"[bold]flow {name}[/]")
+        runs[name] = run_workflow(flow, output_dir=out_dir / name, cache_dir=cache_dir, dry_run=dry_run,
+                                  display=display, write_output=write_output)
+        result.plan += [dataclasses.replace(s, name=f"{name}/{s.name}") for s in runs[name].plan]
+    result.flows = runs
+    if dry_run or not write_output:
+        return result
+    result.flows_summary = {
+        name: {"output_dir": name, "model": r.model.model_dump(mode="json") if r.model else None,
+               "steps": [dataclasses.asdict(s) for s in r.steps], "evaluation": r.evaluation,
+               "search": r.search is not None}
+        for name, r in runs.items()
+    }
+    top = Footprints(source=str(wf.source) if wf.source else None, generation=wf.generation,
+                     honed_version=honed.__version__, input_model=_input_summary(wf), steps=[], output_model={},
+                     flows=result.flows_summary)
+    write_output_dir(None, out_dir, top, report=html_report(out_dir))
+    return result
+
+
 def footprints_for(wf: Workflow, result: RunResult) -> Footprints:
     """The footprints of a finished run."""
     return Footprints(
         source=str(wf.source) if wf.source else None, generation=wf.generation, honed_version=honed.__version__,
         input_model=_input_summary(wf), steps=result.steps,
-        output_model=result.model.model_dump(mode="json") if result.model else {},
+        output_model=describe_output(result.model),
         evaluation=result.evaluation, search=result.search,
     )
 
@@ -277,7 +346,7 @@ def _run_step(
             raise PassFailed(step.name, e) from e
         wall = time.perf_counter() - start
         record.cached, record.wall_s, record.peak_rss_mb = False, round(wall, 3), mem.peak_mb
-        record.metrics = dict(ctx.metrics)
+        record.metrics = {**ctx.metrics, **step_contents(handle)}
         meta = {"pass": step.name, "type": step.pass_cls.name, "config": record.config, "input_id": model.id,
                 "created": time.time(), "wall_s": record.wall_s, "peak_rss_mb": mem.peak_mb,
                 "metrics": record.metrics, "honed_version": honed.__version__, "pid": os.getpid()}

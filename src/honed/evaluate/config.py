@@ -3,28 +3,66 @@
 A metric is one measurement family (accuracy, latency, ...) over one data config; its sub
 types are the numbers it reports (``accuracy_score``, ``p90``) and each may carry a goal and a
 priority.  Results are keyed ``<metric name>-<sub type>`` as Olive does.
+
+Every metric type and sub type Olive's evaluator defines (olive/evaluator/metric.py: ``MetricType``,
+``AccuracySubType``, ``LatencySubType``, ``ThroughputSubType``, ``SizeOnDiskSubType``) is accepted
+and computed by honed, except ``rtfx`` (speech), which is refused with the alternative.  An evaluator
+with ``type: LMEvaluator`` runs lm-evaluation-harness tasks instead of (or besides) metrics
+(``honed.evaluate.lmeval``), with Olive's LMEvaluator keys.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    StrictBool,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
-from honed.config.paths import PythonFile
+from honed.config.paths import InputPath, LocalPath, PythonFile
 from honed.data.config import MAX_SEQ_LEN
+from honed.systems.accelerator import execution_provider_problem
+
+log = logging.getLogger("honed")
 
 MetricType = Literal["accuracy", "perplexity", "latency", "throughput", "size_on_disk", "memory", "custom"]
 
+_PERCENTILES = ("avg", "max", "min", "p50", "p75", "p90", "p95", "p99", "p999")
+
 SUB_TYPES: dict[str, tuple[str, ...]] = {
-    "accuracy": ("accuracy_score", "f1_score", "precision", "recall", "exact_match"),
+    "accuracy": ("accuracy_score", "f1_score", "precision", "recall", "auroc", "perplexity", "wer",
+                 "exact_match", "relaxed_accuracy", "word_sort_ratio"),
     "perplexity": ("perplexity", "loss"),
-    "latency": ("avg", "p50", "p75", "p90", "p95", "p99", "min", "max"),
-    "throughput": ("avg", "p50", "p90", "min", "max", "tokens_per_s"),
-    "size_on_disk": ("mb",),
+    "latency": _PERCENTILES,
+    "throughput": (*_PERCENTILES, "tokens_per_s"),
+    "size_on_disk": ("mb", "bytes"),
     "memory": ("peak_rss_mb", "delta_rss_mb"),
 }
-"""Sub types each built-in metric reports; ``custom`` reports whatever the user's function returns."""
+"""Sub types each built-in metric reports; ``custom`` reports whatever the user's function returns.
+
+Olive's names map to honed's computation: accuracy_score / f1_score / precision / recall (macro) and
+auroc from the label scores; perplexity as the perplexity metric over the same rows; exact_match,
+relaxed_accuracy, word_sort_ratio and wer compare the predicted text (the chosen label, or the
+generation with ``scoring: generate``) with the label as Olive does; latency in ms; size_on_disk
+bytes or mb (MiB)."""
+
+SUB_TYPE_ALIASES: dict[tuple[str, str], str] = {("accuracy", "auc"): "auroc"}
+"""Older Olive spellings computed as another sub type (Olive 0.2 called auroc 'auc'); the result keeps
+the name the config uses."""
+
+UNSUPPORTED_SUB_TYPES: dict[tuple[str, str], str] = {
+    ("accuracy", "rtfx"): "rtfx is the real-time factor of speech recognition (seconds of audio per second of "
+    "inference) and honed evaluates text models only; measure speed with a throughput metric (tokens_per_s)",
+}
+"""Olive sub types honed cannot compute, with what to use instead."""
 
 DEFAULT_SUB_TYPES: dict[str, tuple[str, ...]] = {
     "accuracy": ("accuracy_score",), "perplexity": ("perplexity",), "latency": ("avg",),
@@ -36,9 +74,44 @@ OLIVE_ONLY_USER_CONFIG = {"data_dir", "io_bind", "inference_settings", "shared_k
 """Olive user_config keys about its own data loaders and sessions; honed measures without them."""
 
 LOWER_IS_BETTER = {"perplexity", "latency", "size_on_disk", "memory"}
+LOWER_IS_BETTER_SUB_TYPES = {"perplexity", "loss", "wer"}
+"""Sub types of a higher-is-better metric type (accuracy) where lower is better."""
+
+TEXT_SUB_TYPES = {"exact_match", "relaxed_accuracy", "word_sort_ratio", "wer"}
+SCORE_SUB_TYPES = {"auroc", "auc"}
+"""Sub types that need each label's score (log-likelihood or classifier logit), not just the prediction."""
+
+METRIC_CONFIG_APPLIED: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "relaxed_accuracy": {"tolerance": (int, float)}, "wer": {"normalize": bool},
+}
+"""metric_config keys honed applies, by sub type, with their types (Olive's names)."""
 
 GoalType = Literal["threshold", "min-improvement", "max-degradation", "percent-min-improvement",
                    "percent-max-degradation"]
+
+METRICS_EVALUATORS = ("OnnxEvaluator", "PyTorchEvaluator")
+"""Olive evaluator types whose work honed's metrics evaluator does (honed picks the runtime from the
+model kind, so an Olive ONNX or PyTorch evaluator is the same thing here)."""
+
+UNSUPPORTED_EVALUATORS: dict[str, str] = {
+    "OpenVINOEvaluator": "honed has no OpenVINO runtime; evaluate the ONNX or genai model with metrics",
+    "QNNEvaluator": "honed has no QNN SDK runtime; evaluate the ONNX model on QNNExecutionProvider with metrics",
+    "MTEBEvaluator": "honed does not run MTEB embedding benchmarks; use a custom metric (user_script) instead",
+}
+
+LM_KEYS = ("tasks", "include_path", "limit", "batch_size", "max_length", "max_gen_toks", "num_fewshot",
+           "bootstrap_iters", "model_class", "device", "execution_provider", "provider_options", "model_args",
+           "apply_chat_template", "system_instruction", "fewshot_as_multiturn", "sample_log_num", "sample_log_dir",
+           "sub_types")
+"""Keys of an LMEvaluator (Olive's type_args plus honed's include_path and sub_types)."""
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        log.warning(message)
 
 
 class _Strict(BaseModel):
@@ -58,7 +131,8 @@ class GoalConfig(_Strict):
 class SubMetricConfig(_Strict):
     """One number a metric reports."""
 
-    name: str = Field(description="Sub type: accuracy_score, f1_score, p90, tokens_per_s, ... (see SUB_TYPES).")
+    name: str = Field(description="Sub type: accuracy_score, f1_score, auroc, p90, tokens_per_s, ... (see SUB_TYPES); "
+                      "in an LMEvaluator, a result key '<task>-<metric>' such as 'arc_easy-acc'.")
     priority: int = Field(-1, description="Rank of this number among the search objectives (1 first; -1: "
                           "reported only, not an objective).")
     goal: GoalConfig | None = Field(None, description="Bound a model must meet on this number.")
@@ -66,7 +140,9 @@ class SubMetricConfig(_Strict):
         None, description="Direction; set by the metric type for built-ins, required for custom metrics."
     )
     metric_config: dict[str, Any] | None = Field(
-        None, description="Accepted for Olive compatibility (torchmetrics options); honed's scores need none."
+        None, description="Olive's per-sub-type options: relaxed_accuracy 'tolerance' (default 0.05) and wer "
+        "'normalize' (default true) apply; 'average' must be 'macro' (honed's averages); torchmetrics options "
+        "such as task or num_classes are not needed and are named in a warning."
     )
 
 
@@ -82,8 +158,9 @@ class MetricUserConfig(_Strict):
                                 description="Generation length (greedy accuracy, tokens_per_s).")
     labels: list[str] | None = Field(None, description="Accuracy: the candidate labels; default: the distinct "
                                      "values of the label column in the data.")
-    label_col: str | None = Field(None, description="Accuracy: the column holding the label; default: the last "
-                                  "field of the text template.")
+    label_col: str | None = Field(None, description="Accuracy: the column holding the label; default: the data's "
+                                  "label_col / label_cols, else label with input_cols (Olive's default), else the "
+                                  "last field of the text template.")
     scoring: Literal["loglikelihood", "generate"] = Field(
         "loglikelihood", description="Accuracy with a generative model: pick the label with the highest "
         "log-likelihood after the prompt, or greedy-generate and compare the text."
@@ -92,7 +169,10 @@ class MetricUserConfig(_Strict):
                             "'joy' from 'joyful'); matches training with append_eos.")
     user_script: PythonFile | None = Field(None, description="custom: the Python file defining evaluate_func.")
     evaluate_func: str | None = Field(None, description="custom: function (model: ModelHandle, rows: list[dict] "
-                                      "| None) -> float | dict[str, float].")
+                                      "| None, **evaluate_func_kwargs) -> float | dict[str, float].")
+    evaluate_func_kwargs: dict[str, Any] | None = Field(
+        None, description="custom: keyword arguments for evaluate_func (Olive's key)."
+    )
     prompt: str = Field("The quick brown fox jumps over the lazy dog", description="Latency/throughput input "
                         "when the metric has no data_config.")
 
@@ -111,6 +191,14 @@ class MetricConfig(_Strict):
     @classmethod
     def _olive_keys(cls, data: Any) -> Any:
         if isinstance(data, dict) and isinstance(data.get("user_config"), dict):
+            if data["user_config"].get("metric_func"):
+                raise ValueError("user_config.metric_func scores the outputs of Olive's own inference loop, which "
+                                 "honed does not run; write an evaluate_func(model, rows, **evaluate_func_kwargs) "
+                                 "that runs the model and returns the number(s)")
+            if data["user_config"].get("dataloader_func"):  # a user function: never dropped silently
+                raise ValueError("user_config.dataloader_func is Olive's older metric dataloader; put it in a data "
+                                 "config (user_script, dataloader_func, dataloader_config: {data_dir, batch_size}) "
+                                 "and set this metric's data_config (latency/throughput time its first batch)")
             uc = {k: v for k, v in data["user_config"].items() if k not in OLIVE_ONLY_USER_CONFIG}
             data = {**data, "user_config": uc}
         return data
@@ -124,42 +212,209 @@ class MetricConfig(_Strict):
             self.sub_types = [SubMetricConfig(name=n) for n in DEFAULT_SUB_TYPES[self.type]]
         known = SUB_TYPES.get(self.type)
         for s in self.sub_types:
-            if known is not None and s.name not in known:
+            if (self.type, s.name) in UNSUPPORTED_SUB_TYPES:
+                raise ValueError(f"metric '{self.name}': {UNSUPPORTED_SUB_TYPES[self.type, s.name]}")
+            if known is not None and s.name not in known and (self.type, s.name) not in SUB_TYPE_ALIASES:
+                hint = (" (honed computes every metric itself, whatever the backend says; for another score use "
+                        "a custom metric)" if self.backend == "huggingface_metrics" else "")
                 raise ValueError(f"metric '{self.name}': unknown {self.type} sub type '{s.name}'; use one of "
-                                 f"{', '.join(known)}")
+                                 f"{', '.join(known)}{hint}")
             if s.higher_is_better is None:
                 if self.type == "custom":
                     raise ValueError(f"metric '{self.name}': sub type '{s.name}' needs higher_is_better")
-                s.higher_is_better = self.type not in LOWER_IS_BETTER
+                s.higher_is_better = self.type not in LOWER_IS_BETTER and s.name not in LOWER_IS_BETTER_SUB_TYPES
+            if s.metric_config:
+                self._check_metric_config(s)
         if self.type == "custom" and not (self.user_config.user_script and self.user_config.evaluate_func):
             raise ValueError(f"metric '{self.name}': a custom metric needs user_config.user_script and evaluate_func")
         if self.type in ("accuracy", "perplexity") and not self.data_config:
             raise ValueError(f"metric '{self.name}': {self.type} needs a data_config to score")
+        scored = [s.name for s in self.sub_types if s.name in SCORE_SUB_TYPES]
+        if self.type == "accuracy" and scored and self.user_config.scoring == "generate":
+            raise ValueError(f"metric '{self.name}': {scored[0]} ranks each label's score, which greedy generation "
+                             "does not give; set user_config.scoring to loglikelihood")
         return self
+
+    def _check_metric_config(self, s: SubMetricConfig) -> None:
+        applied = METRIC_CONFIG_APPLIED.get(s.name, {})
+        for key, value in (s.metric_config or {}).items():
+            if key in applied:
+                if isinstance(value, bool) is not (applied[key] is bool) or not isinstance(value, applied[key]):
+                    raise ValueError(f"metric '{self.name}': {s.name} metric_config.{key} must be "
+                                     f"{'a boolean' if applied[key] is bool else 'a number'}")
+            elif key == "average":
+                if value not in ("macro", None):
+                    raise ValueError(f"metric '{self.name}': {s.name} metric_config.average '{value}' is not what "
+                                     "honed computes (macro averages over labels); remove it or set 'macro'")
+            else:
+                _warn_once(f"metric '{self.name}': {s.name} metric_config.{key} is not applied (honed computes "
+                           f"{s.name} itself, without torchmetrics options)")
 
 
 class EvaluatorConfig(_Strict):
-    """A named set of metrics (``evaluators.<name>``)."""
+    """A named set of metrics (``evaluators.<name>``), or lm-evaluation-harness tasks (``type: LMEvaluator``)."""
 
-    metrics: list[MetricConfig] = Field(min_length=1, description="Metrics to measure, in order.")
+    type: str | None = Field(
+        None, description="Evaluator kind: unset (or Olive's OnnxEvaluator / PyTorchEvaluator): the metrics; "
+        "LMEvaluator: lm-evaluation-harness tasks (and the metrics, if any)."
+    )
+    name: str | None = Field(None, description="Accepted for Olive compatibility; the key under evaluators names it.")
+    metrics: list[MetricConfig] = Field(default_factory=list, description="Metrics to measure, in order.")
+
+    tasks: list[str] | None = Field(
+        None, description="LMEvaluator: lm-eval task, group or tag names (e.g. arc_easy, or a task of include_path); "
+        "'size_on_disk' adds the result size_on_disk-bytes as Olive does. Results are keyed '<task>-<metric>' "
+        "(lm-eval's filter is dropped, or kept as '<task>-<metric>,<filter>' when a metric has several)."
+    )
+    include_path: InputPath | list[InputPath] | None = Field(
+        None, description="LMEvaluator: folder(s) of lm-eval task YAML files (lm-eval's TaskManager include_path), "
+        "e.g. a task with 'dataset_path: json' and 'dataset_kwargs.data_files' naming local files, which runs "
+        "offline. Relative data_files resolve against the working directory, as in lm-eval. A YAML's '!function' "
+        "runs the Python file beside it."
+    )
+    limit: int | float | None = Field(
+        None, gt=0, description="LMEvaluator: rows per task; below 1.0 a fraction of each task's rows (lm-eval's limit)."
+    )
+    batch_size: int = Field(1, gt=0, le=4096, description="LMEvaluator: sequences per forward call.")
+    max_length: int | None = Field(
+        None, gt=0, description="LMEvaluator: longest sequence the model sees (left-truncated beyond it); default: "
+        "the model's context length."
+    )
+    max_gen_toks: int | None = Field(
+        None, gt=0, description="LMEvaluator: new tokens of a generation task that sets none itself (Olive 0.7's "
+        "key; default 256, lm-eval's)."
+    )
+    num_fewshot: int | None = Field(None, ge=0, description="LMEvaluator: in-context examples (default: each "
+                                    "task's own, 0 for most).")
+    bootstrap_iters: int = Field(100_000, ge=0, description="LMEvaluator: bootstrap resamples for the standard "
+                                 "errors of non-mean metrics (lm-eval's; 0 skips them).")
+    model_class: Literal["hf", "ort", "ortgenai"] | None = Field(
+        None, description="LMEvaluator: runtime, in Olive's names: hf (transformers), ort (onnxruntime; a genai "
+        "folder's model.onnx too), ortgenai (onnxruntime-genai). Default: the model's kind. A model of another "
+        "kind (e.g. the input HF model) is scored with its own runtime, with a warning."
+    )
+    device: Literal["cpu", "gpu", "cuda", "npu"] | None = Field(
+        None, description="LMEvaluator: device to run on (default: the workflow's target); cuda means gpu."
+    )
+    execution_provider: str | None = Field(
+        None, description="LMEvaluator: onnxruntime execution provider for ort models (default: the device's)."
+    )
+    provider_options: dict[str, Any] | None = Field(
+        None, description="LMEvaluator: accepted for Olive compatibility; not applied (set provider options in the "
+        "model's inference settings), named in a warning."
+    )
+    model_args: dict[str, Any] = Field(
+        default_factory=dict, description="LMEvaluator: Olive's extra arguments for the lm-eval model; batch_size and "
+        "max_length apply, others are named in a warning (honed's runtimes take no lm-eval model arguments)."
+    )
+    apply_chat_template: StrictBool | str = Field(
+        False, description="LMEvaluator: wrap requests in the tokenizer's chat template (a name picks one of several)."
+    )
+    system_instruction: str | None = Field(None, description="LMEvaluator: system prompt for every request.")
+    fewshot_as_multiturn: StrictBool = Field(
+        False, description="LMEvaluator: few-shot examples as separate chat turns (needs apply_chat_template)."
+    )
+    sample_log_num: int = Field(0, ge=0, description="LMEvaluator: write the first N samples of each task "
+                                "(prompt, target, response, metrics) to <sample_log_dir>/<task>.jsonl.")
+    sample_log_dir: LocalPath | None = Field(None, description="LMEvaluator: folder of the sample logs (default: "
+                                             "./sample_logs).")
+    sub_types: list[SubMetricConfig] = Field(
+        default_factory=list, description="LMEvaluator (honed): priority, goal and direction of results, each named "
+        "by its key '<task>-<metric>'; higher is better unless the metric is a perplexity or bits_per_byte."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _type_args(cls, data: Any) -> Any:
+        """Olive nests an evaluator's own arguments under ``type_args``; they are the same keys flattened."""
+        if isinstance(data, dict) and isinstance(data.get("type_args"), dict):
+            inner = data["type_args"]
+            clash = sorted(k for k in inner if k in data and data[k] != inner[k])
+            if clash:
+                raise ValueError(f"{', '.join(clash)} set both in type_args and beside it with different values")
+            data = {**{k: v for k, v in data.items() if k != "type_args"}, **inner}
+        return data
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, v: str | None) -> str | None:
+        if v is None or v == "LMEvaluator" or v in METRICS_EVALUATORS:
+            return v
+        if v in UNSUPPORTED_EVALUATORS:
+            raise ValueError(f"evaluator type {v}: {UNSUPPORTED_EVALUATORS[v]}")
+        raise ValueError(f"unknown evaluator type '{v}'; use LMEvaluator, or leave type unset for metrics")
+
+    @field_validator("execution_provider")
+    @classmethod
+    def _provider(cls, v: str | None) -> str | None:
+        problem = execution_provider_problem(v) if v is not None else None
+        if problem:
+            raise ValueError(problem)
+        return v
 
     @model_validator(mode="after")
-    def _unique(self) -> EvaluatorConfig:
+    def _check(self) -> EvaluatorConfig:
         names = [m.name for m in self.metrics]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"metric names must be unique; repeated: {', '.join(dup)}")
+        if self.type != "LMEvaluator":
+            fields = type(self).model_fields  # a default written out (honed config migrate) is no setting
+            set_lm = [k for k in LM_KEYS if getattr(self, k) != fields[k].get_default(call_default_factory=True)]
+            if set_lm:
+                raise ValueError(f"{', '.join(set_lm)} only apply with type: LMEvaluator")
+            if not self.metrics:
+                raise ValueError("an evaluator needs metrics (or type: LMEvaluator with tasks)")
+            return self
+        if not self.tasks:
+            raise ValueError("an LMEvaluator needs tasks: lm-eval task names (e.g. arc_easy, or a task of "
+                             "include_path)")
+        if self.fewshot_as_multiturn and not self.apply_chat_template:
+            raise ValueError("fewshot_as_multiturn needs apply_chat_template")
+        for key in ("batch_size", "max_length"):
+            value = self.model_args.get(key)
+            if key in self.model_args and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                raise ValueError(f"model_args.{key} must be a positive integer")
+        keys = [s.name for s in self.sub_types]
+        dup = sorted({k for k in keys if keys.count(k) > 1})
+        if dup:
+            raise ValueError(f"sub_types repeat {', '.join(dup)}")
+        for s in self.sub_types:
+            if "-" not in s.name:
+                raise ValueError(f"sub_types: '{s.name}' is not a result key; name it '<task>-<metric>', e.g. "
+                                 f"'{self.tasks[0]}-acc'")
+            if s.higher_is_better is None:
+                metric = s.name.split(",")[0]
+                s.higher_is_better = not metric.endswith(("perplexity", "bits_per_byte"))
         return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A metrics evaluator is written without the LMEvaluator keys, and without its type (OnnxEvaluator and
+        PyTorchEvaluator are the same evaluator here) and name (honed config migrate, cache keys)."""
+        data = handler(self)
+        data.pop("name", None)
+        if not self.is_lm:
+            for k in (*LM_KEYS, "type"):
+                data.pop(k, None)
+        return data
+
+    @property
+    def is_lm(self) -> bool:
+        return self.type == "LMEvaluator"
+
+    def _subs(self) -> list[tuple[str, SubMetricConfig]]:
+        out = [(f"{m.name}-{s.name}", s) for m in self.metrics for s in m.sub_types]
+        return out + [(s.name, s) for s in self.sub_types]
 
     def objectives(self) -> list[tuple[str, bool, int]]:
         """(result key, higher is better, priority) of every sub metric with a priority > 0, by priority."""
-        out = [(f"{m.name}-{s.name}", bool(s.higher_is_better), s.priority)
-               for m in self.metrics for s in m.sub_types if s.priority > 0]
+        out = [(k, bool(s.higher_is_better), s.priority) for k, s in self._subs() if s.priority > 0]
         return sorted(out, key=lambda o: o[2])
 
     def directions(self) -> dict[str, bool]:
-        """Every result key -> higher is better."""
-        return {f"{m.name}-{s.name}": bool(s.higher_is_better) for m in self.metrics for s in m.sub_types}
+        """Every configured result key -> higher is better."""
+        return {k: bool(s.higher_is_better) for k, s in self._subs()}
 
     def goals(self) -> dict[str, GoalConfig]:
-        return {f"{m.name}-{s.name}": s.goal for m in self.metrics for s in m.sub_types if s.goal is not None}
+        return {k: s.goal for k, s in self._subs() if s.goal is not None}

@@ -17,15 +17,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from honed.data.config import DataConfig
-from honed.data.formatting import Formatted, answer_split, check_columns, format_examples
+from honed.data.components import dummy_past, timing_batch, timing_batch_size
+from honed.data.config import DataConfig, use_problem
+from honed.data.formatting import (
+    Formatted,
+    answer_split,
+    check_columns,
+    encode_texts,
+    format_examples,
+    text_pairs,
+)
 from honed.data.sources import load_rows
 from honed.engine.hashing import hash_json, with_content_hashes
 from honed.engine.monitor import PeakMemory
 from honed.errors import DataError, UserError
 from honed.evaluate.backends import Backend, open_backend
-from honed.evaluate.config import EvaluatorConfig, MetricConfig
-from honed.evaluate.metrics import classification_scores, perplexity, timing_stats
+from honed.evaluate.config import SCORE_SUB_TYPES, TEXT_SUB_TYPES, EvaluatorConfig, MetricConfig
+from honed.evaluate.metrics import auroc, classification_scores, perplexity, text_scores, timing_stats
+from honed.evaluate.past_timing import with_past
 from honed.models.handle import ModelHandle
 from honed.systems.accelerator import Accelerator
 from honed.util.fs import atomic_write_text
@@ -56,6 +65,9 @@ class _Session:
         if name not in self.data_configs:
             raise UserError(f"metric '{metric.name}': no data config named '{name}'; add it under data_configs")
         cfg = self.data_configs[name]
+        problem = use_problem(cfg, metric.type)  # dummy data, user dataloader / post-processing (honed.data)
+        if problem:
+            raise UserError(f"metric '{metric.name}': {problem}")
         if name not in self._rows:
             ds = load_rows(cfg, cache_dir=self.cache_dir)
             check_columns(cfg, ds)
@@ -81,9 +93,17 @@ class _Session:
 
 
 def _label_col(cfg: DataConfig, metric: MetricConfig) -> str:
+    """The metric's label_col, else the data's label_cols / label_col, else "label" for input_cols (Olive's
+    huggingface_pre_process default), else the field the template's answer starts with."""
     if metric.user_config.label_col:
         return metric.user_config.label_col
     pp = cfg.pre_process_data_config
+    if pp.label_col:
+        return pp.label_col
+    if pp.label_cols:
+        return pp.label_cols[0]
+    if pp.input_cols:
+        return "label"
     if pp.text_template:
         _, name, _ = answer_split(pp.text_template)
         if name:
@@ -113,28 +133,73 @@ def _tokens(backend: Backend, prompt: str, answer: str, add_special: bool, eos: 
     return ids, max(start, 1)
 
 
+def _class_columns(labels: list[str], uc: Any, id2label: dict[Any, Any], named: bool, metric: str) -> list[int]:
+    """The classifier's class index of each label (the inverse of how predictions are named)."""
+    if uc.labels:
+        return list(range(len(labels)))
+    if named:
+        inverse = {str(v): int(k) for k, v in id2label.items()}
+        return [inverse[lab] for lab in labels]
+    if all(lab.isdigit() for lab in labels):
+        return [int(lab) for lab in labels]
+    raise UserError(f"metric '{metric}': auroc cannot tell which class of the classifier each label is; set "
+                    "user_config.labels in class order")
+
+
+def _softmax_rows(rows: Any) -> list[list[float]]:
+    import numpy as np
+
+    x = np.asarray(rows, dtype=np.float64)
+    x = np.exp(x - x.max(axis=-1, keepdims=True))
+    return (x / x.sum(axis=-1, keepdims=True)).tolist()
+
+
 def _accuracy(s: _Session, metric: MetricConfig) -> Results:
+    """Olive's accuracy sub types: classification scores over the predicted labels, auroc over each
+    row's softmax of label scores (classifier logits or label log-likelihoods), exact_match /
+    relaxed_accuracy / word_sort_ratio / wer over the predicted text, perplexity over the same rows."""
+    wanted = {sub.name for sub in metric.sub_types}
+    out: Results = {}
+    if "perplexity" in wanted:
+        out["perplexity"] = _perplexity(s, metric)["perplexity"]
+    if wanted <= {"perplexity"}:
+        return out
+    out.update(_labels(s, metric, wanted))
+    return out
+
+
+def _labels(s: _Session, metric: MetricConfig, wanted: set[str]) -> Results:
     uc = metric.user_config
-    cfg, ds, examples = s.examples(metric)
+    cfg, ds = s.data(metric)
+    backend = s.backend
+    # a classifier reads input_cols' text pair as a pair; every other model gets formatted text (a pair is an
+    # error there, naming text_template)
+    pairs = text_pairs(cfg, ds) if backend.is_classifier else None
+    examples: list[Formatted] = [] if pairs is not None else s.examples(metric)[2]
     col = _label_col(cfg, metric)
     if col not in ds.column_names:
         raise DataError(f"metric '{metric.name}': label column '{col}' not in the data; columns are {ds.column_names}")
     truth = [str(v) for v in ds[col]]
     labels = list(uc.labels) if uc.labels else list(dict.fromkeys(truth))
-    backend = s.backend
     pp = cfg.pre_process_data_config
     add_special = pp.add_special_tokens and not pp.chat_template
     preds: list[str] = []
+    probs: list[list[float]] = []  # per row, each label's probability (auroc)
     if backend.is_classifier:
         # class k is labels[k] when labels are given, else the model's id2label name when the data uses
         # those names, else the number k itself
         id2label = getattr(getattr(backend, "config", None), "id2label", None) or {}
         named = bool(id2label) and set(truth) <= {str(v) for v in id2label.values()}
-        for i in range(0, len(examples), uc.batch_size):
-            chunk = examples[i:i + uc.batch_size]
-            for k in backend.classify([e.prompt or e.text for e in chunk]):
+        columns = _class_columns(labels, uc, id2label, named, metric.name) if wanted & SCORE_SUB_TYPES else []
+        inputs = pairs if pairs is not None else [e.prompt or e.text for e in examples]
+        for i in range(0, len(inputs), uc.batch_size):
+            logits = backend.class_logits(inputs[i:i + uc.batch_size])  # type: ignore[arg-type]
+            for row in logits:
+                k = int(row.argmax())
                 preds.append(labels[k] if uc.labels else str(id2label[k]) if named else str(k))
-        return classification_scores(truth, preds, labels)
+            if columns:
+                probs += [[p[c] for c in columns] for p in _softmax_rows(logits)]
+        return _label_scores(metric, wanted, truth, preds, labels, probs)
     seqs: list[tuple[list[int], int]] = []
     for ex, true in zip(examples, truth, strict=True):
         if uc.scoring == "generate":
@@ -153,7 +218,22 @@ def _accuracy(s: _Session, metric: MetricConfig) -> Results:
         for r in range(len(examples)):
             row = scores[r * len(labels):(r + 1) * len(labels)]
             preds.append(labels[max(range(len(labels)), key=row.__getitem__)])
-    return classification_scores(truth, preds, labels)
+            probs.append(_softmax_rows([row])[0])
+    return _label_scores(metric, wanted, truth, preds, labels, probs)
+
+
+def _label_scores(metric: MetricConfig, wanted: set[str], truth: list[str], preds: list[str], labels: list[str],
+                  probs: list[list[float]]) -> Results:
+    out: Results = dict(classification_scores(truth, preds, labels))
+    if wanted & TEXT_SUB_TYPES:
+        opts = {sub.name: sub.metric_config or {} for sub in metric.sub_types}
+        out.update(text_scores(truth, preds, tolerance=float(opts.get("relaxed_accuracy", {}).get("tolerance", 0.05)),
+                               normalize_wer=bool(opts.get("wer", {}).get("normalize", True))))
+    if wanted & SCORE_SUB_TYPES:
+        if len(labels) < 2:
+            raise UserError(f"metric '{metric.name}': auroc needs at least two labels; the data has {labels}")
+        out["auroc"] = out["auc"] = auroc(truth, probs, labels)
+    return out
 
 
 def _perplexity(s: _Session, metric: MetricConfig) -> Results:
@@ -173,12 +253,23 @@ def _timing_input(s: _Session, metric: MetricConfig) -> list[list[int]]:
     """A batch of equal-length prompts: from the data when given, else the configured prompt."""
     uc = metric.user_config
     tok = s.backend.tokenizer
-    if metric.data_config:
+    cfg = s.data_configs.get(metric.data_config) if metric.data_config else None
+    if cfg is not None:  # dummy data, a user dataloader, tokenized rows, dataloader_config.batch_size
+        batch = timing_batch(cfg, tok, uc.batch_size, s.cache_dir)
+        if batch is not None:
+            past = dummy_past(cfg, tok, len(batch))  # TransformersTokenDummyDataContainer: a KV cache first
+            return with_past(s.backend, past, batch) if past else batch
+        uc = uc.model_copy(update={"batch_size": timing_batch_size(cfg, uc.batch_size)})
+    texts: list[str] | list[tuple[str, str]]
+    pairs = text_pairs(*s.data(metric)) if cfg is not None and s.backend.is_classifier else None
+    if pairs is not None:  # input_cols' text pair, tokenized as the classifier reads it
+        texts = pairs[: uc.batch_size]
+    elif metric.data_config:
         _, _, examples = s.examples(metric)
         texts = [e.prompt or e.text for e in examples[: uc.batch_size]]
     else:
         texts = [uc.prompt] * uc.batch_size
-    seqs = [list(tok(t)["input_ids"]) for t in texts]
+    seqs = [list(ids) for ids in encode_texts(tok, texts)["input_ids"]] if texts else []
     n = min(len(x) for x in seqs)
     return [x[:n] for x in seqs]
 
@@ -199,7 +290,7 @@ def _timed(s: _Session, metric: MetricConfig, fn: Callable[[], Any]) -> list[flo
 
 def _latency(s: _Session, metric: MetricConfig) -> Results:
     batch = _timing_input(s, metric)
-    times = _timed(s, metric, lambda: s.backend.forward(batch))
+    times = _timed(s, metric, getattr(batch, "call", None) or (lambda: s.backend.forward(batch)))
     return {k: v * 1000 for k, v in timing_stats(times).items()}  # milliseconds
 
 
@@ -208,9 +299,9 @@ def _throughput(s: _Session, metric: MetricConfig) -> Results:
     wanted = {x.name for x in metric.sub_types}
     out: Results = {}
     if wanted - {"tokens_per_s"}:
-        times = _timed(s, metric, lambda: s.backend.forward(batch))
+        times = _timed(s, metric, getattr(batch, "call", None) or (lambda: s.backend.forward(batch)))
         stats = timing_stats([len(batch) / t for t in times if t > 0])
-        out.update({k: stats[k] for k in ("avg", "p50", "p90", "min", "max") if k in stats})
+        out.update(stats)
     if "tokens_per_s" in wanted:
         n = metric.user_config.max_new_tokens
         rates = []
@@ -229,7 +320,8 @@ def model_size_mb(handle: ModelHandle) -> float:
 
 
 def _size(s: _Session, metric: MetricConfig) -> Results:
-    return {"mb": model_size_mb(s.handle)}
+    mb = model_size_mb(s.handle)
+    return {"mb": mb, "bytes": mb * 2**20}
 
 
 def _custom(s: _Session, metric: MetricConfig) -> Results:
@@ -245,7 +337,7 @@ def _custom(s: _Session, metric: MetricConfig) -> Results:
     if not callable(func):
         raise UserError(f"metric '{metric.name}': {path} defines no function '{uc.evaluate_func}'")
     rows = s.data(metric)[1].to_list() if metric.data_config else None
-    value = func(s.handle, rows)
+    value = func(s.handle, rows, **(uc.evaluate_func_kwargs or {}))
     if isinstance(value, int | float):
         return {metric.sub_types[0].name: float(value)}
     if isinstance(value, dict) and all(isinstance(v, int | float) for v in value.values()):
@@ -278,6 +370,15 @@ def evaluate_model(handle: ModelHandle, cfg: EvaluatorConfig, data_configs: dict
                 for sub in metric.sub_types:
                     if sub.name in values:
                         results[f"{metric.name}-{sub.name}"] = float(values[sub.name])
+            if cfg.is_lm:  # lm-eval tasks (Olive's LMEvaluator), on the same backend when it fits
+                from honed.evaluate.lmeval import evaluate_tasks
+
+                tasks = evaluate_tasks(handle, cfg, s.target, lambda: s.backend)
+                clash = sorted(set(tasks) & set(results))
+                if clash:
+                    raise UserError(f"LMEvaluator results {', '.join(clash)} clash with metric results of the same "
+                                    "name; rename the metric")
+                results.update(tasks)
             if memory and s._backend is None:  # a memory metric alone: load and run the model once
                 s.backend.forward([list(s.backend.tokenizer(memory[0].user_config.prompt)["input_ids"])])
     finally:
@@ -310,10 +411,13 @@ def eval_key(model_id: str, cfg: EvaluatorConfig, data_configs: dict[str, DataCo
 
     used = {m.data_config for m in cfg.metrics if m.data_config}
     data = {n: fingerprint(data_configs[n]) for n in sorted(used) if n in data_configs}
-    return hash_json({
-        "model": model_id, "evaluator": with_content_hashes(cfg.model_dump(mode="json")), "data": data,
-        "target": target.model_dump(), "code": _code_hash(), "v": EVAL_FORMAT,
-    })[:32]
+    key = {"model": model_id, "evaluator": with_content_hashes(cfg.model_dump(mode="json")), "data": data,
+           "target": target.model_dump(), "code": _code_hash(), "v": EVAL_FORMAT}
+    if cfg.is_lm:  # lm-eval's version and the task YAMLs' data files, by content
+        from honed.evaluate.lmeval import fingerprint as lm_fingerprint
+
+        key["lm_eval"] = lm_fingerprint(cfg)
+    return hash_json(key)[:32]
 
 
 def evaluate_cached(handle: ModelHandle, cfg: EvaluatorConfig, data_configs: dict[str, DataConfig],

@@ -36,21 +36,116 @@ def model_kind(path: str | Path) -> str:
     raise UserError(f"{p} holds no genai_config.json, .onnx file or config.json; it is not a model folder")
 
 
+# ---------------------------------------------------------------- tuned session settings
+
+SETTINGS_FILE = "inference_settings.json"
+"""Sidecar beside an ONNX model with the session settings OrtSessionParamsTuning chose.
+
+Olive's ``inference_settings`` shape: ``{"model_file": "model.onnx", "execution_provider": [ep],
+"provider_options": [{...}], "session_options": {"intra_op_num_threads": int, "inter_op_num_threads": int,
+"execution_mode": 0 | 1, "graph_optimization_level": 0 | 1 | 2 | 3 | 99, "extra_session_config": {key: str}},
+"io_bind": false}``.  Every ``OnnxSession`` over that model file applies it; provider options only when
+the session's first provider is the one they were tuned for."""
+
+GRAPH_OPT_LEVELS = (0, 1, 2, 3, 99)
+"""onnxruntime's GraphOptimizationLevel values: disable all, basic, extended, layout, all."""
+
+
+def read_inference_settings(model_file: Path) -> dict[str, Any]:
+    """The settings in ``SETTINGS_FILE`` beside ``model_file`` when the file names that model; else {}.
+
+    Raises UserError (naming the file and key) for a sidecar honed cannot apply.
+    """
+    f = model_file.parent / SETTINGS_FILE
+    if not f.is_file():
+        return {}
+    try:
+        data = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UserError(f"{f} is not readable JSON ({e}); delete it or rerun OrtSessionParamsTuning") from e
+    if not isinstance(data, dict):
+        raise UserError(f"{f} must hold a JSON object; delete it or rerun OrtSessionParamsTuning")
+    if data.get("model_file", model_file.name) != model_file.name:
+        return {}
+    check_session_settings(data.get("session_options") or {}, str(f))
+    return data
+
+
+def check_session_settings(options: Any, where: str) -> None:
+    """Raise UserError when ``options`` (a session_options mapping) holds a value onnxruntime would reject."""
+    def bad(key: str, want: str) -> UserError:
+        return UserError(f"{where}: session_options.{key} must be {want} (got {options.get(key)!r}); "
+                         "fix it or rerun OrtSessionParamsTuning")
+
+    if not isinstance(options, dict):
+        raise UserError(f"{where}: session_options must be a mapping; fix it or rerun OrtSessionParamsTuning")
+    for key in ("intra_op_num_threads", "inter_op_num_threads"):
+        v = options.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 4096):
+            raise bad(key, "an integer from 0 to 4096 (0: onnxruntime's choice)")
+    if options.get("execution_mode") not in (None, 0, 1) or isinstance(options.get("execution_mode"), bool):
+        raise bad("execution_mode", "0 (sequential) or 1 (parallel)")
+    level = options.get("graph_optimization_level")
+    if level is not None and (isinstance(level, bool) or level not in GRAPH_OPT_LEVELS):
+        raise bad("graph_optimization_level", "one of 0, 1, 2, 3, 99")
+    extra = options.get("extra_session_config")
+    if extra is not None and not (isinstance(extra, dict) and all(isinstance(v, str) for v in extra.values())):
+        raise bad("extra_session_config", "a mapping of config keys to strings")
+
+
+def build_session_options(settings: dict[str, Any], threads: int | None = None) -> Any:
+    """``onnxruntime.SessionOptions`` for ``settings`` (the sidecar's shape; {} for none).
+
+    Intra-op threads: ``threads``, else the settings' count, else one per physical core (as load_genai:
+    onnxruntime's default was slower on small VMs).  Unset fields keep onnxruntime's defaults.
+    """
+    import onnxruntime as ort
+
+    so = settings.get("session_options") or {}
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = threads or so.get("intra_op_num_threads") or physical_cores()
+    if so.get("inter_op_num_threads"):
+        opts.inter_op_num_threads = so["inter_op_num_threads"]
+    if so.get("execution_mode") is not None:
+        opts.execution_mode = ort.ExecutionMode(so["execution_mode"])
+    if so.get("graph_optimization_level") is not None:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel(so["graph_optimization_level"])
+    for key, value in (so.get("extra_session_config") or {}).items():
+        opts.add_session_config_entry(key, value)
+    return opts
+
+
 class OnnxSession:
     """An onnxruntime session plus the feeding rules of exported LMs: position ids from the
-    mask, zero token_type_ids, empty past key/values on the first step."""
+    mask, zero token_type_ids, empty past key/values on the first step.
 
-    def __init__(self, path: str | Path, providers: list[str] | None = None, threads: int | None = None) -> None:
+    ``settings`` None reads the tuned settings beside the model (``SETTINGS_FILE``); a dict (``{}``: none)
+    is used instead of them.  ``self.settings`` is what was applied.
+    """
+
+    def __init__(self, path: str | Path, providers: list[str] | None = None, threads: int | None = None,
+                 settings: dict[str, Any] | None = None) -> None:
         import onnxruntime as ort
 
         p = Path(path)
         if p.is_dir():
             p = p / "model.onnx" if (p / "model.onnx").exists() else next(iter(sorted(p.glob("*.onnx"))), p)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or physical_cores()  # as load_genai: the default was slower
-        opts.log_severity_level = 3
+        if settings is None:
+            settings = read_inference_settings(p)
+        else:
+            check_session_settings(settings.get("session_options") or {}, "session settings")
+        opts = build_session_options(settings, threads)
+        providers = providers or ["CPUExecutionProvider"]
+        provider_options = None
+        tuned_eps = settings.get("execution_provider") or []
+        tuned_opts = settings.get("provider_options") or []
+        if (isinstance(tuned_eps, list) and isinstance(tuned_opts, list) and tuned_eps and tuned_opts
+                and tuned_eps[0] == providers[0] and isinstance(tuned_opts[0], dict)):
+            provider_options = [{k: str(v) for k, v in tuned_opts[0].items()}] + [{} for _ in providers[1:]]
         self.path = p
-        self.session = ort.InferenceSession(str(p), opts, providers=providers or ["CPUExecutionProvider"])
+        self.settings = settings
+        self.session = ort.InferenceSession(str(p), opts, providers=providers, provider_options=provider_options)
         self.inputs = {i.name: i for i in self.session.get_inputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.past_names = [n for n in self.inputs if n.startswith("past_key_values")]

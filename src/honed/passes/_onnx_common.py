@@ -1,8 +1,15 @@
 """Helpers the ONNX passes share: saving with external data, finding the model file,
-carrying tokenizer files along, and comparing a converted model's outputs with its source."""
+carrying tokenizer files along, and comparing a converted model's outputs with its source.
+
+A graph pass may take an onnxruntime-genai folder (``genai``, e.g. ModelBuilder's output, as Olive's recipes
+chain it): it rewrites the decoder graph genai_config.json names, keeps that file name, and carries the rest of
+the folder (genai_config.json, tokenizer, other graphs) over, so the output is a genai folder again
+(``onnx_file``, ``output_file``, ``finish_onnx_output``)."""
 
 from __future__ import annotations
 
+import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -68,6 +75,9 @@ def onnx_file(handle: ModelHandle) -> Path:
     if p.is_file():
         return p
     if p.is_dir():
+        decoder = genai_decoder(p) if handle.kind == "genai" else None
+        if decoder is not None:
+            return decoder
         if (p / "model.onnx").is_file():
             return p / "model.onnx"
         found = sorted(p.glob("*.onnx"))
@@ -78,6 +88,94 @@ def onnx_file(handle: ModelHandle) -> Path:
                 f"{p} holds several .onnx files ({', '.join(f.name for f in found)}); point the model path at one"
             )
     raise UserError(f"no ONNX model at {p}; give a .onnx file or a folder with model.onnx")
+
+
+def genai_decoder(folder: Path) -> Path | None:
+    """The decoder graph that ``folder``'s genai_config.json names (``model.decoder.filename``); None when the
+    folder has no genai_config.json. Raises UserError when the file is unreadable or names a missing graph."""
+    cfg_file = folder / "genai_config.json"
+    if not cfg_file.is_file():
+        return None
+    try:
+        name = json.loads(cfg_file.read_text(encoding="utf-8"))["model"]["decoder"]["filename"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{cfg_file}: cannot read model.decoder.filename ({type(e).__name__}: {e}); "
+                        "rebuild the folder with ModelBuilder") from e
+    if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+        raise UserError(f"{cfg_file}: model.decoder.filename {name!r} is not a file name in the folder; "
+                        "set it to the decoder's .onnx file, e.g. 'model.onnx'")
+    if not (folder / name).is_file():
+        raise UserError(f"{cfg_file} names the decoder '{name}', which is not in {folder}; "
+                        "set model.decoder.filename to the folder's .onnx file")
+    return folder / name
+
+
+def output_file(model: ModelHandle, src: Path, output_dir: Path) -> Path:
+    """Where a graph pass writes its output: ``model.onnx``, or for a genai folder the decoder's own file name
+    (genai_config.json names it, and other graphs of the folder may sit beside it)."""
+    return output_dir / (src.name if model.kind == "genai" else "model.onnx")
+
+
+def external_files(onnx_path: Path) -> set[str]:
+    """Names of the external-data files an ONNX file's initializers point at (its weights beside it)."""
+    import onnx
+
+    found: set[str] = set()
+    for t in load_graph_only(onnx_path).graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            found |= {e.value for e in t.external_data if e.key == "location"}
+    return found
+
+
+def _graph_io(onnx_path: Path) -> tuple[set[str], set[str]]:
+    graph = load_graph_only(onnx_path).graph
+    return {v.name for v in graph.input}, {v.name for v in graph.output}
+
+
+def _match_genai_config(cfg_file: Path, decoder: Path, src_io: tuple[set[str], set[str]], pass_name: str) -> None:
+    """Keep genai_config.json true to the rewritten decoder: its filename, and its inputs/outputs sections
+    when the pass dropped a graph input/output (use_gqa removes position_ids). A graph input or output the
+    source lacked is a UserError: onnxruntime-genai would not feed or read it."""
+    ins, outs = _graph_io(decoder)
+    cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+    dec = cfg["model"]["decoder"]
+    dec["filename"] = decoder.name
+    for section, now, before in (("inputs", ins, src_io[0]), ("outputs", outs, src_io[1])):
+        added = sorted(now - before)
+        if added:
+            raise UserError(
+                f"{pass_name}: the rewritten decoder has {section} the source lacked ({', '.join(added[:5])}), "
+                "which onnxruntime-genai would not " + ("feed" if section == "inputs" else "read")
+                + "; run this pass before ModelBuilder or leave the graph's interface as it is"
+            )
+        entries = dec.get(section) or {}
+        for key, value in list(entries.items()):
+            name = value % 0 if isinstance(value, str) and "%d" in value else value
+            if name in before and name not in now:
+                del entries[key]
+    cfg_file.write_text(json.dumps(cfg, indent=4), encoding="utf-8")
+
+
+def _finish_genai(src_handle: ModelHandle, src_file: Path, out_file: Path, ctx: Any,
+                  attributes: dict[str, Any]) -> ModelHandle:
+    """Carry a genai folder over to ``out_file``'s folder: every file and folder but the source decoder and its
+    external weights (and tuned session settings, which were measured on the old graph); then make
+    genai_config.json match the new decoder."""
+    from honed.models.onnx_runtime import SETTINGS_FILE
+
+    src_dir, out_dir = src_file.parent, out_file.parent
+    skip = {src_file.name, *external_files(src_file), SETTINGS_FILE}
+    for f in sorted(src_dir.iterdir()):
+        dst = out_dir / f.name
+        if f.name in skip or dst.exists():
+            continue
+        if f.is_dir():
+            shutil.copytree(f, dst)
+        elif f.is_file():
+            shutil.copy2(f, dst)
+    _match_genai_config(out_dir / "genai_config.json", out_file, _graph_io(src_file), ctx.pass_name)
+    return ModelHandle(kind="genai", path=str(out_dir), task=src_handle.task, load_kwargs=trust_kwargs(src_handle),
+                       attributes={**src_handle.attributes, **attributes})
 
 
 def code_files(folder: Path) -> list[str]:
@@ -148,6 +246,8 @@ def prepare_input(src: Path, work_dir: Path, preprocess: bool) -> Path:
     staged.parent.mkdir(parents=True, exist_ok=True)
     quant_pre_process(str(src), str(staged), skip_symbolic_shape=True, save_as_external_data=True,
                       external_data_location="model.onnx.data")
+    # Calibration reads the head size of a genai graph's past key/values (symbolic there) from these.
+    copy_side_files(src.parent, staged.parent, ("genai_config.json", "config.json"))
     return staged
 
 
@@ -155,26 +255,34 @@ def finish_onnx_output(
     src_handle: ModelHandle, src_file: Path, out_file: Path, cfg: OnnxSaveConfig, ctx: Any, **attributes: Any
 ) -> ModelHandle:
     """Rewrite ``out_file`` with the requested external-data layout, copy the tokenizer files
-    beside it, record the size, and return its handle."""
+    beside it, record the size, and return its handle: onnx, or genai (the rest of the source folder carried
+    over, genai_config.json matched to the new graph) when the source is a genai folder."""
     import onnx
 
     m = onnx.load(str(out_file))
     for f in out_file.parent.glob(out_file.name + ".data*"):
         f.unlink()
     save_onnx(m, out_file, cfg)
-    copy_side_files(src_file.parent, out_file.parent)
     size = sum(f.stat().st_size for f in out_file.parent.glob(out_file.name + "*"))
     ctx.metrics["onnx_size_mb"] = round(size / 2**20, 3)
+    if src_handle.kind == "genai":
+        return _finish_genai(src_handle, src_file, out_file, ctx, attributes)
+    copy_side_files(src_file.parent, out_file.parent)
     return output_handle(src_handle, out_file, **attributes)
 
 
-def calibration_texts(data_config: Any, limit: int) -> list[str]:
-    """Up to ``limit`` texts from a DataConfig, formatted by its template or text columns."""
+def calibration_texts(data_config: Any, limit: int) -> list[str] | list[tuple[str, str]]:
+    """Up to ``limit`` texts from a DataConfig, formatted by its template or text columns; (text, text_pair)
+    tuples when input_cols names two columns (tokenize them as a pair, as Olive does)."""
+    from honed.data.formatting import text_pairs
     from honed.data.sources import load_rows
     from honed.errors import DataError
 
     pre = data_config.pre_process_data_config
     ds = load_rows(data_config)  # local files stay off the network; errors name the file and line
+    pairs = text_pairs(data_config, ds.select(range(min(limit, len(ds)))))
+    if pairs is not None:
+        return pairs
     texts = []
     for row in ds.select(range(min(limit, len(ds)))):
         if pre.text_template:
@@ -186,7 +294,7 @@ def calibration_texts(data_config: Any, limit: int) -> list[str]:
                     f"(columns: {', '.join(ds.column_names)})"
                 ) from e
         else:
-            cols = pre.text_cols or [c for c in ds.column_names if isinstance(row[c], str)][:1]
+            cols = pre.text_cols or pre.input_cols or [c for c in ds.column_names if isinstance(row[c], str)][:1]
             texts.append("\n".join(str(row[c]) for c in cols))
     return texts
 
@@ -204,10 +312,20 @@ def calibration_feeds(onnx_path: Path, handle: ModelHandle, data_config: Any, li
     tok = load_tokenizer_dir(tok_dir, trust_remote_code=trusts_remote_code(handle))
     max_len = min(data_config.pre_process_data_config.max_seq_len, 512)
     sess = OnnxSession(onnx_path, providers=["CPUExecutionProvider"])
+    from honed.data.components import token_samples
+
+    given = token_samples(data_config, limit, tok)  # rows a user_script's pre_process_data tokenized
+    if given is not None:
+        return [sess.feeds(np.array([ids[:max_len]], dtype=np.int64), np.ones((1, len(ids[:max_len])), dtype=np.int64))
+                for ids in given]
     feeds = []
     for text in calibration_texts(data_config, limit):
-        enc = tok(text, truncation=True, max_length=max_len, return_tensors="np")
-        feeds.append(sess.feeds(enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)))
+        pair = text if isinstance(text, tuple) else (text,)
+        enc = tok(*pair, truncation=True, max_length=max_len, return_tensors="np")
+        feed = sess.feeds(enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64))
+        if "token_type_ids" in feed and "token_type_ids" in enc:  # a text pair's segments
+            feed["token_type_ids"] = enc["token_type_ids"].astype(np.int64)
+        feeds.append(feed)
     return feeds
 
 
@@ -272,18 +390,231 @@ def check_against_source(
 
 
 def matmul_nbits(model: ModelHandle, config: Any, output_dir: Path, ctx: PassContext, algo: Any, label: str,
-                 **quantizer_args: Any) -> ModelHandle:
-    """Run onnxruntime's MatMulNBitsQuantizer with ``algo`` (RTN, HQQ, ...) and write the pass output."""
+                 pass_type: str, op_types: tuple[str, ...] = ("MatMul",), **quantizer_args: Any) -> ModelHandle:
+    """Run onnxruntime's MatMulNBitsQuantizer with ``algo`` (RTN, HQQ, ...) and write the pass output.
+
+    Raises UserError (naming the pass) when no ``op_types`` node has a float constant weight, or when the
+    quantizer wrote no MatMulNBits/GatherBlockQuantized node."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     src = onnx_file(model)
+    proto = onnx.load(str(src))
+    require_quantizable(proto, op_types, pass_type, ctx)
+    before = quantized_counts(proto)
+    exclude = list(config.nodes_to_exclude or [])
+    if config.nodes_to_include:
+        # onnxruntime quantizes nodes_to_include *in addition to* every node of the op types; Olive's RTN (and
+        # this option's description) quantizes only them, so the other nodes of those types are excluded.
+        nodes = list(iter_nodes(proto.graph))
+        unknown = sorted(set(config.nodes_to_include) - {n.name for n in nodes})
+        if unknown:
+            logging.getLogger("honed").warning("%s: nodes_to_include names no node %s", ctx.pass_name,
+                                               ", ".join(unknown[:5]))
+        exclude += [n.name for n in nodes if n.op_type in op_types and n.name not in config.nodes_to_include]
     quiet_quantizer_logs()
     q = MatMulNBitsQuantizer(
-        onnx.load(str(src)), block_size=config.block_size, nodes_to_exclude=config.nodes_to_exclude,
+        proto, block_size=config.block_size, nodes_to_exclude=exclude,
         nodes_to_include=config.nodes_to_include, algo_config=algo, **quantizer_args,
     )
     q.process()
-    out = output_dir / "model.onnx"
+    out = output_file(model, src, output_dir)
     save_onnx(q.model.model, out, config)
+    require_quantized(before, out, pass_type, ctx)
     return finish_onnx_output(model, src, out, config, ctx, quantization=label)
+
+
+# --- what a graph holds: op types, weight precisions, what a quantizer can still take -------------------------
+
+QUANTIZED_OP_TYPES = frozenset({
+    "MatMulNBits", "GatherBlockQuantized", "MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMul",
+    "MatMulIntegerToFloat", "QuantizeLinear", "DequantizeLinear", "QLinearMatMul", "QLinearConv", "QGemm",
+    "ConvInteger", "QAttention", "QEmbedLayerNormalization", "DynamicQuantizeLSTM", "QLinearAdd", "QLinearMul",
+})
+"""Op types onnxruntime's quantizers write (QOperator, QDQ, dynamic and MatMulNBits forms)."""
+
+# Which input of an op carries the weight a quantizer replaces; other types: any initializer input.
+_WEIGHT_INPUT = {"MatMul": 1, "Gemm": 1, "Conv": 1, "Gather": 0, "Attention": 1}
+_FLOAT_TYPES = (1, 10, 16)  # TensorProto FLOAT, FLOAT16, BFLOAT16
+
+
+def iter_nodes(graph: Any) -> Any:
+    """Every node of ``graph`` and of the subgraphs inside If/Loop/Scan nodes."""
+    import onnx
+
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from iter_nodes(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    yield from iter_nodes(g)
+
+
+def load_graph_only(path: Path) -> Any:
+    """An ONNX file's graph without its external weights (dims and dtypes are all the counts need)."""
+    import onnx
+
+    return onnx.load(str(path), load_external_data=False)
+
+
+def op_counts(model: Any) -> dict[str, int]:
+    """Node count per op type (subgraphs included), most frequent first."""
+    from collections import Counter
+
+    return dict(Counter(n.op_type for n in iter_nodes(model.graph)).most_common())
+
+
+def quantized_counts(model: Any) -> dict[str, int]:
+    """Node count per quantized op type (see ``QUANTIZED_OP_TYPES``)."""
+    return {op: n for op, n in op_counts(model).items() if op in QUANTIZED_OP_TYPES}
+
+
+def eligible_weight_ops(model: Any, op_types: tuple[str, ...], any_matmul: bool = False) -> int:
+    """Nodes of ``op_types`` whose weight input is a float initializer (or Constant): what a weight quantizer
+    can still quantize. A MatMul whose B is computed (attention scores) or already integer does not count,
+    unless ``any_matmul`` (onnxruntime's MatMulConstBOnly false quantizes those too)."""
+    import onnx
+
+    const: dict[str, int] = {t.name: t.data_type for t in model.graph.initializer}
+    for node in iter_nodes(model.graph):
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
+                    const[node.output[0]] = attr.t.data_type
+    count = 0
+    for node in iter_nodes(model.graph):
+        if node.op_type not in op_types:
+            continue
+        if any_matmul and node.op_type == "MatMul":
+            count += 1
+            continue
+        idx = _WEIGHT_INPUT.get(node.op_type)
+        names = [node.input[idx]] if idx is not None and idx < len(node.input) else list(node.input)
+        if any(const.get(n) in _FLOAT_TYPES for n in names):
+            count += 1
+    return count
+
+
+def _summary(counts: dict[str, int]) -> str:
+    return " (it already has " + ", ".join(f"{n} {op}" for op, n in counts.items()) + ")" if counts else ""
+
+
+def require_quantizable(model: Any, op_types: tuple[str, ...], pass_type: str, ctx: PassContext,
+                        any_matmul: bool = False) -> int:
+    """The number of nodes the quantizer can take; refuses (UserError, exit 2, naming the pass) when there are
+    none, e.g. int4 over a model whose MatMuls are already MatMulNBits: the output would be the input
+    relabelled as quantized."""
+    n = eligible_weight_ops(model, op_types, any_matmul)
+    ctx.metrics["eligible_ops"] = n
+    if n:
+        return n
+    raise UserError(
+        f"passes.{ctx.pass_name} ({pass_type}): nothing to quantize: no {'/'.join(op_types)} node has a float "
+        f"constant weight{_summary(quantized_counts(model))}; remove the pass or give it a float model"
+    )
+
+
+def require_quantized(before: dict[str, int], after_path: Path, pass_type: str, ctx: PassContext) -> None:
+    """Fail when the quantizer ran but added no quantized op to the input's ``before`` (``quantized_counts``):
+    every eligible node was excluded or skipped, and a model labelled quantized must be quantized."""
+    after = quantized_counts(load_graph_only(after_path))
+    added = sum(after.values()) - sum(before.values())
+    ctx.metrics["quantized_ops_added"] = added
+    if added <= 0:
+        raise UserError(
+            f"passes.{ctx.pass_name} ({pass_type}): quantized nothing: the output has no quantized op the input "
+            f"lacked{_summary(before)}; check nodes_to_quantize/nodes_to_include/nodes_to_exclude and the op types"
+        )
+
+
+def _nbits_weights(model: Any) -> dict[str, int]:
+    """Initializer names holding packed n-bit weights -> bits (MatMulNBits B, GatherBlockQuantized data)."""
+    import onnx
+
+    found: dict[str, int] = {}
+    for node in iter_nodes(model.graph):
+        if node.op_type in ("MatMulNBits", "GatherBlockQuantized") and node.input:
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            found[node.input[0] if node.op_type == "GatherBlockQuantized" else node.input[1]] = int(attrs.get("bits", 4))
+    return found
+
+
+def _tensor_bytes(t: Any) -> int:
+    """Bytes of a TensorProto's data from its dims and dtype (external data is not read)."""
+    import math
+
+    import onnx
+
+    n = math.prod(t.dims)
+    if t.data_type == onnx.TensorProto.STRING:
+        return sum(len(s) for s in t.string_data)
+    np_type = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
+    bits = 4 if t.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4) else np_type.itemsize * 8
+    return (n * bits + 7) // 8
+
+
+def weight_bytes(model: Any) -> dict[str, int]:
+    """Bytes of weights (initializers and Constant tensors) per precision: 'float32', 'float16', 'int8', ...;
+    MatMulNBits/GatherBlockQuantized weights count as 'int<bits>' although stored packed in uint8."""
+    import onnx
+
+    packed = _nbits_weights(model)
+    tensors = [(t.name, t) for t in model.graph.initializer]
+    for node in iter_nodes(model.graph):
+        if node.op_type == "Constant":
+            tensors += [(node.output[0], a.t) for a in node.attribute
+                        if a.name == "value" and a.type == onnx.AttributeProto.TENSOR]
+    out: dict[str, int] = {}
+    for name, t in tensors:
+        if name in packed:
+            kind = f"int{packed[name]}"
+        else:
+            kind = onnx.helper.tensor_dtype_to_string(t.data_type).removeprefix("TensorProto.").lower()
+            kind = {"float": "float32", "double": "float64"}.get(kind, kind)
+        out[kind] = out.get(kind, 0) + _tensor_bytes(t)
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+# --- onnxruntime quantizer extra_options ----------------------------------------------------------------------
+
+_ORT_DYNAMIC_DOCUMENTED = (
+    "extra.Sigmoid.nnapi", "ActivationSymmetric", "ActivationRestrictedAsymmetric", "WeightSymmetric",
+    "EnableSubgraph", "ForceQuantizeNoInputCheck", "MatMulConstBOnly",
+)
+_ORT_STATIC_DOCUMENTED = (
+    *_ORT_DYNAMIC_DOCUMENTED, "AddQDQPairToWeight", "OpTypesToExcludeOutputQuantization", "DedicatedQDQPair",
+    "QDQOpTypePerChannelSupportToAxis", "CalibTensorRangeSymmetric", "CalibStridedMinMax", "CalibMovingAverage",
+    "CalibMovingAverageConstant", "CalibMaxIntermediateOutputs", "QuantizeBias", "SmoothQuant", "SmoothQuantAlpha",
+    "SmoothQuantFolding", "UseQDQContribOps", "MinimumRealRange", "TensorQuantOverrides",
+    "QDQKeepRemovableActivations", "QDQDisableWeightAdjustForInt32Bias",
+)
+# Read by onnxruntime though missing from its docstrings: DefaultTensorType (its own error message tells users to
+# set it), CalibPercentile (quantize_static passes it to the Percentile calibrator).
+ORT_DYNAMIC_EXTRA_OPTIONS = frozenset({*_ORT_DYNAMIC_DOCUMENTED, "DefaultTensorType"})
+ORT_STATIC_EXTRA_OPTIONS = frozenset({*_ORT_STATIC_DOCUMENTED, "DefaultTensorType", "CalibPercentile"})
+"""The ``extra_options`` keys onnxruntime 1.2x documents for quantize_dynamic / quantize_static (and
+StaticQuantConfig); a test compares them with the installed onnxruntime's docstrings."""
+_ORT_BOOL_OPTIONS = frozenset({
+    "extra.Sigmoid.nnapi", "ActivationSymmetric", "ActivationRestrictedAsymmetric", "WeightSymmetric",
+    "EnableSubgraph", "ForceQuantizeNoInputCheck", "MatMulConstBOnly", "AddQDQPairToWeight", "DedicatedQDQPair",
+    "CalibTensorRangeSymmetric", "CalibMovingAverage", "QuantizeBias", "SmoothQuant", "SmoothQuantFolding",
+    "UseQDQContribOps", "QDQKeepRemovableActivations", "QDQDisableWeightAdjustForInt32Bias",
+})
+
+
+def check_ort_extra_options(options: dict[str, Any], known: frozenset[str], mode: str) -> dict[str, Any]:
+    """Validate quantizer ``extra_options``: onnxruntime ignores a misspelt key silently, and reads any
+    non-empty string (even "false") as true, so both are errors here (ValueError, for pydantic)."""
+    import difflib
+
+    for key, value in options.items():
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            other = " (a static-quantization option)" if key in ORT_STATIC_EXTRA_OPTIONS else ""
+            hint = f"did you mean '{close[0]}'?" if close and not other else f"known: {', '.join(sorted(known))}"
+            raise ValueError(f"'{key}' is not an onnxruntime {mode} quantization option{other}; {hint}")
+        if key in _ORT_BOOL_OPTIONS and not isinstance(value, bool):
+            raise ValueError(f"'{key}' must be true or false, got {value!r}")
+    return options

@@ -100,6 +100,12 @@ class Pass:
         raise NotImplementedError
 
     @classmethod
+    def accepted_kinds(cls, config: Any) -> tuple[str, ...]:
+        """The model kinds this pass takes with ``config`` (``accepts`` unless an option narrows it, e.g.
+        ModelBuilder's metadata_only takes an ONNX model, its build a Hugging Face one)."""
+        return cls.accepts
+
+    @classmethod
     def missing_requirements(cls) -> list[str]:
         """Optional dependencies that are not importable here."""
         return [mod for mod in cls.requires if importlib.util.find_spec(mod) is None]

@@ -8,6 +8,7 @@ call lets us report an unsupported architecture as a one-line UserError.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import io
 import json
@@ -16,7 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, StrictBool, model_validator
+from pydantic import Field, StrictBool, field_validator, model_validator
 
 from honed.errors import UserError
 from honed.models.handle import ModelHandle
@@ -63,8 +64,26 @@ class ModelBuilderConfig(PassConfig):
     exclude_embeds: StrictBool = Field(False, description="Leave the embedding out; the model takes inputs_embeds.")
     exclude_lm_head: StrictBool = Field(False, description="Leave the LM head out; the model returns hidden states.")
     enable_cuda_graph: StrictBool | None = Field(None, description="Let the CUDA EP capture a CUDA graph.")
-    extra_options: dict[str, str | int | float | bool] = Field(
-        default_factory=dict, description="Further builder options (KEY: VALUE), passed through unchanged."
+    extra_options: dict[str, str | int | float | bool | list[str]] = Field(
+        default_factory=dict, description="Further onnxruntime-genai builder options (KEY: VALUE, e.g. "
+        "int4_block_size, int4_accuracy_level, exclude_embeds, exclude_lm_head, filename), passed to the "
+        "builder's extra_options and overriding the fields above; a key the installed builder does not list is "
+        "an error. Olive's 'int4_'-prefixed spellings are read as the builder's names (int4_block_size -> "
+        "block_size); lists (op_types_to_quantize, nodes_to_exclude) are joined as the builder's CLI does."
+    )
+    metadata_only: StrictBool = Field(
+        False, description="Only write genai_config.json and the tokenizer beside an existing ONNX model (an "
+        "input of kind onnx, e.g. from OnnxConversion) so onnxruntime-genai can run it; the graph is copied "
+        "unchanged and genai_config's inputs/outputs are matched to it."
+    )
+    search: dict[str, str | int | float | bool] | None = Field(
+        None, description="Generation defaults merged into genai_config.json's 'search' section (e.g. "
+        "max_length, min_length, do_sample, top_k, top_p, temperature, num_beams); onnxruntime-genai reads them "
+        "when the model loads."
+    )
+    enable_GQA_on_CPU: StrictBool | None = Field(  # Olive's spelling
+        None, description="Olive's old switch for GroupQueryAttention on CPU. onnxruntime-genai 0.18 always "
+        "uses GQA on CPU for fp32 I/O and has no such option: setting it only logs a warning."
     )
     check_outputs: StrictBool = Field(
         False, description="Compare the ONNX logits with the source model's on sample inputs; "
@@ -74,6 +93,19 @@ class ModelBuilderConfig(PassConfig):
         None, gt=0, description="Fail when the max abs logit difference exceeds this (default: only record it)."
     )
 
+    @field_validator("extra_options")
+    @classmethod
+    def _known_options(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return normalize_extra_options(v)
+
+    @model_validator(mode="after")
+    def _gqa_is_not_an_option(self) -> ModelBuilderConfig:
+        if self.enable_GQA_on_CPU is not None:
+            log.warning("ModelBuilder: enable_GQA_on_CPU: %s (onnxruntime-genai uses GroupQueryAttention on CPU "
+                        "whenever the I/O is fp32 and has no option to change that)",
+                        "no effect" if self.enable_GQA_on_CPU else "ignored; GQA stays on")
+        return self
+
     @model_validator(mode="after")
     def _default_cannot_mix(self) -> ModelBuilderConfig:
         mixed = self.matmul_mixed_precision not in (None, "none")
@@ -82,6 +114,63 @@ class ModelBuilderConfig(PassConfig):
             raise ValueError("matmul_mixed_precision needs int4_algo_config 'rtn' or 'k_quant'; the builder's "
                              "'default' method writes an invalid graph with it")
         return self
+
+
+# How the builder's CLI joins list values of these options (Olive's LIST_OPTION_SEPARATORS).
+_LIST_SEPARATORS = {"op_types_to_quantize": "/", "nodes_to_exclude": ","}
+# Builder options honed sets from the pass config or the input model; in extra_options they would break the output.
+_MANAGED_OPTIONS = {"config_only": "set metadata_only: true instead"}
+
+
+@functools.lru_cache(maxsize=1)
+def builder_option_names() -> frozenset[str] | None:
+    """The extra_options keys the installed onnxruntime-genai builder documents (its ``--extra_options`` help),
+    read from its source without importing it (that import pulls in torch and transformers); None when
+    onnxruntime-genai is not installed or its help text no longer has that layout."""
+    import importlib.util
+    import re
+
+    spec = importlib.util.find_spec("onnxruntime_genai")
+    if spec is None or spec.origin is None:
+        return None
+    try:
+        text = (Path(spec.origin).parent / "models" / "builder.py").read_text(encoding="utf-8")
+        block = text.split('"--extra_options"', 1)[1].split('"""', 2)[1]
+    except (OSError, IndexError):
+        return None
+    keys = re.findall(r"^( +)([a-z][a-z0-9_]*) = ", block, re.MULTILINE)
+    if not keys:
+        return None
+    indent = min(len(i) for i, _ in keys)  # option names; deeper lines list an option's values
+    names = frozenset(k for i, k in keys if len(i) == indent)
+    return names if len(names) >= 10 else None
+
+
+def normalize_extra_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Builder extra_options as the builder reads them: Olive's ``int4_`` spellings renamed, lists joined;
+    a key the installed builder does not document is a ValueError (the builder would ignore it silently)."""
+    import difflib
+
+    known = builder_option_names()
+    out: dict[str, Any] = {}
+    for key, value in options.items():
+        name = key
+        if key.startswith("int4_") and (known is None or key[5:] in known):
+            name = key[5:]
+        if name in _MANAGED_OPTIONS:
+            raise ValueError(f"'{key}': {_MANAGED_OPTIONS[name]}")
+        if known is not None and name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"the builder knows: {', '.join(sorted(known))}"
+            raise ValueError(f"'{key}' is not an option of the installed onnxruntime-genai model builder; {hint}")
+        if name in out:
+            raise ValueError(f"'{key}' repeats '{name}'; give it once")
+        if isinstance(value, list):
+            if name not in _LIST_SEPARATORS:
+                raise ValueError(f"'{key}' takes one value, not a list")
+            value = _LIST_SEPARATORS[name].join(value)
+        out[name] = value
+    return out
 
 
 def _builder() -> Any:
@@ -161,13 +250,21 @@ class ModelBuilder(Pass):
     config_class = ModelBuilderConfig
     requires = ("onnxruntime_genai", "onnx_ir")
     libraries = ("onnxruntime-genai", "onnx-ir", "onnxruntime", "onnx", "transformers", "torch")
-    accepts: ClassVar[tuple[str, ...]] = ("hf", "peft")
+    accepts: ClassVar[tuple[str, ...]] = ("hf", "peft", "onnx")
     produces: ClassVar[tuple[str, ...]] = ("genai",)
     search_space: ClassVar[dict[str, list[Any]]] = {
         "precision": ["int4", "int8", "fp32"], "int4_block_size": [32, 64, 128],
     }
 
+    @classmethod
+    def accepted_kinds(cls, config: Any) -> tuple[str, ...]:
+        """metadata_only describes an existing ONNX model; a build starts from a Hugging Face model (or PEFT
+        adapter): an ONNX model handed to a build is refused before the run, never silently described."""
+        return ("onnx",) if config.metadata_only else ("hf", "peft")
+
     def run(self, model: ModelHandle, config: ModelBuilderConfig, output_dir: Path, ctx: PassContext) -> ModelHandle:
+        if config.metadata_only or model.kind == "onnx":  # write_metadata names a mismatch in one line
+            return write_metadata(model, config, output_dir, ctx)
         src = Path(model.path)
         options: dict[str, Any] = {}
         if model.kind == "peft":
@@ -218,6 +315,7 @@ class ModelBuilder(Pass):
             shutil.rmtree(cache, ignore_errors=True)
         if not (out / "genai_config.json").is_file():
             raise RuntimeError(f"the model builder wrote no genai_config.json into {out}")
+        merge_search(out / "genai_config.json", config.search)
         # The builder copies the tokenizer; chat templates and generation config ride along too.
         from honed.passes._onnx_common import copy_side_files
 
@@ -226,13 +324,121 @@ class ModelBuilder(Pass):
             kind="genai", path=str(out), task="text-generation", load_kwargs=trust_kwargs(model),
             attributes={**model.attributes, "precision": config.precision, "execution_provider": ep},
         )
-        size = sum(f.stat().st_size for f in out.glob("model.onnx*"))
+        if model.kind == "peft":
+            # The recipe ExtractAdapters replays to lay out further adapters exactly like this one.
+            handle.attributes["model_builder"] = {
+                "source": str(src), "precision": config.precision, "execution_provider": ep,
+                "options": {k: v for k, v in options.items() if k != "adapter_path"},
+            }
+        size = sum(f.stat().st_size for f in out.glob("*.onnx*"))  # extra_options may rename model.onnx
         ctx.metrics["onnx_size_mb"] = round(size / 2**20, 3)
         if config.check_outputs:
             from honed.passes._onnx_common import check_against_source
 
             check_against_source(model, handle, ctx, config.check_tolerance)
         return handle
+
+
+def merge_search(genai_config: Path, search: dict[str, Any] | None) -> None:
+    """Olive's ``search``: the user's generation defaults over the builder's in genai_config.json."""
+    if not search:
+        return
+    cfg = json.loads(genai_config.read_text())
+    cfg["search"] = {**(cfg.get("search") or {}), **search}
+    genai_config.write_text(json.dumps(cfg, indent=4))
+
+
+def _external_files(onnx_path: Path) -> list[str]:
+    """The external-data files an ONNX file names (its weights beside it)."""
+    import onnx
+
+    m = onnx.load(str(onnx_path), load_external_data=False)
+    found = set()
+    for t in m.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            found |= {e.value for e in t.external_data if e.key == "location"}
+    return sorted(found)
+
+
+def match_genai_io(genai_config: Path, onnx_path: Path) -> None:
+    """Make genai_config.json's decoder inputs/outputs name what the graph has.
+
+    The builder writes them for the graph it would build (on CPU: no position_ids, rotary embedding inside
+    GroupQueryAttention); an exported graph may differ. Standard names the graph has are added, names it
+    lacks are dropped; a graph input genai would not feed is a UserError."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    g_in, g_out = {v.name for v in graph.input}, {v.name for v in graph.output}
+    cfg = json.loads(genai_config.read_text())
+    dec = cfg["model"]["decoder"]
+    layers = int(dec.get("num_hidden_layers", 0))
+    for section, names, standard in (("inputs", g_in, ("input_ids", "inputs_embeds", "attention_mask",
+                                                        "position_ids")),
+                                     ("outputs", g_out, ("logits", "hidden_states"))):
+        entries: dict[str, str] = dec.setdefault(section, {})
+        for key in standard:
+            if key in names:
+                entries[key] = key
+        for key, value in list(entries.items()):
+            present = (value % 0 in names) if "%d" in value else value in names
+            if not present:
+                del entries[key]
+        covered = {v % i if "%d" in v else v for v in entries.values() for i in range(max(layers, 1))}
+        missing = sorted(names - covered)
+        if missing:
+            raise UserError(
+                f"ModelBuilder (metadata_only): {onnx_path.name} has {section} onnxruntime-genai would not "
+                f"{'feed' if section == 'inputs' else 'read'}: {', '.join(missing[:5])}; export with "
+                "OnnxConversion (use_past: true) or build with ModelBuilder from the HF model"
+            )
+    genai_config.write_text(json.dumps(cfg, indent=4))
+
+
+def write_metadata(model: ModelHandle, config: ModelBuilderConfig, output_dir: Path, ctx: PassContext) -> ModelHandle:
+    """Olive's ``metadata_only``: the builder's genai_config.json and tokenizer files (``config_only``) beside
+    a copy of an existing ONNX causal LM, whose folder must hold the HF config.json (OnnxConversion's does)."""
+    from honed.passes._onnx_common import copy_side_files, onnx_file
+
+    if model.kind != "onnx":
+        raise UserError(f"ModelBuilder: metadata_only takes an ONNX model, not a {model.kind} model; put it after "
+                        "OnnxConversion or drop metadata_only to build from the HF model")
+    if not config.metadata_only:
+        raise UserError("ModelBuilder: the input is an ONNX model; set metadata_only: true to write only "
+                        "genai_config.json and the tokenizer for it, or give the HF model to build from")
+    src = onnx_file(model)
+    folder = src.parent
+    if not (folder / "config.json").is_file():
+        raise UserError(f"ModelBuilder (metadata_only): {folder} has no config.json; the builder reads the model's "
+                        "HF config from beside the ONNX file (OnnxConversion puts it there)")
+    arch = _architecture(folder)
+    if not arch.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")):
+        raise UserError(f"ModelBuilder (metadata_only): {folder / 'config.json'} names '{arch}', not a causal LM; "
+                        "onnxruntime-genai runs text generation models only")
+    out = output_dir / "model"
+    out.mkdir(parents=True, exist_ok=True)
+    for name in (src.name, *_external_files(src)):
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise UserError(f"ModelBuilder (metadata_only): {src} names external data '{name}' outside its folder")
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(folder / name, out / name)
+    ep = config.execution_provider or ctx.target.ep_short
+    options: dict[str, Any] = {**config.extra_options, "config_only": True, "filename": src.name}
+    if trusts_remote_code(model):
+        options["hf_remote"] = True
+    cache = ctx.work_dir / "builder_cache"
+    try:
+        build_genai(folder, out, config.precision, ep, cache, options)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    if not (out / "genai_config.json").is_file():
+        raise RuntimeError(f"the model builder wrote no genai_config.json into {out}")
+    match_genai_io(out / "genai_config.json", out / src.name)
+    merge_search(out / "genai_config.json", config.search)
+    copy_side_files(folder, out)
+    ctx.metrics["onnx_size_mb"] = round(sum(f.stat().st_size for f in out.glob("*.onnx*")) / 2**20, 3)
+    return ModelHandle(kind="genai", path=str(out), task="text-generation", load_kwargs=trust_kwargs(model),
+                       attributes={**model.attributes, "execution_provider": ep, "metadata_only": True})
 
 
 register_pass(ModelBuilder)

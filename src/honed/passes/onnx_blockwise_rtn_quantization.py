@@ -1,5 +1,6 @@
 """OnnxBlockWiseRtnQuantization: int4 (or int8) weight-only quantization of MatMul/Gather
-weights by round-to-nearest per block, written as MatMulNBits nodes."""
+weights by round-to-nearest per block, written as MatMulNBits nodes. Takes an ONNX model or an
+onnxruntime-genai folder (Olive's recipes run it after ModelBuilder fp32/fp16) and returns the same kind."""
 
 from __future__ import annotations
 
@@ -34,8 +35,8 @@ class OnnxBlockWiseRtnQuantization(Pass):
     description = "Quantize ONNX MatMul weights to int4 blocks (round to nearest) as MatMulNBits."
     config_class = OnnxBlockWiseRtnQuantizationConfig
     libraries = ("onnxruntime", "onnx")
-    accepts: ClassVar[tuple[str, ...]] = ("onnx",)
-    produces: ClassVar[tuple[str, ...]] = ("onnx",)
+    accepts: ClassVar[tuple[str, ...]] = ("onnx", "genai")
+    produces: ClassVar[tuple[str, ...]] = ("onnx", "genai")  # the kind it was given
 
     def run(self, model: ModelHandle, config: OnnxBlockWiseRtnQuantizationConfig, output_dir: Path,
             ctx: PassContext) -> ModelHandle:
@@ -46,9 +47,9 @@ class OnnxBlockWiseRtnQuantization(Pass):
             block_size=config.block_size, is_symmetric=config.is_symmetric,
             accuracy_level=config.accuracy_level, op_types_to_quantize=ops, bits=config.bits,
         )
-        return matmul_nbits(model, config, output_dir, ctx, algo, f"int{config.bits}-rtn", bits=config.bits,
-                            is_symmetric=config.is_symmetric, accuracy_level=config.accuracy_level,
-                            op_types_to_quantize=ops)
+        return matmul_nbits(model, config, output_dir, ctx, algo, f"int{config.bits}-rtn", self.name,
+                            ops or ("MatMul",), bits=config.bits, is_symmetric=config.is_symmetric,
+                            accuracy_level=config.accuracy_level, op_types_to_quantize=ops)
 
 
 register_pass(OnnxBlockWiseRtnQuantization)

@@ -1,5 +1,5 @@
-"""OnnxConversion: ``torch.onnx.export(dynamo=True)`` for models the genai builder does not
-cover: encoders, sequence classifiers, and causal LMs with past key/values as explicit
+"""OnnxConversion: ``torch.onnx.export`` (dynamo for opset >= 18, TorchScript below) for models the genai
+builder does not cover: encoders, sequence classifiers, and causal LMs with past key/values as explicit
 inputs (``past_key_values.N.key``) and outputs (``present.N.key``)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import Field, StrictBool
+from pydantic import Field, StrictBool, model_validator
 
 from honed.errors import UserError
 from honed.models.handle import ModelHandle
@@ -28,20 +28,32 @@ log = logging.getLogger("honed")
 _CAUSAL = "text-generation"
 _CLASSIFY = "text-classification"
 _FEATURES = "feature-extraction"
+# torch.onnx._constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET in torch 2.x
+TORCHSCRIPT_MAX_OPSET = 20
 
 
 class OnnxConversionConfig(OnnxSaveConfig):
     """Export options (Olive's names)."""
 
-    target_opset: int = Field(20, ge=18, le=23, description="ONNX opset to export to.")
-    use_dynamo_exporter: StrictBool = Field(
-        True, description="Use the torch.export-based exporter. False (encoders only) uses the TorchScript "
-        "exporter with eager attention, whose graph OrtTransformersOptimization fuses into Attention ops."
+    target_opset: int = Field(
+        20, ge=7, le=23, description="ONNX (ai.onnx) opset to export to. Below 18 the TorchScript exporter writes "
+        "it (torch's dynamo exporter emits opset 18 at least); the opset actually written is checked and recorded "
+        "in the metrics ('opset')."
+    )
+    use_dynamo_exporter: StrictBool | None = Field(
+        None, description="Use the torch.export-based exporter (true) or the TorchScript exporter with eager "
+        "attention (false), whose graph OrtTransformersOptimization fuses into Attention ops. Default: dynamo for "
+        "target_opset >= 18, TorchScript below."
     )
     torch_dtype: DTypeName | None = Field(
         None, description="Cast the model first (float32, float16, bfloat16).")
     use_past: StrictBool | None = Field(
         None, description="Causal LMs: past key/values as inputs and outputs (default true for text-generation)."
+    )
+    save_metadata_for_token_generation: StrictBool = Field(
+        False, description="Olive's switch for writing config.json, generation_config.json and the tokenizer "
+        "files beside the model; honed always writes them (ModelBuilder metadata_only reads them), so either "
+        "value gives the same folder."
     )
     check_outputs: StrictBool = Field(
         True, description="Compare the ONNX outputs with PyTorch's on sample inputs and record the max difference."
@@ -50,6 +62,18 @@ class OnnxConversionConfig(OnnxSaveConfig):
         None, gt=0, description="Fail when the max abs difference exceeds this times max(1, max |output|) "
         "(default 1e-4 for fp32; other dtypes only record it)."
     )
+
+    @model_validator(mode="after")
+    def _exporter_reaches_opset(self) -> OnnxConversionConfig:
+        if self.use_dynamo_exporter is False and self.target_opset > TORCHSCRIPT_MAX_OPSET:
+            raise ValueError(f"the TorchScript exporter (use_dynamo_exporter: false) writes opsets up to "
+                             f"{TORCHSCRIPT_MAX_OPSET}; lower target_opset or set use_dynamo_exporter: true")
+        return self
+
+    @property
+    def dynamo(self) -> bool:
+        """Whether the dynamo exporter runs: as set, else for opsets it writes natively (18 and later)."""
+        return self.use_dynamo_exporter if self.use_dynamo_exporter is not None else self.target_opset >= 18
 
 
 def infer_task(handle: ModelHandle, folder: Path) -> str:
@@ -158,11 +182,14 @@ def export_causal_lm(model: Any, out_file: Path, opset: int, use_past: bool, dyn
         kinds = [f"{i}.{t}" for i in range(n_layers) for t in ("key", "value")]
         names += [f"past_key_values.{k}" for k in kinds]
         outputs += [f"present.{k}" for k in kinds]
+        out_axes = {"logits": {0: "batch_size", 1: "sequence_length"},
+                    **{n: {0: "batch_size", 2: "total_sequence_length"} for n in outputs[1:]}}
     else:
         mask = torch.ones(b, s, dtype=torch.int64)
         args = (ids, mask, torch.arange(s).expand(b, s).contiguous())
         shapes = ({0: batch, 1: seq},) * 3
-    _export(_causal_wrapper(model, use_past), args, shapes, names, outputs, out_file, opset, dynamo, external)
+        out_axes = {"logits": {0: "batch_size", 1: "sequence_length"}}
+    _export(_causal_wrapper(model, use_past), args, shapes, names, out_axes, out_file, opset, dynamo, external)
 
 
 def export_encoder(model: Any, task: str, out_file: Path, opset: int, dynamo: bool, external: bool) -> None:
@@ -183,29 +210,52 @@ def export_encoder(model: Any, task: str, out_file: Path, opset: int, dynamo: bo
         args += (torch.zeros(b, s, dtype=torch.int64),)
         names.append("token_type_ids")
     axes = {0: torch.export.Dim("batch_size"), 1: torch.export.Dim("sequence_length")}
-    output = "logits" if task == _CLASSIFY else "last_hidden_state"
-    _export(_encoder_wrapper(model, task, with_types), args, (axes,) * len(args), names, [output],
+    out_axes = {"logits": {0: "batch_size"}} if task == _CLASSIFY else {
+        "last_hidden_state": {0: "batch_size", 1: "sequence_length"}}
+    _export(_encoder_wrapper(model, task, with_types), args, (axes,) * len(args), names, out_axes,
             out_file, opset, dynamo, external)
 
 
-def _export(module: Any, args: tuple[Any, ...], shapes: Any, names: list[str], outputs: list[str],
+def written_opset(onnx_path: Path) -> int:
+    """The ai.onnx opset version an ONNX file imports (its header only; weights are not read)."""
+    import onnx
+
+    m = onnx.load(str(onnx_path), load_external_data=False)
+    return next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _flat_axes(shapes: Any) -> list[dict[int, str]]:
+    """torch.export dynamic shapes (per argument; a list argument holds one per tensor) as TorchScript
+    ``dynamic_axes`` entries, one per flattened input, named by each Dim."""
+    flat: list[dict[int, str]] = []
+    for entry in shapes:
+        for axes in entry if isinstance(entry, list) else [entry]:
+            flat.append({axis: dim.__name__ for axis, dim in axes.items()})
+    return flat
+
+
+def _export(module: Any, args: tuple[Any, ...], shapes: Any, names: list[str], out_axes: dict[str, dict[int, str]],
             out_file: Path, opset: int, dynamo: bool, external: bool) -> None:
+    """torch.onnx.export with dynamic axes: the dynamo exporter (``shapes`` as torch.export Dims) or the
+    TorchScript one (``dynamic_axes`` named alike), which writes opsets below 18."""
     import contextlib
     import io
+    import warnings
 
     import torch
 
     out_file.parent.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
-    with torch.no_grad(), contextlib.redirect_stdout(buf):
+    with torch.no_grad(), contextlib.redirect_stdout(buf), warnings.catch_warnings():
+        # The TorchScript tracer warns on every Python branch over a tensor; the outputs check covers them.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         if dynamo:
             program = torch.onnx.export(module, args, dynamic_shapes=shapes, input_names=names,
-                                        output_names=outputs, opset_version=opset, dynamo=True)
+                                        output_names=list(out_axes), opset_version=opset, dynamo=True)
             program.save(str(out_file), external_data=external)
         else:
-            axes: dict[str, dict[int, str]] = {n: {0: "batch_size", 1: "sequence_length"} for n in names}
-            axes.update({n: {0: "batch_size"} for n in outputs})
-            torch.onnx.export(module, args, str(out_file), input_names=names, output_names=outputs,
+            axes = dict(zip(names, _flat_axes(shapes), strict=True)) | out_axes
+            torch.onnx.export(module, args, str(out_file), input_names=names, output_names=list(out_axes),
                               opset_version=opset, dynamo=False, dynamic_axes=axes)
     log.debug("torch.onnx.export output:\n%s", buf.getvalue())
 
@@ -234,10 +284,8 @@ class OnnxConversion(Pass):
             )
         src = model.model_copy(update={"task": task})
         extra: dict[str, Any] = {}
-        if not config.use_dynamo_exporter:
-            if task == _CAUSAL:
-                raise UserError("OnnxConversion: causal LMs export only with use_dynamo_exporter: true")
-            extra["attn_implementation"] = "eager"
+        if not config.dynamo:
+            extra["attn_implementation"] = "eager"  # the TorchScript exporter traces eager attention exactly
         torch_model = load_model(src, dtype=config.torch_dtype or "float32", **extra)
         if model.kind == "peft":
             torch_model = torch_model.merge_and_unload()
@@ -246,11 +294,20 @@ class OnnxConversion(Pass):
         out_file = output_dir / "model.onnx"
         use_past = config.use_past if config.use_past is not None else task == _CAUSAL
         if task == _CAUSAL:
-            export_causal_lm(torch_model, out_file, config.target_opset, use_past,
-                             config.use_dynamo_exporter, external)
+            export_causal_lm(torch_model, out_file, config.target_opset, use_past, config.dynamo, external)
         else:
-            export_encoder(torch_model, task, out_file, config.target_opset, config.use_dynamo_exporter, external)
+            export_encoder(torch_model, task, out_file, config.target_opset, config.dynamo, external)
         del torch_model
+        opset = written_opset(out_file)
+        ctx.metrics["opset"] = opset
+        if opset != config.target_opset:
+            # torch's dynamo exporter falls back to opset 18 when it cannot convert down, and says so only in a log.
+            raise UserError(
+                f"OnnxConversion: asked for target_opset {config.target_opset} but the "
+                f"{'dynamo' if config.dynamo else 'TorchScript'} exporter wrote opset {opset}; "
+                + ("set use_dynamo_exporter: false (the TorchScript exporter writes opsets below 18)"
+                   if config.dynamo else "choose another target_opset")
+            )
         if external and (config.external_data_name or not config.all_tensors_to_one_file):
             import onnx
 
@@ -259,7 +316,7 @@ class OnnxConversion(Pass):
         if model.kind == "peft":
             copy_side_files(Path(model.path), output_dir)
         handle = ModelHandle(kind="onnx", path=str(output_dir), task=task, load_kwargs=trust_kwargs(model),
-                             attributes={**model.attributes, "use_past": use_past})
+                             attributes={**model.attributes, "use_past": use_past, "opset": opset})
         ctx.metrics["onnx_size_mb"] = round(sum(f.stat().st_size for f in output_dir.glob("model.onnx*")) / 2**20, 3)
         if config.check_outputs:
             fp32 = config.torch_dtype in (None, "float32", "fp32")

@@ -1,5 +1,6 @@
 """OnnxFloatToFloat16: fp32 weights and compute to fp16 (for GPU targets), keeping ops that
-overflow in fp16 on a block list."""
+overflow in fp16 on a block list. Takes an ONNX model or an onnxruntime-genai folder and returns the same
+kind (onnxruntime-genai reads the past key/value dtype from the graph, so genai_config.json needs no change)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import ClassVar
 from pydantic import Field, StrictBool
 
 from honed.models.handle import ModelHandle
-from honed.passes._onnx_common import OnnxSaveConfig, finish_onnx_output, onnx_file, save_onnx
+from honed.passes._onnx_common import OnnxSaveConfig, finish_onnx_output, onnx_file, output_file, save_onnx
 from honed.passes.base import Pass, PassContext, register_pass
 
 
@@ -28,8 +29,8 @@ class OnnxFloatToFloat16(Pass):
     description = "Convert an fp32 ONNX model to fp16."
     config_class = OnnxFloatToFloat16Config
     libraries = ("onnxruntime", "onnx")
-    accepts: ClassVar[tuple[str, ...]] = ("onnx",)
-    produces: ClassVar[tuple[str, ...]] = ("onnx",)
+    accepts: ClassVar[tuple[str, ...]] = ("onnx", "genai")
+    produces: ClassVar[tuple[str, ...]] = ("onnx", "genai")  # the kind it was given
 
     def run(self, model: ModelHandle, config: OnnxFloatToFloat16Config, output_dir: Path,
             ctx: PassContext) -> ModelHandle:
@@ -42,7 +43,7 @@ class OnnxFloatToFloat16(Pass):
             max_finite_val=config.max_finite_val, keep_io_types=config.keep_io_types,
             op_block_list=config.op_block_list, node_block_list=config.node_block_list,
         )
-        out = output_dir / "model.onnx"
+        out = output_file(model, src, output_dir)
         save_onnx(m, out, config)
         return finish_onnx_output(model, src, out, config, ctx, precision="fp16")
 

@@ -1,5 +1,6 @@
 """OnnxHqqQuantization: int4 weight-only quantization with Half-Quadratic Quantization
-(better scales/zero points than round-to-nearest, still no data), as MatMulNBits."""
+(better scales/zero points than round-to-nearest, still no data), as MatMulNBits. Takes an ONNX model or
+an onnxruntime-genai folder (Olive's recipes run it after ModelBuilder) and returns the same kind."""
 
 from __future__ import annotations
 
@@ -28,15 +29,15 @@ class OnnxHqqQuantization(Pass):
     config_class = OnnxHqqQuantizationConfig
     requires = ("torch",)
     libraries = ("onnxruntime", "onnx", "torch")
-    accepts: ClassVar[tuple[str, ...]] = ("onnx",)
-    produces: ClassVar[tuple[str, ...]] = ("onnx",)
+    accepts: ClassVar[tuple[str, ...]] = ("onnx", "genai")
+    produces: ClassVar[tuple[str, ...]] = ("onnx", "genai")  # the kind it was given
 
     def run(self, model: ModelHandle, config: OnnxHqqQuantizationConfig, output_dir: Path,
             ctx: PassContext) -> ModelHandle:
         from onnxruntime.quantization.matmul_nbits_quantizer import HQQWeightOnlyQuantConfig
 
         algo = HQQWeightOnlyQuantConfig(block_size=config.block_size, bits=4, axis=config.axis)
-        return matmul_nbits(model, config, output_dir, ctx, algo, "int4-hqq", bits=4)
+        return matmul_nbits(model, config, output_dir, ctx, algo, "int4-hqq", self.name, bits=4)
 
 
 register_pass(OnnxHqqQuantization)

@@ -14,7 +14,7 @@ from typing import Any
 
 from honed.engine.outputs import rewrite_owned
 from honed.errors import UserError
-from honed.report.text import fmt
+from honed.report.text import flows_rows, fmt
 
 LOSS_KEYS = ("log_history", "loss_history")
 """Step metric keys holding a list of {step, loss | eval_loss} dicts (the training loop's log history)."""
@@ -295,6 +295,14 @@ def build_html(fp: dict[str, Any], title: str = "honed report") -> str:
         body += ["<h2>Metrics: input -> output</h2>", _metrics_section(fp["evaluation"])]
     if fp.get("search"):
         body += ["<h2>Search</h2>", _search_section(fp["search"])]
+    if fp.get("flows"):
+        header, rows = flows_rows(fp["flows"])
+        body += ["<h2>Pass flows</h2>", "<p>Each flow ran as its own branch over one cache; its model, "
+                 "footprints.json and report are in the folder of its name.</p>",
+                 "<table><tr>" + "".join(f"<th>{escape(h)}</th>" for h in header) + "</tr>"
+                 + "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+                 + "</table>"]
+        return _page(title, body)
     om = fp.get("output_model") or {}
     chosen = ""
     if fp.get("search"):
@@ -302,6 +310,10 @@ def build_html(fp: dict[str, Any], title: str = "honed report") -> str:
     body += ["<h2>Chosen model</h2>",
              f"<p><code>{escape(str(om.get('kind')))}</code> model{chosen}; id <code>{escape(str(om.get('id')))}"
              f"</code></p><pre>{escape(json.dumps(om.get('attributes', {}), indent=2))}</pre>"]
+    return _page(title, body)
+
+
+def _page(title: str, body: list[str]) -> str:
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{escape(title)}</title>"
             f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>\n")

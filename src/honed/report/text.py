@@ -50,10 +50,23 @@ def trials_table(search: dict[str, Any]) -> str:
     return _table(["rank", "trial", "pareto", "goals", "params", *keys, ""], rows)
 
 
+def flows_rows(flows: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows comparing pass flows: flow | model kind | output metrics (one column per metric)."""
+    keys = list(dict.fromkeys(k for f in flows.values() for k in ((f.get("evaluation") or {}).get("output") or {})))
+    rows = []
+    for name, f in flows.items():
+        out = (f.get("evaluation") or {}).get("output") or {}
+        rows.append([name, str((f.get("model") or {}).get("kind", "-")), *(fmt(out.get(k)) for k in keys)])
+    return ["flow", "model", *keys], rows
+
+
 def summary_text(footprints_path: Path) -> str:
     """The table for an output folder's footprints.json ('' when nothing was evaluated)."""
     fp = json.loads(Path(footprints_path).read_text())
     parts = []
+    if fp.get("flows"):
+        parts.append(f"{len(fp['flows'])} pass flows, each in its own folder:")
+        parts.append(_table(*flows_rows(fp["flows"])))
     if fp.get("search"):
         s = fp["search"]
         parts.append(f"search: {len(s['trials'])} trials ({s['sampler']}), chosen trial {s['chosen']}")

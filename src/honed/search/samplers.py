@@ -1,5 +1,5 @@
 """Samplers pick the next point of a search space: sequential (every point in order), random
-(seeded, without repeats) and TPE (optuna, seeded; multi-objective when there are several)."""
+(seeded, without repeats) and optuna's TPE, QMC and NSGA-II (seeded; multi-objective when there are several)."""
 
 from __future__ import annotations
 
@@ -65,19 +65,33 @@ class RandomSampler(Sampler):
         return None
 
 
-class TPESampler(Sampler):
-    """optuna's TPE over the dimensions as categorical choices (by index, so any value works)."""
+class OptunaSampler(Sampler):
+    """An optuna sampler over the dimensions as categorical choices (by index, so any value works).
+
+    ``algorithm``: ``tpe`` (Bergstra et al. 2011), ``qmc`` (Sobol quasi-Monte Carlo) or ``nsgaII`` (Deb et al.
+    2002), each optuna's implementation.
+    """
+
+    algorithm = "tpe"
+
+    def _optuna_sampler(self, optuna: Any, seed: int) -> Any:
+        if self.algorithm == "qmc":
+            return optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
+        if self.algorithm == "nsgaII":
+            return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(2, min(50, self.space.size)))
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, self.space.size // 2)))
 
     def __init__(self, space: SearchSpace, objectives: list[Objective], seed: int = 0) -> None:
         import optuna
 
         super().__init__(space, objectives, seed)
         if not objectives:
-            raise UserError("search_strategy.sampler tpe needs objectives: give sub metrics a priority >= 1")
+            raise UserError(f"search_strategy.sampler {self.algorithm} needs objectives: give sub metrics a "
+                            "priority >= 1")
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.optuna = optuna
         directions = ["maximize" if higher else "minimize" for _, higher in objectives]
-        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, space.size // 2)))
+        sampler = self._optuna_sampler(optuna, seed)
         self.study = optuna.create_study(directions=directions, sampler=sampler)
         self._trials: dict[str, Any] = {}
         self._done: dict[str, list[float] | None] = {}
@@ -120,7 +134,20 @@ class TPESampler(Sampler):
             self._finish(trial, values)
 
 
-SAMPLERS: dict[str, type[Sampler]] = {"sequential": SequentialSampler, "random": RandomSampler, "tpe": TPESampler}
+class TPESampler(OptunaSampler):
+    algorithm = "tpe"
+
+
+class QMCSampler(OptunaSampler):
+    algorithm = "qmc"
+
+
+class NSGAIISampler(OptunaSampler):
+    algorithm = "nsgaII"
+
+
+SAMPLERS: dict[str, type[Sampler]] = {"sequential": SequentialSampler, "random": RandomSampler, "tpe": TPESampler,
+                                      "qmc": QMCSampler, "nsgaII": NSGAIISampler}
 
 
 def make_sampler(name: str, space: SearchSpace, objectives: list[Objective], seed: int = 0) -> Sampler:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import typing
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -107,7 +108,7 @@ def _entry_dimensions(name: str, entry: dict[str, Any], key: str, alternative: i
         if param == "type":
             continue
         if value == SEARCHABLE:
-            values = list(getattr(cls, "search_space", {}).get(param, []))
+            values = list(getattr(cls, "search_space", {}).get(param, [])) or _choices(cls, param)
             if not values:
                 declared = ", ".join(getattr(cls, "search_space", {})) or "none"
                 problems.append(ConfigProblem(f"{key}.{param}", f"{kind} declares no search values for '{param}'",
@@ -151,3 +152,16 @@ def extract_space(raw_passes: dict[str, Any]) -> tuple[dict[str, Any], SearchSpa
     defaults = space.concrete(space.default_point()) if not problems else {
         n: (e[0] if isinstance(e, list) and e else e) for n, e in raw_passes.items()}
     return defaults, space, problems
+
+
+def _choices(cls: Any, param: str) -> list[Any]:
+    """Every value a boolean or Literal parameter can take (Olive searches those by default too)."""
+    field = cls.config_class.model_fields.get(param)
+    if field is None:
+        return []
+    ann = field.annotation
+    if ann is bool:  # StrictBool fields annotate as bool too
+        return [False, True]
+    if typing.get_origin(ann) is typing.Literal:
+        return list(typing.get_args(ann))
+    return []

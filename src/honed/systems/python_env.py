@@ -3,14 +3,28 @@
 The pass, its config, the input handle and the context go to ``python -m honed.systems.worker`` as
 JSON; the worker runs the pass there and answers with the output handle.  honed must be installed
 in that environment too (``pip install honed`` there).
+
+A managed environment (``managed_env: true``, Olive's ``olive_managed_env``) is a venv honed builds
+itself under ``<cache_dir>/envs/<key>`` from a requirements file.  Like Olive's (``venv.create(...,
+system_site_packages=True)`` in olive/systems/utils/misc.py) it sees the host's packages, here through
+a ``.pth`` file that appends the host's site-packages after its own, so honed, torch and onnxruntime
+need no reinstall while the versions the requirements install come first.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import os
+import shutil
+import site
 import subprocess
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+
+from filelock import FileLock
 
 from honed.errors import UserError
 from honed.models.handle import ModelHandle
@@ -27,13 +41,119 @@ def find_python(path: str) -> Path:
     raise UserError(f"python_environment_path '{path}': no Python interpreter there; give a venv folder or its bin/")
 
 
-class PythonEnvironmentSystem:
-    """Runs each pass in a subprocess of another interpreter."""
+ENV_FORMAT = "1"
+"""Part of every managed environment's key: bump it when the way environments are built changes."""
+COMPLETE = ".honed-env-complete"
+"""Written last into a managed environment; a folder without it is unfinished and is built again."""
 
-    def __init__(self, accelerator: Accelerator, python: Path) -> None:
+log = logging.getLogger("honed")
+
+
+def requirement_lines(text: str) -> list[str]:
+    """The lines of a requirements file pip would act on (no blanks, no ``#`` comments)."""
+    return [ln for ln in (raw.split(" #")[0].strip() for raw in text.splitlines()) if ln and not ln.startswith("#")]
+
+
+class ManagedEnv:
+    """A venv under ``<cache_root>/envs/<key>`` built from a requirements file, made on first use.
+
+    ``key`` hashes the requirements file's bytes, the host interpreter's version and path, and
+    ``ENV_FORMAT``: a changed file (or host) is a new environment, and, through the system's
+    identity, new pass cache keys.  The folder is built in place under a per-key file lock and
+    counts as present only once ``COMPLETE`` is written, because a venv cannot be moved after it is
+    built (pip writes absolute paths into the scripts it installs); a failed build is deleted.
+    """
+
+    def __init__(self, cache_root: Path, requirements_file: Path | None, label: str = "systems") -> None:
+        self.requirements_file = requirements_file
+        self.label = label
+        try:
+            raw = requirements_file.read_bytes() if requirements_file else b""
+        except OSError as e:
+            raise UserError(f"{label}.requirements_file: cannot read {requirements_file} ({e.strerror}); "
+                            "fix the path") from e
+        self.text = raw.decode("utf-8-sig", errors="replace")
+        h = hashlib.sha256()
+        for part in (ENV_FORMAT.encode(), sys.version.encode(), sys.executable.encode(), raw):
+            h.update(part + b"\0")
+        self.key = h.hexdigest()[:24]
+        self.path = cache_root / "envs" / self.key
+        self.python = self.path / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+        self._lock = cache_root / "locks" / f"env-{self.key}.lock"
+
+    @property
+    def exists(self) -> bool:
+        return (self.path / COMPLETE).is_file()
+
+    def ensure(self) -> Path:
+        """The environment's interpreter, building the environment first when it is missing.
+
+        Raises UserError (one line) when ``venv`` or ``pip install`` fails; nothing is left behind then.
+        """
+        if self.exists:
+            return self.python
+        self._lock.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self._lock)):
+            if self.exists:  # another run built it while we waited
+                return self.python
+            if self.path.exists():  # left unfinished by a run that died
+                shutil.rmtree(self.path)
+            log.info("%s: creating managed Python environment %s", self.label, self.path)
+            try:
+                self._build()
+            except BaseException:
+                shutil.rmtree(self.path, ignore_errors=True)
+                raise
+        return self.python
+
+    def _build(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _run([sys.executable, "-m", "venv", str(self.path)], f"{self.label}: python -m venv {self.path}")
+        sp = subprocess.run(
+            [str(self.python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()
+        # Lines starting with "import" in a .pth run at startup; addsitedir (unlike a plain path line)
+        # also reads the host's own .pth files, which is how an editable install of honed is found.
+        host = [p for p in site.getsitepackages() if Path(p).is_dir()]
+        code = "; ".join(f"site.addsitedir({p!r})" for p in host)
+        (Path(sp) / "_honed_host_site.pth").write_text(f"import site; {code}\n" if code else "")
+        if requirement_lines(self.text):
+            _run([str(self.python), "-m", "pip", "install", "--disable-pip-version-check", "-r",
+                  str(self.requirements_file)],
+                 f"{self.label}.requirements_file: pip install -r {self.requirements_file}")
+        (self.path / COMPLETE).write_text(json.dumps({"requirements_file": str(self.requirements_file or ""),
+                                                      "host_python": sys.executable}))
+
+
+def _run(cmd: list[str], what: str) -> None:
+    """Run a build step; on failure a one-line UserError with the step's last error line."""
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode == 0:
+        return
+    lines = [ln.strip() for ln in (proc.stderr + "\n" + proc.stdout).splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("ERROR:")]
+    last = (errors or lines or [f"exit status {proc.returncode}"])[-1]
+    raise UserError(f"{what} failed: {last}; fix the requirements (or install them) and run again")
+
+
+class PythonEnvironmentSystem:
+    """Runs each pass in a subprocess of another interpreter (with ``env``: a managed one, built on
+    the first pass that runs, so a dry run or an all-cached run never builds it)."""
+
+    def __init__(self, accelerator: Accelerator, python: Path | None = None, env: ManagedEnv | None = None) -> None:
+        if (python is None) == (env is None):
+            raise TypeError("give python or env")
         self.accelerator = accelerator
-        self.python = python
-        self.identity = f"python:{python}"
+        self.env = env
+        self._python = python
+        self.identity = f"python-env:{env.key}" if env else f"python:{python}"
+
+    @property
+    def python(self) -> Path:
+        if self._python is None and self.env is not None:
+            self._python = self.env.ensure()
+        return cast(Path, self._python)
 
     def run_pass(self, pass_cls: type[Pass], model: ModelHandle, config: Any, output_dir: Path,
                  ctx: PassContext) -> ModelHandle:
@@ -58,5 +178,6 @@ class PythonEnvironmentSystem:
             raise RuntimeError(f"worker in {self.python} exited {proc.returncode}: {tail[0]}")
         answer = json.loads(resp.read_text())
         ctx.metrics.update(answer.get("metrics", {}))
-        ctx.metrics["python"] = str(self.python)
+        # The worker names the interpreter it ran in (older workers do not: then the one started).
+        ctx.metrics["python"] = answer.get("python") or str(self.python)
         return ModelHandle.model_validate(answer["handle"])

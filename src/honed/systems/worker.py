@@ -27,7 +27,8 @@ def main(request_path: str, response_path: str) -> int:
     config = cls.config_class.model_validate(req["config"])
     handle = cls().run(ModelHandle.model_validate(req["model"]), config, Path(req["output_dir"]), ctx)
     out = Path(response_path)
-    out.write_text(json.dumps({"handle": handle.model_dump(mode="json"), "metrics": ctx.metrics}, default=str))
+    out.write_text(json.dumps({"handle": handle.model_dump(mode="json"), "metrics": ctx.metrics,
+                               "python": sys.executable}, default=str))
     return 0
 
 

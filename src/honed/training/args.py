@@ -115,3 +115,118 @@ class TrainingArgs(BaseModel):
     @property
     def effective_eval_steps(self) -> int:
         return self.eval_steps or self.logging_steps
+
+
+_HF_FIELDS = """
+accelerator_config activation_checkpointing activation_checkpointing_kwargs adam_beta1 adam_beta2 adam_epsilon
+auto_find_batch_size average_tokens_across_devices batch_eval_metrics bf16 bf16_full_eval data_seed
+dataloader_drop_last dataloader_in_order dataloader_multiprocessing_context dataloader_num_workers
+dataloader_persistent_workers dataloader_pin_memory dataloader_prefetch_factor ddp_backend ddp_broadcast_buffers
+ddp_bucket_cap_mb ddp_find_unused_parameters ddp_static_graph ddp_timeout debug deepspeed disable_tqdm do_eval
+do_predict do_train enable_jit_checkpoint eval_accumulation_steps eval_delay eval_do_concat_batches eval_on_start
+eval_steps eval_strategy eval_use_gather_object fp16 fp16_full_eval fsdp fsdp_config full_determinism
+gradient_accumulation_steps gradient_checkpointing gradient_checkpointing_kwargs greater_is_better hub_always_push
+hub_model_id hub_private_repo hub_revision hub_strategy hub_token ignore_data_skip include_for_metrics
+include_num_input_tokens_seen label_names label_smoothing_factor learning_rate length_column_name liger_kernel_config
+load_best_model_at_end local_rank log_level log_level_replica log_on_each_node logging_first_step
+logging_nan_inf_filter logging_steps logging_strategy lr_scheduler_kwargs lr_scheduler_type max_grad_norm max_steps
+metric_for_best_model neftune_noise_alpha num_train_epochs optim optim_args optim_target_modules output_dir
+parallelism_config per_device_eval_batch_size per_device_train_batch_size prediction_loss_only project push_to_hub
+remove_unused_columns report_to restore_callback_states_from_checkpoint resume_from_checkpoint run_name
+save_on_each_node save_only_model save_steps save_strategy save_total_limit seed skip_memory_metrics tf32
+torch_compile torch_compile_backend torch_compile_mode torch_empty_cache_steps trackio_bucket_id trackio_space_id
+trackio_static_space_id train_sampling_strategy use_cache use_cpu use_liger_kernel warmup_steps weight_decay
+adafactor dispatch_batches evaluation_strategy fp16_backend fp16_opt_level fsdp_min_num_params
+fsdp_transformer_layer_cls_to_wrap group_by_length half_precision_backend include_inputs_for_metrics
+include_tokens_per_second jit_mode_eval logging_dir mp_parameters no_cuda overwrite_output_dir past_index
+per_gpu_eval_batch_size per_gpu_train_batch_size push_to_hub_model_id push_to_hub_organization push_to_hub_token
+ray_scope save_safetensors sharded_ddp split_batches torchdynamo tpu_metrics_debug tpu_num_cores use_ipex
+use_legacy_prediction_loop use_mps_device use_seedable_sampler warmup_ratio xpu_backend
+"""
+HF_TRAINING_ARGUMENTS = frozenset(_HF_FIELDS.split())
+"""Every field of Hugging Face ``TrainingArguments`` in transformers 5 plus those older 4.x releases had (Olive
+files written against them still use ``overwrite_output_dir``, ``logging_dir``, ``no_cuda``...).  A test checks
+that it covers the installed transformers' fields."""
+
+_WHY_NOT_APPLIED = (
+    (("output_dir", "overwrite_output_dir", "save_strategy", "save_on_each_node", "save_only_model",
+      "save_safetensors", "resume_from_checkpoint", "restore_callback_states_from_checkpoint", "ignore_data_skip"),
+     "honed checkpoints into the pass's work folder in its cache every save_steps and resumes from it itself; "
+     "the model goes to engine.output_dir"),
+    (("report_to", "logging_dir", "logging_strategy", "logging_first_step", "logging_nan_inf_filter", "log_level",
+      "log_level_replica", "log_on_each_node", "disable_tqdm", "run_name", "project", "trackio_space_id",
+      "trackio_bucket_id", "trackio_static_space_id", "skip_memory_metrics", "include_num_input_tokens_seen",
+      "include_tokens_per_second", "debug", "tpu_metrics_debug"),
+     "honed logs loss and tokens/s every logging_steps to the console and footprints.json and sends nothing"),
+    (("push_to_hub", "hub_model_id", "hub_strategy", "hub_token", "hub_private_repo", "hub_always_push",
+      "hub_revision", "push_to_hub_model_id", "push_to_hub_organization", "push_to_hub_token"),
+     "honed never uploads; the model is written to engine.output_dir"),
+    (("ddp_backend", "ddp_broadcast_buffers", "ddp_bucket_cap_mb", "ddp_find_unused_parameters",
+      "ddp_static_graph", "ddp_timeout", "fsdp", "fsdp_config", "fsdp_min_num_params",
+      "fsdp_transformer_layer_cls_to_wrap", "deepspeed", "accelerator_config", "parallelism_config", "local_rank",
+      "sharded_ddp", "mp_parameters", "tpu_num_cores", "xpu_backend", "ray_scope", "dispatch_batches",
+      "split_batches", "average_tokens_across_devices", "dataloader_in_order"),
+     "honed trains in one process on the host system's device"),
+    (("dataloader_num_workers", "dataloader_pin_memory", "dataloader_persistent_workers", "dataloader_prefetch_factor",
+      "dataloader_multiprocessing_context", "remove_unused_columns", "length_column_name", "label_names",
+      "use_seedable_sampler"),
+     "honed tokenizes, packs and batches the data itself (see pre_process_data_config)"),
+    (("do_train", "do_eval", "do_predict", "prediction_loss_only", "eval_accumulation_steps", "eval_do_concat_batches",
+      "eval_use_gather_object", "include_for_metrics", "include_inputs_for_metrics", "batch_eval_metrics",
+      "eval_on_start", "use_legacy_prediction_loop", "jit_mode_eval", "per_gpu_eval_batch_size"),
+     "the pass trains; eval loss follows eval_strategy and the engine's evaluator scores the model"),
+    (("torch_compile", "torch_compile_backend", "torch_compile_mode", "torchdynamo", "use_liger_kernel",
+      "liger_kernel_config", "tf32", "use_ipex", "use_cpu", "no_cuda", "use_mps_device", "torch_empty_cache_steps",
+      "full_determinism", "use_cache", "enable_jit_checkpoint", "fp16_backend", "fp16_opt_level",
+      "half_precision_backend", "bf16_full_eval", "fp16_full_eval", "gradient_checkpointing_kwargs",
+      "activation_checkpointing_kwargs"),
+     "honed picks kernels, precision and device from the host system (systems.<name>.accelerators)"),
+)
+WHY_NOT_APPLIED: dict[str, str] = {k: why for keys, why in _WHY_NOT_APPLIED for k in keys}
+"""``TrainingArguments`` fields honed reads but does not apply, each with what honed does instead (a warning)."""
+
+ALIASES = {"activation_checkpointing": "gradient_checkpointing", "adafactor": "optim",
+           "per_gpu_train_batch_size": "per_device_train_batch_size"}
+"""Old or alternative spellings of a field honed applies (the warning names the field to use)."""
+
+CHANGES_RESULT: dict[str, tuple[tuple[Any, ...], str]] = {
+    "label_smoothing_factor": ((0, 0.0, None), "honed trains with plain cross-entropy"),
+    "neftune_noise_alpha": ((None, 0, 0.0), "honed adds no embedding noise"),
+    "lr_scheduler_kwargs": ((None, {}), "honed's schedules take no extra arguments"),
+    "optim_args": ((None, "", {}), "honed's optimizers take only the adam_* and weight_decay fields"),
+    "optim_target_modules": ((None,), "honed's optimizers update every trainable parameter"),
+    "metric_for_best_model": ((None, "loss", "eval_loss"), "honed keeps the adapter of the lowest eval loss"),
+    "greater_is_better": ((None, False), "honed keeps the adapter of the lowest eval loss"),
+    "auto_find_batch_size": ((False,), "honed trains with per_device_train_batch_size as given"),
+    "dataloader_drop_last": ((False,), "honed trains on the last partial batch too"),
+    "train_sampling_strategy": (("random",), "honed shuffles the training sequences (group_by_length aside)"),
+    "eval_delay": ((0, 0.0), "honed evaluates from the first eval step"),
+}
+"""Fields whose non-default value would change the trained weights or the adapter kept: an error (with the
+value honed would use instead), never silently dropped."""
+
+
+def unapplied_training_args(args: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
+    """Split the ``TrainingArguments`` fields of ``args`` that honed does not apply into
+    (key -> warning: what honed does instead) and (key -> error: why the run would differ).
+
+    Keys honed applies and keys that are not ``TrainingArguments`` fields at all (reported by validation,
+    with a "did you mean") are in neither.
+    """
+    warnings: dict[str, str] = {}
+    errors: dict[str, str] = {}
+    applied = set(TrainingArgs.model_fields) | {"evaluation_strategy"}
+    for key, value in args.items():
+        if key in applied or key not in HF_TRAINING_ARGUMENTS:
+            continue
+        if key in CHANGES_RESULT:
+            neutral, why = CHANGES_RESULT[key]
+            if not any((value == n and type(value) is type(n)) or value is n for n in neutral):
+                errors[key] = f"{value!r} would change the result but {why}; remove it"
+            else:
+                warnings[key] = f"{why} (the value given changes nothing)"
+        elif key in ALIASES and value not in (None, False):
+            errors[key] = f"honed spells this {ALIASES[key]}; rename it"
+        else:
+            warnings[key] = WHY_NOT_APPLIED.get(key, "honed's training loop does not use it")
+    return warnings, errors

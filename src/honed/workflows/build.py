@@ -90,7 +90,7 @@ def finetune(
     """Fine-tune ``model`` on a data file with LoRA, QLoRA or DoRA; ``merge`` folds the adapter in.
 
     ``text_template`` (or ``data_options['text_cols']``) says how a row becomes text; the loss
-    covers the part after the template's last field prefix (completion-only) by default.
+    covers the answer (completion-only; see ``honed.data.formatting``) by default.
     """
     if method not in FINETUNE_PASSES:
         raise UserError(f"--method {method}: choose one of {', '.join(FINETUNE_PASSES)}")
