@@ -275,9 +275,16 @@ OLIVE_DIFFERENCES = """
   file or one parameter reruns exactly the passes it affects; upgrading honed or peft reruns what
   they touch. Failures are never cached; outputs are renamed into place atomically, so a
   killed run leaves nothing half-written, and a killed fine-tune resumes from its last checkpoint.
-- **Completion-only loss by default.** When the text template ends in a field
-  (`...\\n### The tone is:\\n{tone}`), the loss covers only that field: the model learns to answer,
-  not to reproduce prompts. Set `completion_only: false` for Olive's whole-sequence loss.
+- **Completion-only loss by default.** The loss covers the answer: everything after the prompt, which
+  ends at the first field after the template's assistant marker (`<|assistant|>`, `### Response:`,
+  `[/INST]`, ...), else at its last field; for a chat, every assistant turn. `response_template` sets the
+  boundary explicitly; a warning gives the trained share of tokens when it is small or the boundary is a
+  guess. Set `completion_only: false` for Olive's whole-sequence loss.
+- **Rows longer than `max_seq_len` are an error, not cut.** Olive truncates them silently, which can cut
+  off the very label a row teaches; honed names the row and its length. Set
+  `pre_process_data_config.overflow: truncate` (or `drop`) for Olive's behaviour.
+- **`group_by_length` is on by default** (Hugging Face's default is off): batches of similar-length rows
+  waste less compute on padding. Set it false for the Hugging Face order.
 - **`line-by-line` is the default strategy** (Olive's is `join`): each row is one sequence, so a
   label never shares a sequence with another row's prompt. `join`, `join-sliding-window` and
   `packed` are there when you want throughput on a corpus; `packed` keeps rows from attending to

@@ -365,3 +365,16 @@ def test_lora_end_to_end_with_data_config(tiny_llama: Path, tmp_path: Path) -> N
     assert handle.kind == "peft"
     assert ctx.metrics["train_loss"] < ctx.metrics["train_loss_first_step"] - 0.2
     assert "eval_loss" in ctx.metrics
+
+
+def test_lr_scheduler_kwargs_reach_the_schedule(tiny_llama: Path, tmp_path: Path, rows_for) -> None:
+    """cosine_with_min_lr ends at min_lr: the kwargs reach transformers' get_scheduler (it raises without them)."""
+    rows_for(tiny_llama)
+    args = FAST | {"max_steps": 4, "logging_steps": 1, "learning_rate": 1e-3, "warmup_steps": 0,
+                   "lr_scheduler_type": "cosine_with_min_lr", "lr_scheduler_kwargs": {"min_lr": 2e-4}}
+    _, ctx = run_pass("LoRA", tiny_llama, tmp_path, training_args=args)
+    lrs = [h["learning_rate"] for h in ctx.metrics["log_history"] if "learning_rate" in h]
+    assert lrs[0] == pytest.approx(1e-3, rel=1e-6)
+    assert min(lrs) >= 2e-4 * (1 - 1e-6) and lrs[-1] < lrs[0]
+    with pytest.raises(ValidationError, match="min_lr"):
+        TrainingArgs.model_validate({"lr_scheduler_type": "cosine_with_min_lr"})

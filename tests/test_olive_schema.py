@@ -265,6 +265,19 @@ TRANSLATIONS = [
     ({"passes": {"e": {"type": "ExtractAdapters", "pack_inputs": True}}}, "passes.e", {"type": "ExtractAdapters"},
      "passes.e.pack_inputs"),
     ({"search_strategy": {"max_samples": 4, "sampler": "random"}}, "search_strategy.max_iter", 4, None),
+    ({"engine": {"execution_providers": ["CUDAExecutionProvider"]}}, "systems.local_system.accelerators",
+     [{"device": "gpu", "execution_provider": "CUDAExecutionProvider"}], None),
+    ({"engine": {"execution_providers": ["CUDAExecutionProvider"]}}, "engine.host", "local_system", None),
+    ({"data_configs": [{"name": "d", "params_config": {"data_files": "x.jsonl", "text_template": "{a} {b}",
+                                                      "source_max_len": 64, "corpus_strategy": "join"}}]},
+     "data_configs.0.pre_process_data_config", {"text_template": "{a} {b}", "max_seq_len": 64, "strategy": "join"},
+     None),
+    ({"evaluators": {"e": {"metrics": [{"name": "lat", "type": "latency", "user_config": {
+        "io_bind": True, "batch_size": 2}}]}}}, "evaluators.e.metrics.0.user_config", {"batch_size": 2},
+     "evaluators.e.metrics[0].user_config.io_bind"),
+    ({"passes": {"q": {"type": "OnnxDynamicQuantization", "per_channel": "SEARCHABLE_VALUES"}}}, "passes.q",
+     {"type": "OnnxDynamicQuantization"}, "passes.q.per_channel"),
+    ({"input_model": {"type": "hfmodel", "model_path": "m"}}, "input_model.type", "HfModel", None),
     ({"systems": {"s": {"type": "PythonEnvironment", "olive_managed_env": True, "requirements_file": "r.txt"}}},
      "systems.s", {"type": "PythonEnvironment", "managed_env": True, "requirements_file": "r.txt"}, None),
     ({"systems": {"s": {"type": "PythonEnvironment", "olive_managed_env": False, "requirements_file": "r.txt"}}},
@@ -382,3 +395,43 @@ def test_generate_config_only_writes_the_workflow_and_runs_nothing(tmp_path: Pat
     assert not (tmp_path / "out" / "model.onnx").exists()
     assert not (tmp_path / "cache" / "entries").exists() or not any((tmp_path / "cache" / "entries").iterdir())
     assert cli("run", "--config", str(tmp_path / "out" / "workflow.json"), "--dry-run") == 0
+
+
+SCRIPT = '''
+from olive.data.registry import Registry
+
+@Registry.register_dataset("tiny_rows")
+def load(data_dir=None):
+    return [{"text": "a b"}]
+
+def latency_loader(data_dir, batch_size):
+    return []
+
+def score(model, rows):
+    return 1.0
+'''
+
+
+@pytest.mark.parametrize(("section", "name", "key"), [
+    ({"load_dataset_config": {"type": "tiny_rows"}}, None, None),  # registered under its decorator's name
+    ({"load_dataset_config": {"type": "load"}}, None, None),  # or defined under its own
+    ({"load_dataset_config": {"type": "tiny_row"}}, None, "data_configs[0].load_dataset_config.type"),
+    ({"dataloader_func": "latency_loader"}, None, None),
+    ({"dataloader_func": "latency_loadr"}, None, "data_configs[0].dataloader_func"),
+    ({}, "scor", "evaluators.e.metrics[0].user_config.evaluate_func"),
+])
+def test_dry_run_finds_functions_a_user_script_lacks(section: dict[str, Any], name: str | None, key: str | None,
+                                                      tmp_path: Path, tiny_phi3: Path, capsys) -> None:
+    """Read with ast, never run: a misspelt function name fails the dry run, not the real run after a pass."""
+    (tmp_path / "script.py").write_text(SCRIPT)
+    cfg = _wf(tiny_phi3, data_configs=[{"name": "d", "user_script": str(tmp_path / "script.py"), **section}],
+              evaluators={"e": {"metrics": [{"name": "c", "type": "custom", "sub_types": [
+                  {"name": "s", "higher_is_better": True}], "user_config": {
+                      "user_script": str(tmp_path / "script.py"), "evaluate_func": name or "score"}}]}})
+    code = _run(tmp_path, cfg, "--dry-run")
+    if key is None:
+        assert code == 0, capsys.readouterr().err
+    else:
+        assert code == 2
+        line = _one_error_line(capsys)
+        assert key in line and "script.py does not define" in line and "latency_loader" in line

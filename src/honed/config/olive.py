@@ -90,6 +90,14 @@ ORT_QUANT_EXTRA_OPTIONS = {
 HF_METRIC_SUB_TYPES = {"accuracy": "accuracy_score", "f1": "f1_score", "precision": "precision",
                        "recall": "recall", "exact_match": "exact_match"}
 """Sub type names of Olive's ``huggingface_metrics`` backend (the evaluate library's names) -> honed's."""
+METRIC_SESSION_KEYS = {
+    "io_bind": "honed's runtime binds no device buffers; outputs are the same, only copy overhead differs",
+    "inference_settings": "honed measures with the model's own session settings (OrtSessionParamsTuning "
+                          "writes them); set those instead",
+    "shared_kv_buffer": "honed's runtime keeps its own KV cache",
+    "run_kwargs": "honed calls the model with its inputs only",
+}
+"""Olive metric user_config keys about its inference session: named in a warning (honed measures without them)."""
 INPUT_MODEL_SCRIPT_KEYS = ("model_script", "script_dir", "model_loader", "dummy_inputs_func", "io_config")
 """Olive pass types that are another name of a honed pass (same options)."""
 RUNS_AS = {
@@ -153,6 +161,11 @@ HF_LOAD_KEYS = ("model_loading_args", "from_pretrained_args")
 INPUT_MODEL_DATA = "__input_model_data_config__"
 """Olive's name for the data config made from the seed generation's ``hf_config.dataset``."""
 DEVICE_EPS = {"cpu": "CPUExecutionProvider", "gpu": "CUDAExecutionProvider", "npu": "QNNExecutionProvider"}
+EP_DEVICES = {"CUDAExecutionProvider": "gpu", "TensorrtExecutionProvider": "gpu", "ROCMExecutionProvider": "gpu",
+              "MIGraphXExecutionProvider": "gpu", "DmlExecutionProvider": "gpu", "NvTensorRTRTXExecutionProvider": "gpu",
+              "WebGpuExecutionProvider": "gpu", "QNNExecutionProvider": "npu", "VitisAIExecutionProvider": "npu",
+              "OpenVINOExecutionProvider": "cpu", "CPUExecutionProvider": "cpu"}
+"""The device an execution provider runs on (Olive infers the accelerator from the provider the same way)."""
 
 
 
@@ -221,6 +234,8 @@ class _Translator:
         self.warnings: list[str] = []
         self.problems: list[ConfigProblem] = []
         self.new_data_configs: list[dict[str, Any]] = []
+        self.searching = False
+        """Whether the workflow has a search_strategy (SEARCHABLE_VALUES is the default value otherwise)."""
         """Data configs made from Olive's ``dataloader_func`` keys (metrics, passes)."""
 
     def ignore(self, key: str, why: str) -> None:
@@ -282,6 +297,9 @@ class _Translator:
                     kwargs.update(extra or {})
                 if kwargs:
                     m["load_kwargs"] = kwargs
+        kind = str(m.get("type", "")).lower()
+        if kind in ("pytorchmodel", "hfmodel", "onnxmodel", "genaimodel"):
+            m["type"] = {"onnxmodel": "OnnxModel", "genaimodel": "GenAIModel"}.get(kind, "HfModel")
         if m.get("type") in ("PyTorchModel", "HFModel", "HfModel"):
             m["type"] = "HfModel"
         elif m.get("type") == "ONNXModel":
@@ -366,9 +384,13 @@ class _Translator:
         kwargs = {}
         if legacy is not None:
             kwargs = self.mapping(f"{key}.params_config.component_kwargs", legacy.pop("component_kwargs", None)) or {}
+            from honed.data.config import PreProcessDataConfig
+
+            pre_keys = set(PreProcessDataConfig.model_fields) | set(PRE_PROCESS_RENAMES) | set(IGNORED_PRE_PROCESS)
             subs["load_dataset_config"].update({k: v for k, v in legacy.items() if k in LOAD_KEYS})
-            for k in sorted(set(legacy) - LOAD_KEYS, key=str):
-                self.ignore(f"{key}.params_config.{k}", "not a data loading option honed knows")
+            subs["pre_process_data_config"].update({k: v for k, v in legacy.items() if k in pre_keys - LOAD_KEYS})
+            for k in sorted(set(legacy) - LOAD_KEYS - pre_keys, key=str):
+                self.ignore(f"{key}.params_config.{k}", "not a data loading or pre-processing option honed knows")
         for kind in sorted({*comps, *kwargs}, key=str):
             section = COMPONENT_KEYS.get(kind)
             if section is None:
@@ -413,6 +435,11 @@ class _Translator:
         kind = p["type"] = _canonical_pass_type(kind)  # Olive matches pass types case-insensitively
         for k in [k for k, v in p.items() if v == "DEFAULT_VALUE"]:  # Olive's "use the default"
             p.pop(k)
+        if not self.searching:
+            for k in [k for k, v in p.items() if v == "SEARCHABLE_VALUES"]:
+                p.pop(k)
+                self.ignore(f"passes.{name}.{k}", "SEARCHABLE_VALUES without a search_strategy: the default "
+                            "value, as in Olive")
         if kind == "OnnxIODataTypeConverter":  # Olive's later, general name of OnnxIOFloat16ToFloat32
             src, dst = p.pop("source_dtype", 10), p.pop("target_dtype", 1)
             if src in (10, "float16") and dst in (1, "float32"):
@@ -560,7 +587,12 @@ class _Translator:
         if not isinstance(metrics, list):
             return e
         out = []
-        for m in metrics:
+        for i, m in enumerate(metrics):
+            uc = m.get("user_config") if isinstance(m, dict) else None
+            for k in sorted(set(uc) & set(METRIC_SESSION_KEYS) if isinstance(uc, dict) else (), key=str):
+                uc = {kk: vv for kk, vv in uc.items() if kk != k}
+                m = {**m, "user_config": uc}
+                self.ignore(f"evaluators.{name}.metrics[{i}].user_config.{k}", METRIC_SESSION_KEYS[k])
             if isinstance(m, dict) and not m.get("data_config") and m.get("type") in ("accuracy", "perplexity") \
                     and any(d["name"] == INPUT_MODEL_DATA for d in self.new_data_configs):
                 m = {**m, "data_config": INPUT_MODEL_DATA}
@@ -667,6 +699,7 @@ class _Translator:
             out["search_strategy"] = {}
         if "search_strategy" in out:
             out["search_strategy"] = self.search_strategy(out["search_strategy"])
+            self.searching = out["search_strategy"] is not None
         out.pop("$schema", None)  # an editor hint (Olive's JSON Schema URL); it changes nothing
         if "data_configs" in out:
             out["data_configs"] = self.data_configs(out["data_configs"])
@@ -703,6 +736,14 @@ class _Translator:
 
         if "input_model" in out:
             out["input_model"] = self.input_model(out["input_model"])
+        if engine_eps and not out.get("systems"):  # Olive's default system: this machine with those providers
+            device = EP_DEVICES.get(engine_eps[0], "cpu")
+            out["systems"] = {"local_system": {"type": "LocalSystem", "accelerators": [
+                {"device": device, "execution_provider": engine_eps[0]}]}}
+            engine.setdefault("host", "local_system")
+            engine.setdefault("target", "local_system")
+            if len(engine_eps) > 1:
+                self.warnings.append(f"engine.execution_providers: honed targets one provider; using {engine_eps[0]}")
         if isinstance(out.get("systems"), dict):
             systems = {n: self.system(n, s) for n, s in out["systems"].items()}
             out["systems"] = {n: s for n, s in systems.items() if s is not None}

@@ -54,6 +54,7 @@ def preflight(wf: Workflow, out_dir: Path, cache_root: Path) -> None:
     problems += _data(wf)
     problems += _lm_evaluator(wf)
     problems += _managed_envs(wf)
+    problems += _user_functions(wf)
     if problems:
         raise ConfigError(problems, str(wf.source) if wf.source else "")
 
@@ -381,3 +382,68 @@ def _columns(key: str, cfg: DataConfig, path: Path, columns: list[str]) -> list[
                           f"column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} not in {path}",
                           f"its columns are {columns}; fix {field} or the data")]
 
+
+# -- user scripts ---------------------------------------------------------------------------------------
+
+def script_names(path: Path) -> set[str] | None:
+    """Names a Python file defines at its top level (functions, classes, assignments, imports) plus the names
+    it registers with Olive's ``@Registry.register_*("name")``: read with ``ast``, never run.  None when it
+    cannot be known (a star import, a syntax error: the run reports those)."""
+    import ast
+
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+        return None
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+            for dec in node.decorator_list:
+                if isinstance(dec, ast.Call):
+                    names |= {a.value for a in [*dec.args, *(k.value for k in dec.keywords)]
+                              if isinstance(a, ast.Constant) and isinstance(a.value, str)}
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {t.id for t in targets if isinstance(t, ast.Name)}
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            if any(a.name == "*" for a in node.names):
+                return None
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+    return names
+
+
+def _user_functions(wf: Workflow) -> list[ConfigProblem]:
+    """A function a workflow names in its user_script (data components, dataloader_func, a custom metric's
+    evaluate_func) that the script does not define: found by reading the script, before any pass runs."""
+    from honed.data.config import COMPONENT_KEYS
+
+    wanted: list[tuple[str, Path, str]] = []  # (key path, script, function)
+    for i, d in enumerate(wf.config.data_configs):
+        if not d.user_script:
+            continue
+        script = Path(d.user_script)
+        for kind, section in COMPONENT_KEYS.items():
+            name = d.user_component(kind)
+            if name:
+                key = "dataloader_func" if kind == "dataloader" and d.dataloader_func else f"{section}.type"
+                wanted.append((f"data_configs[{i}].{key}", script, name))
+        pp = d.pre_process_data_config
+        if pp.formatting_func and pp.user_script:
+            wanted.append((f"data_configs[{i}].pre_process_data_config.formatting_func", Path(pp.user_script),
+                           pp.formatting_func))
+    for ev_name, ev in wf.config.evaluators.items():
+        for j, m in enumerate(getattr(ev, "metrics", None) or []):
+            uc = m.user_config
+            if m.type == "custom" and uc.user_script and uc.evaluate_func:
+                wanted.append((f"evaluators.{ev_name}.metrics[{j}].user_config.evaluate_func",
+                               Path(uc.user_script), uc.evaluate_func))
+    out = []
+    for key, script, func in wanted:
+        names = script_names(script) if script.is_file() else None
+        if names is not None and func not in names:
+            known = sorted(n for n in names if not n.startswith("_"))
+            out.append(ConfigProblem(key, f"{script.name} does not define or register '{func}'",
+                                     "define it there or fix the name" + (f" (it has: {', '.join(known[:12])})"
+                                                                          if known else "")))
+    return out

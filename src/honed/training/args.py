@@ -48,6 +48,10 @@ class TrainingArgs(BaseModel):
                                     "is -1).")
     max_steps: int = Field(-1, le=10**9, description="Optimizer steps to run; -1 runs num_train_epochs instead.")
     lr_scheduler_type: Scheduler = Field("linear", description="Learning-rate schedule (transformers' names).")
+    lr_scheduler_kwargs: dict[str, float | int | str | bool] | None = Field(
+        None, description="Extra arguments of the schedule, passed to transformers' get_scheduler as "
+        "scheduler_specific_kwargs (e.g. {min_lr: 1e-5} for cosine_with_min_lr, {power: 2.0} for polynomial)."
+    )
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps; overrides warmup_ratio when > 0.")
     warmup_ratio: float = Field(0.0, ge=0, le=1, description="Warm-up as a fraction of all steps.")
     optim: Optim = Field(
@@ -102,6 +106,10 @@ class TrainingArgs(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainingArgs:
+        if self.lr_scheduler_type == "cosine_with_min_lr" and not {"min_lr", "min_lr_rate"} & set(
+                self.lr_scheduler_kwargs or {}):
+            raise ValueError("lr_scheduler_type cosine_with_min_lr needs lr_scheduler_kwargs with min_lr or "
+                             "min_lr_rate, e.g. {min_lr: 1e-5}")
         if self.bf16 and self.fp16:
             raise ValueError("bf16 and fp16 are both set; choose one")
         if self.early_stopping_patience is not None and self.eval_strategy == "no":
@@ -192,7 +200,6 @@ ALIASES = {"activation_checkpointing": "gradient_checkpointing", "adafactor": "o
 CHANGES_RESULT: dict[str, tuple[tuple[Any, ...], str]] = {
     "label_smoothing_factor": ((0, 0.0, None), "honed trains with plain cross-entropy"),
     "neftune_noise_alpha": ((None, 0, 0.0), "honed adds no embedding noise"),
-    "lr_scheduler_kwargs": ((None, {}), "honed's schedules take no extra arguments"),
     "optim_args": ((None, "", {}), "honed's optimizers take only the adam_* and weight_decay fields"),
     "optim_target_modules": ((None,), "honed's optimizers update every trainable parameter"),
     "metric_for_best_model": ((None, "loss", "eval_loss"), "honed keeps the adapter of the lowest eval loss"),

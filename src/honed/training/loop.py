@@ -321,7 +321,8 @@ def make_optimizer(params: list[Any], args: TrainingArgs, device: str) -> Any:
             opt_cls = cls.get(name, bnb.optim.AdamW8bit)
             return opt_cls(params, lr=args.learning_rate, betas=betas, eps=args.adam_epsilon,
                            weight_decay=args.weight_decay)
-        log.info("optim '%s' needs CUDA; using adamw_torch on %s", name, device)
+        log.warning("training_args.optim '%s' needs CUDA; using adamw_torch on %s (the same update, with "
+                    "32-bit optimizer state)", name, device)
         name = "adamw_torch"
     if name == "sgd":
         return torch.optim.SGD(params, lr=args.learning_rate, weight_decay=args.weight_decay)
@@ -383,7 +384,8 @@ def train(
     from transformers import get_scheduler
 
     scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=warmup,
-                              num_training_steps=total_steps)
+                              num_training_steps=total_steps,
+                              scheduler_specific_kwargs=dict(args.lr_scheduler_kwargs or {}))
     parts = sparse_head_parts(model)
     autocast = (
         torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16 if args.bf16 else torch.float16)
