@@ -1,7 +1,10 @@
 """Mutated workflow files never crash honed: each dry run exits 0 or 2, with one-line errors, quickly.
 
 The bases are the Olive fixtures (seed, legacy, current generations), every example workflow and the
-honed-schema config of test_config_errors, each pointed at a tiny local model and data file.  From
+honed-schema config of test_config_errors, each pointed at a tiny local model and data file, plus four files
+of the Olive field corpus (tests/fixtures/olive-field) chosen for the translator paths they reach, each run
+from its own folder laid out as test_olive_field's ``localize`` lays it out (./tiny-model, data files, user
+scripts).  From
 each base, every key path is mutated (dropped, given a value of every JSON type, an unknown key,
 extreme and non-finite numbers, odd paths) and a seeded sample of these mutants, plus whole-file
 mutants (deep nesting, a YAML alias bomb, encodings), runs in-process through ``honed run --dry-run``.
@@ -32,6 +35,9 @@ import yaml
 from honed.passes.base import all_passes
 from tests.helpers import cli
 from tests.test_config_errors import base_config
+from tests.test_olive_field import DEFAULT_MODEL as FIELD_DEFAULT_MODEL
+from tests.test_olive_field import ROWS as FIELD_CORPUS
+from tests.test_olive_field import load_raw, localize
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "olive"
@@ -49,6 +55,28 @@ SEED = 20261201
 PER_BASE = int(os.environ.get("HONED_FUZZ_PER_BASE", "180"))
 """Key-path mutants drawn per base config (round-robin over mutation kinds, seeded); set
 HONED_FUZZ_PER_BASE=100000 to run every one of the ~6400 (about 2 minutes on 2 cores)."""
+FIELD_PER_BASE = int(os.environ.get("HONED_FUZZ_FIELD_PER_BASE", "80"))
+"""Key-path mutants drawn per field-corpus base (fewer than PER_BASE to keep CI time low)."""
+FIELD_BASE_FILES = {
+    "v05-phi2-optimize-cpu-int4.json": "seed schema: hf_config, model_script, dataloader_func, pass_flows",
+    "v04-open-llama-qlora-tinycodes.json": "legacy components/params_config, inline engine target, training_args",
+    "v09-llama2-auto-opt-generate-config.json": "auto_optimizer_config, systems host/target, dummy containers",
+    "docs-search-searchable-values.yaml": "OnnxQuantization, SEARCHABLE_VALUES, search_strategy sampler",
+}
+"""Field-corpus files fuzzed, with the olive.py translator paths each one reaches."""
+FIELD_ROWS = {f"field-{Path(r['file']).stem}": r for r in FIELD_CORPUS if r["file"] in FIELD_BASE_FILES}
+REGRESSIONS: list[tuple[str, tuple[Any, ...], Any]] = [
+    ("v09-llama2-auto-opt-generate-config.json", ("data_configs", 0, "type"), ["x"]),
+    ("v09-llama2-auto-opt-generate-config.json", ("systems", "local_system", "type"), {"x": 1}),
+    ("v09-llama2-auto-opt-generate-config.json", ("auto_optimizer_config", "precision"), ["x"]),
+    ("v04-open-llama-qlora-tinycodes.json", ("engine", "target", "type"), ["x"]),
+    ("docs-search-searchable-values.yaml", ("search_strategy", "search_algorithm"), ["x"]),
+    ("v04-bert-ptq-cpu.json", ("evaluators", "common_evaluator", "metrics", 0, "sub_types", 0, "name"), ["x"]),
+    ("v08-phi3-cuda-qlora-session-tuning.json", ("passes", "tune_session_params", "opt_level_list"), {"x": 1}),
+    ("v08-phi3-cuda-qlora-session-tuning.json", ("passes", "tune_session_params", "execution_mode_list", 0), ["x"]),
+]
+"""Field-corpus mutants that once crashed a dry run (an unhashable list/dict looked up in a dict): file, key
+path, value. Each runs every time, whatever the sample draws."""
 TIME_LIMIT_S = 5.0
 MEMORY_LIMIT_MB = 200
 
@@ -81,11 +109,21 @@ def _olive_base(path: Path) -> Callable[[Path, Path], dict]:
     return make
 
 
+def _field_base(file: str) -> Callable[[Path, Path], dict]:
+    """The file as written: its ./tiny-model and data paths are relative, laid out by ``localize``."""
+    return lambda model, data: load_raw(file)
+
+
 BASES: dict[str, Callable[[Path, Path], dict]] = {
     **{f"olive-{p.stem}": _olive_base(p) for p in OLIVE},
     **{f"example-{p.parent.name}-{p.stem}": _olive_base(p) for p in EXAMPLES},
     "honed": base_config,
+    **{name: _field_base(row["file"]) for name, row in FIELD_ROWS.items()},
 }
+
+
+def per_base(base: str) -> int:
+    return FIELD_PER_BASE if base in FIELD_ROWS else PER_BASE
 
 
 # -- mutants ----------------------------------------------------------------------------------------------
@@ -304,24 +342,32 @@ def _ids() -> list[str]:
     rng = random.Random(SEED)
     out = []
     for name, make in BASES.items():
-        n = len(sample(mutants_of(make(Path("/m"), Path("/d.jsonl"))), PER_BASE, rng))
+        n = len(sample(mutants_of(make(Path("/m"), Path("/d.jsonl"))), per_base(name), rng))
         out.append(f"{name}-{n + len(FILE_MUTANTS)}-mutants")
     return out
 
 
 @pytest.mark.parametrize("base", list(BASES), ids=_ids())
 def test_mutants_exit_0_or_2(base: str, workdir: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch,
-                             capsys: pytest.CaptureFixture, total: Counter[str]) -> None:
-    """Each base: PER_BASE (180) key-path mutants plus 19 whole-file mutants: 199 per base, 1194 over the six
-    bases (the test ids carry each count; ``-s`` prints the exit-code tally per base and in all)."""
-    monkeypatch.chdir(workdir)
+                             capsys: pytest.CaptureFixture, total: Counter[str],
+                             request: pytest.FixtureRequest) -> None:
+    """Each base: PER_BASE (180; FIELD_PER_BASE, 80, for a field-corpus base) key-path mutants plus 19
+    whole-file mutants (the test ids carry each count; ``-s`` prints the exit-code tally per base and in all).
+    A field-corpus base runs in its own folder holding what ``localize`` writes, as test_olive_field runs it."""
     monkeypatch.setenv("HOME", str(workdir / "home"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    if base in FIELD_ROWS:
+        row = FIELD_ROWS[base]
+        workdir = workdir / base
+        workdir.mkdir()
+        localize(row, workdir, request.getfixturevalue(row.get("model", FIELD_DEFAULT_MODEL)))
+    monkeypatch.chdir(workdir)
     cfg = BASES[base](tiny_llama, workdir / DATA_FILES[0])
-    assert run_mutant(_write(workdir / f"{base}.json", json.dumps(cfg).encode()), capsys).code == 0, "base fails"
+    base_outcome = run_mutant(_write(workdir / f"{base}.json", json.dumps(cfg).encode()), capsys)
+    assert base_outcome.code == 0, f"base fails: {base_outcome.err}"
 
     rng = random.Random(f"{SEED}:{base}")
-    chosen = sample(mutants_of(cfg), PER_BASE, rng)
+    chosen = sample(mutants_of(cfg), per_base(base), rng)
     runs: list[tuple[str, Path, bytes]] = [
         (m.id, workdir / f"{base}-mutant.json", json.dumps(m.apply(cfg)).encode()) for m in chosen]
     runs += [(name, workdir / f"{base}-{name}{suffix}", encode(cfg)) for name, (suffix, encode) in FILE_MUTANTS.items()]
@@ -344,3 +390,21 @@ def test_mutants_exit_0_or_2(base: str, workdir: Path, tiny_llama: Path, monkeyp
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
+
+
+@pytest.mark.parametrize(("file", "key_path", "value"), REGRESSIONS,
+                         ids=[f"{f}:{'.'.join(map(str, k))}" for f, k, _ in REGRESSIONS])
+def test_regression_mutants_exit_2(file: str, key_path: tuple[Any, ...], value: Any, tmp_path: Path,
+                                   request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
+                                   capsys: pytest.CaptureFixture) -> None:
+    """A mutant that once crashed now ends in exit 2 with one-line errors naming the file or key path."""
+    row = next(r for r in FIELD_CORPUS if r["file"] == file)
+    localize(row, tmp_path, request.getfixturevalue(row.get("model", FIELD_DEFAULT_MODEL)))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    mutant = Mutant("regression", key_path, value).apply(load_raw(file))
+    path = _write(tmp_path / "mutant.json", json.dumps(mutant).encode())
+    outcome = run_mutant(path, capsys)
+    assert not problems_with(outcome, path), outcome.err
+    assert outcome.code == 2, outcome.err

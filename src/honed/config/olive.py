@@ -327,7 +327,7 @@ class _Translator:
             return s
         s = dict(s)
         kind = s.get("type")
-        if kind in UNSUPPORTED_SYSTEMS:
+        if isinstance(kind, str) and kind in UNSUPPORTED_SYSTEMS:  # a list/dict type is unhashable
             why, instead = UNSUPPORTED_SYSTEMS[kind]
             self.problems.append(ConfigProblem(f"systems.{name}", f"{kind} systems are not supported by honed "
                                                f"({why})", instead))
@@ -517,7 +517,8 @@ class _Translator:
         """Olive's auto-optimizer (a workflow without passes): the passes it would pick for a causal LM, one pass
         flow per precision, named in a warning; ``generate_config_only`` writes that workflow and runs nothing."""
         precisions = auto.get("precisions") or [auto.get("precision", "fp32")]
-        if not isinstance(precisions, list) or any(p not in AUTO_OPT_PASSES for p in precisions):
+        if not isinstance(precisions, list) or any(not isinstance(p, str) or p not in AUTO_OPT_PASSES
+                                                   for p in precisions):
             self.problems.append(ConfigProblem("auto_optimizer_config.precision", f"{precisions!r}: honed picks "
                                                "passes for " + ", ".join(AUTO_OPT_PASSES), "list the passes"))
             return
@@ -610,7 +611,8 @@ class _Translator:
                 m = {**m, "user_config": uc, "data_config": self.loader_data_config(f"{name}_{m.get('name')}", uc)}
             if isinstance(m, dict) and m.get("backend") == "huggingface_metrics" and isinstance(m.get("sub_types"), list):
                 subs = [{**st, "name": HF_METRIC_SUB_TYPES.get(st.get("name"), st.get("name"))}
-                        if isinstance(st, dict) else st for st in m["sub_types"]]
+                        if isinstance(st, dict) and isinstance(st.get("name"), str) else st
+                        for st in m["sub_types"]]
                 m = {**m, "sub_types": subs}
             out.append(m)
         return {**e, "metrics": out}
@@ -647,7 +649,7 @@ class _Translator:
         s = dict(s)
         algo = s.pop("search_algorithm", None)
         if algo is not None:
-            if algo not in SEARCH_ALGORITHMS:
+            if not isinstance(algo, str) or algo not in SEARCH_ALGORITHMS:  # a list/dict is unhashable
                 self.problems.append(ConfigProblem(
                     "search_strategy.search_algorithm", f"unknown search algorithm {algo!r}",
                     "use one of " + ", ".join(SEARCH_ALGORITHMS)))

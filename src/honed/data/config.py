@@ -434,7 +434,7 @@ class DataConfig(_Strict):
         kind = data.get("type")
         if isinstance(kind, str):
             data["type"] = next((c for c in CONTAINERS if c.lower() == kind.lower()), kind)
-        dummy = data.get("type") in DUMMY_CONTAINERS
+        dummy = isinstance(kind, str) and data["type"] in DUMMY_CONTAINERS  # a list/dict type is unhashable
         sections: tuple[tuple[str, str, type[BaseModel]], ...] = (
             ("load_dataset", "load_dataset_config", LoadDatasetConfig),
             ("pre_process_data", "pre_process_data_config", PreProcessDataConfig))

@@ -82,7 +82,7 @@ def _as_list(v: Any) -> Any:
 
 def _mode(v: Any) -> Any:
     key = v.lower() if isinstance(v, str) else v
-    if isinstance(v, bool) or key not in _MODE_NAMES:
+    if isinstance(v, bool) or not isinstance(v, int | float | str) or key not in _MODE_NAMES:
         raise ValueError(f"unknown execution mode {v!r}; use 0 / 'sequential' / 'ORT_SEQUENTIAL' or "
                          "1 / 'parallel' / 'ORT_PARALLEL'")
     return _MODE_NAMES[key]
@@ -93,7 +93,7 @@ def _level(v: Any) -> Any:
         raise ValueError(f"unknown graph optimization level {v!r}")
     if isinstance(v, str) and v.lower() in _LEVELS:
         return _LEVELS[v.lower()]
-    if v not in LEVEL_NAMES:
+    if not isinstance(v, int | float) or v not in LEVEL_NAMES:  # a list/dict is unhashable
         raise ValueError(f"unknown graph optimization level {v!r}; use 0, 1, 2, 3, 99 or "
                          + ", ".join(LEVEL_NAMES.values()))
     return v
