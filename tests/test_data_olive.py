@@ -439,10 +439,13 @@ def test_uses_honed_cannot_serve_are_one_line(script: tuple[str, str], rows_file
     })
     assert cli("run", "--config", str(wf), "--dry-run") == 2
     err = [" ".join(line.split()) for line in capsys.readouterr().err.split("error:")[1:]]
-    assert len(err) == 3, err
+    assert len(err) == 4, err
     assert "passes.append.data_config: data config 'dummy' is DummyDataContainer" in err[0]
     assert "evaluators.ev.metrics[0].data_config: data config 'dummy' is DummyDataContainer" in err[1]
     assert "evaluators.ev.metrics[1].data_config: data config 'post': post_process_data_config.type 'my_post'" in err[2]
+    # ... and, read from the script without running it, my_post is not even there
+    assert "data_configs[1].post_process_data_config.type: components.py does not define or register 'my_post'" \
+        in err[3]
     with pytest.raises(UserError, match=r"metric 'acc'.*no rows for an accuracy metric"):
         evaluate_model(ModelHandle(kind="hf", path=str(tiny_llama)),
                        EvaluatorConfig.model_validate({"metrics": [{"name": "acc", "type": "accuracy",

@@ -441,7 +441,7 @@ def _user_functions(wf: Workflow) -> list[ConfigProblem]:
     out = []
     for key, script, func in wanted:
         names = script_names(script) if script.is_file() else None
-        if names is not None and func not in names:
+        if names is not None and func.lower() not in {n.lower() for n in names}:  # Olive's registry ignores case
             known = sorted(n for n in names if not n.startswith("_"))
             out.append(ConfigProblem(key, f"{script.name} does not define or register '{func}'",
                                      "define it there or fix the name" + (f" (it has: {', '.join(known[:12])})"
