@@ -435,3 +435,12 @@ def test_dry_run_finds_functions_a_user_script_lacks(section: dict[str, Any], na
         assert code == 2
         line = _one_error_line(capsys)
         assert key in line and "script.py does not define" in line and "latency_loader" in line
+
+
+def test_a_searchable_key_without_values_is_one_line(tiny_phi3: Path) -> None:
+    with pytest.raises(ConfigError) as e:
+        validate(_wf(tiny_phi3, passes={"conv": {"type": "OnnxConversion", "target_opset": "SEARCHABLE_VALUES"}},
+                     evaluators={"e": {"metrics": [{"name": "size", "type": "size_on_disk"}]}},
+                     search_strategy={"sampler": "sequential"}, engine={"evaluator": "e"}))
+    assert [p.key for p in e.value.problems] == ["passes.conv.target_opset"]
+    assert "give a list of values" in e.value.problems[0].fix or "give a list of values" in str(e.value)

@@ -318,6 +318,7 @@ def validate(raw: dict[str, Any], source: Path | None = None) -> Workflow:
 
         raw_passes, space, search_problems = extract_space(raw_passes)
         problems += search_problems
+    reported = {p.key for p in problems}  # a key the search already named is not reported twice
     for name, entry in (raw_passes or {}).items():
         key = f"passes.{name}"
         if not isinstance(entry, dict):
@@ -339,7 +340,7 @@ def validate(raw: dict[str, Any], source: Path | None = None) -> Workflow:
         try:
             pcfg = cls.config_class.model_validate(params, context=context)
         except ValidationError as e:
-            problems += problems_from(e, cls.config_class, key)
+            problems += [p for p in problems_from(e, cls.config_class, key) if p.key not in reported]
             continue
         steps.append(PassStep(name, cls, pcfg))
 

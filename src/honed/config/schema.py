@@ -216,7 +216,7 @@ class WorkflowConfig(_Strict):
             names = ["-".join(flow) for flow in v]
             dup = sorted({n for n in names if names.count(n) > 1})
             if dup:
-                raise ValueError(f"flows must differ; repeated: {', '.join(dup)}")
+                raise ValueError(f"flows must differ; repeated: {', '.join(dup)}; remove the repeat")
         return v
 
     @field_validator("data_configs")
