@@ -178,8 +178,8 @@ class Translation:
     warnings: list[str] = field(default_factory=list)
 
 
-def detect_generation(raw: dict[str, Any]) -> str:
-    """Name the schema generation of a workflow dict: seed, legacy, current or honed."""
+def _marked_generation(raw: dict[str, Any]) -> str | None:
+    """seed or legacy when the file carries that generation's marks; None otherwise (current or honed)."""
     text = repr(raw)
     if "params_config" in text:
         return "legacy"
@@ -193,10 +193,21 @@ def detect_generation(raw: dict[str, Any]) -> str:
     passes = raw.get("passes")
     if isinstance(passes, dict) and any(isinstance(p, dict) and "config" in p for p in passes.values()):
         return "seed"
+    return None
+
+
+def _generation(raw: dict[str, Any], translated: dict[str, Any], t: _Translator) -> str:
+    """The generation of ``raw``, given its translation: honed when translating changed nothing."""
+    marked = _marked_generation(raw)
+    if marked:
+        return marked
+    return "honed" if translated == raw and not t.warnings and not t.problems else "current"
+
+
+def detect_generation(raw: dict[str, Any]) -> str:
+    """Name the schema generation of a workflow dict: seed, legacy, current or honed."""
     t = _Translator()
-    if t.workflow(copy.deepcopy(raw)) == raw and not t.warnings and not t.problems:
-        return "honed"  # already in honed's schema: translating it changes nothing
-    return "current"
+    return _generation(raw, t.workflow(copy.deepcopy(raw)), t)
 
 
 def _canonical_pass_type(kind: str) -> str:
@@ -790,9 +801,8 @@ class _Translator:
 
 def translate(raw: dict[str, Any], source: str = "") -> Translation:
     """Translate any supported generation into honed's schema; raise ConfigError for cloud-only parts."""
-    generation = detect_generation(raw)
     t = _Translator()
     config = t.workflow(copy.deepcopy(raw))
     if t.problems:
         raise ConfigError(t.problems, source)
-    return Translation(config, generation, t.warnings)
+    return Translation(config, _generation(raw, config, t), t.warnings)

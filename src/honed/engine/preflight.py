@@ -439,8 +439,11 @@ def _user_functions(wf: Workflow) -> list[ConfigProblem]:
                 wanted.append((f"evaluators.{ev_name}.metrics[{j}].user_config.evaluate_func",
                                Path(uc.user_script), uc.evaluate_func))
     out = []
+    defined: dict[Path, set[str] | None] = {}  # each script read once
     for key, script, func in wanted:
-        names = script_names(script) if script.is_file() else None
+        if script not in defined:
+            defined[script] = script_names(script) if script.is_file() else None
+        names = defined[script]
         if names is not None and func.lower() not in {n.lower() for n in names}:  # Olive's registry ignores case
             known = sorted(n for n in names if not n.startswith("_"))
             out.append(ConfigProblem(key, f"{script.name} does not define or register '{func}'",

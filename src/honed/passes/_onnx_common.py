@@ -12,7 +12,7 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, StrictBool, field_validator
 
@@ -67,6 +67,22 @@ class OnnxSaveConfig(PassConfig):
         if v is not None and (not v or v in (".", "..") or any(c in v for c in "/\\\0") or len(v.encode()) > 255):
             raise ValueError("must be a file name (no folder, at most 255 bytes), e.g. 'model.onnx.data'")
         return v
+
+
+class Int8QuantConfig(OnnxSaveConfig):
+    """The options onnxruntime's dynamic and static int8 quantizers share (Olive's names)."""
+
+    weight_type: Literal["QInt8", "QUInt8"] = Field("QInt8", description="Data type of quantized weights.")
+    per_channel: StrictBool = Field(False, description="One weight scale per output channel instead of per tensor.")
+    reduce_range: StrictBool = Field(False, description="7-bit weights, for old CPUs without VNNI.")
+    op_types_to_quantize: list[str] | None = Field(
+        None, description="Operator types to quantize (default: all that onnxruntime supports)."
+    )
+    nodes_to_quantize: list[str] | None = Field(None, description="Quantize only these node names.")
+    nodes_to_exclude: list[str] | None = Field(None, description="Node names left in float.")
+    quant_preprocess: StrictBool = Field(
+        True, description="Run shape inference and graph optimization first (onnxruntime's quant_pre_process)."
+    )
 
 
 def onnx_file(handle: ModelHandle) -> Path:

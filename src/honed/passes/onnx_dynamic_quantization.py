@@ -5,14 +5,14 @@ auto-opt runs it after ModelBuilder) and returns the same kind."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
-from pydantic import Field, StrictBool, field_validator
+from pydantic import Field, field_validator
 
 from honed.models.handle import ModelHandle
 from honed.passes._onnx_common import (
     ORT_DYNAMIC_EXTRA_OPTIONS,
-    OnnxSaveConfig,
+    Int8QuantConfig,
     check_ort_extra_options,
     finish_onnx_output,
     load_graph_only,
@@ -26,20 +26,9 @@ from honed.passes._onnx_common import (
 from honed.passes.base import Pass, PassContext, register_pass
 
 
-class OnnxDynamicQuantizationConfig(OnnxSaveConfig):
+class OnnxDynamicQuantizationConfig(Int8QuantConfig):
     """Dynamic int8 quantization options (Olive's names)."""
 
-    weight_type: Literal["QInt8", "QUInt8"] = Field("QInt8", description="Data type of quantized weights.")
-    per_channel: StrictBool = Field(False, description="One scale per output channel instead of per tensor.")
-    reduce_range: StrictBool = Field(False, description="7-bit weights, for old CPUs without VNNI.")
-    op_types_to_quantize: list[str] | None = Field(
-        None, description="Operator types to quantize (default: all that onnxruntime supports)."
-    )
-    nodes_to_quantize: list[str] | None = Field(None, description="Quantize only these node names.")
-    nodes_to_exclude: list[str] | None = Field(None, description="Node names left in float.")
-    quant_preprocess: StrictBool = Field(
-        True, description="Run shape inference and graph optimization first (onnxruntime's quant_pre_process)."
-    )
     extra_options: dict[str, Any] = Field(
         default_factory=dict, description="onnxruntime quantize_dynamic extra_options, passed through; only the "
         "keys onnxruntime documents for dynamic quantization (ActivationSymmetric, WeightSymmetric, "

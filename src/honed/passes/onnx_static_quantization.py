@@ -7,13 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, StrictBool, field_validator
+from pydantic import Field, field_validator
 
 from honed.errors import UserError
 from honed.models.handle import ModelHandle
 from honed.passes._onnx_common import (
     ORT_STATIC_EXTRA_OPTIONS,
-    OnnxSaveConfig,
+    Int8QuantConfig,
     calibration_feeds,
     check_ort_extra_options,
     finish_onnx_output,
@@ -28,7 +28,7 @@ from honed.passes._onnx_common import (
 from honed.passes.base import Pass, PassContext, register_pass
 
 
-class OnnxStaticQuantizationConfig(OnnxSaveConfig):
+class OnnxStaticQuantizationConfig(Int8QuantConfig):
     """Static int8 quantization options (Olive's names)."""
 
     data_config: str = Field(description="Name of the data config whose rows calibrate activation ranges.")
@@ -42,13 +42,6 @@ class OnnxStaticQuantizationConfig(OnnxSaveConfig):
     activation_type: Literal["QInt8", "QUInt8", "QInt16", "QUInt16"] = Field(
         "QInt8", description="Data type of quantized activations."
     )
-    weight_type: Literal["QInt8", "QUInt8"] = Field("QInt8", description="Data type of quantized weights.")
-    per_channel: StrictBool = Field(False, description="One weight scale per output channel.")
-    reduce_range: StrictBool = Field(False, description="7-bit weights, for old CPUs without VNNI.")
-    op_types_to_quantize: list[str] | None = Field(None, description="Operator types to quantize.")
-    nodes_to_quantize: list[str] | None = Field(None, description="Quantize only these node names.")
-    nodes_to_exclude: list[str] | None = Field(None, description="Node names left in float.")
-    quant_preprocess: StrictBool = Field(True, description="Run onnxruntime's quant_pre_process first.")
     extra_options: dict[str, Any] = Field(
         default_factory=dict, description="onnxruntime quantize_static extra_options, passed through; only the "
         "keys onnxruntime documents (e.g. MatMulConstBOnly, ActivationSymmetric, WeightSymmetric, QuantizeBias, "
