@@ -108,3 +108,14 @@ def test_local_only_switches_the_hub_libraries_offline_and_back(monkeypatch: pyt
         assert huggingface_hub.is_offline_mode()  # nested blocks restore the outer one's state
     assert not huggingface_hub.is_offline_mode() and not datasets.config.HF_HUB_OFFLINE
     assert "HF_HUB_OFFLINE" not in os.environ
+
+
+def test_hub_kernels_are_neither_fetched_nor_run(tmp_path: Path) -> None:
+    """bitsandbytes >= 0.50 asks ``kernels`` for a hub kernel at import on AVX512-BF16 CPUs: under honed the
+    request is refused before any connection, on every CPU (the call is made here directly)."""
+    proc, attempts = run_guarded([], tmp_path, code=(
+        "import honed, kernels\ntry:\n    kernels.get_kernel('kernels-community/quantization-bitsandbytes', "
+        "version=1)\nexcept ImportError as e:\n    print('refused', e)\n"))
+    assert proc.returncode == 0, proc.stderr
+    assert "refused honed does not download" in proc.stdout
+    assert attempts == []

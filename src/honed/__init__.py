@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from honed.util.offline import disable_telemetry
+from honed.util.offline import block_hub_kernels, disable_telemetry
 
 __version__ = "0.1.0"
 
 disable_telemetry()  # honed sends no telemetry; see honed.util.offline
+block_hub_kernels()  # no compiled kernels downloaded from the hub at import (bitsandbytes on AVX512-BF16)
 
 if TYPE_CHECKING:
     from honed.engine.runner import RunResult

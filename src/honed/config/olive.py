@@ -54,6 +54,9 @@ IGNORED_PASS_KEYS_BY_TYPE: dict[str, dict[str, str]] = {
     "ExtractAdapters": {"pack_inputs": "honed keeps the LoRA input layout ModelBuilder wrote (q/k/v packed as the "
                                        "graph packs them); the adapter files always match the model's inputs"},
     "DoRA": {"device_map": "honed places the model on the host system's device"},
+    "GptqQuantizer": {k: "honed finds the decoder layers and their linears itself" for k in (
+        "layers_block_name", "outside_layer_modules", "inside_layer_modules")}
+    | {"static_groups": "it matters only with desc_act, which honed's Gptq does not take"},
 }
 """Olive pass options that change nothing in honed's output, by pass type: a warning each."""
 PRECISION_TO_QTYPE = {"int8": "QInt8", "uint8": "QUInt8"}
@@ -75,6 +78,7 @@ PASS_TYPE_ALIASES = {
     "OnnxMatMul4Quantizer": "OnnxBlockWiseRtnQuantization",
     "OrtPerfTuning": "OrtSessionParamsTuning",
     "GenAIModelExporter": "ModelBuilder",
+    "GptqQuantizer": "Gptq",
 }
 STATIC_ONLY_KEYS = {"data_config", "calibrate_method", "calibration_sampling_size", "quant_format",
                     "activation_type", "precision", "prepare_qnn_config", "qnn_extra_options"}
@@ -103,6 +107,8 @@ INPUT_MODEL_SCRIPT_KEYS = ("model_script", "script_dir", "model_loader", "dummy_
 RUNS_AS = {
     "OptimumConversion": ("OnnxConversion", "honed exports with torch.onnx, not Optimum; the ONNX graph has the "
                                             "same inputs and outputs"),
+    "GptqModel": ("Gptq", "honed quantizes with its own GPTQ, not the gptqmodel library; the algorithm and the "
+                          "output format are the same"),
 }
 """Olive pass types honed runs with a different implementation of the same step; a warning says so."""
 IGNORED_OPTIMUM_KEYS = {

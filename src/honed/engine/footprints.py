@@ -46,9 +46,10 @@ def read_footprints(path: Path) -> dict[str, Any]:
 
 
 def model_contents(handle: Any) -> dict[str, Any]:
-    """What an ONNX/genai model's files hold, read from the files (not from any pass config): weight bytes
-    per precision (``weight_bytes``, and ``weight_mib`` in MiB), node counts per op type (``op_counts``)
-    and the ai.onnx opset. Other model kinds, or files that cannot be parsed, give ``{}``."""
+    """What a model's files hold, read from the files (not from any pass config): weight bytes per precision
+    (``weight_bytes``, and ``weight_mib`` in MiB); for ONNX/genai node counts per op type (``op_counts``) and
+    the ai.onnx opset; for a quantized Hugging Face checkpoint its ``quantization``. A PEFT adapter, a hub id
+    or files that cannot be parsed give ``{}``."""
     import logging
 
     from google.protobuf.message import DecodeError
@@ -56,6 +57,8 @@ def model_contents(handle: Any) -> dict[str, Any]:
     from honed.errors import UserError
     from honed.passes._onnx_common import load_graph_only, onnx_file, op_counts, weight_bytes
 
+    if handle is not None and handle.kind == "hf":
+        return _hf_contents(Path(handle.path))
     if handle is None or handle.kind not in ("onnx", "genai"):
         return {}
     try:
@@ -83,6 +86,49 @@ def model_contents(handle: Any) -> dict[str, Any]:
     }
 
 
+_SAFETENSORS_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+                      "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+_SAFETENSORS_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+                      "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+
+
+def _hf_contents(folder: Path) -> dict[str, Any]:
+    """A local Hugging Face folder's weight bytes per precision, read from the safetensors headers; the codes
+    of an Olive-format quantized checkpoint count as ``int<bits>`` and its ``quantization`` is named."""
+    import math
+    import struct
+
+    from honed.models.quantized import layer_bits, quantization_config
+
+    qc = quantization_config(folder) if folder.is_dir() else None
+    weights: dict[str, int] = {}
+    quantized = 0
+    try:
+        for f in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
+            with f.open("rb") as fh:
+                header = json.loads(fh.read(struct.unpack("<Q", fh.read(8))[0]))
+            for name, info in header.items():
+                if name == "__metadata__":
+                    continue
+                size = math.prod(info["shape"]) * _SAFETENSORS_BYTES.get(info["dtype"], 1)
+                kind = _SAFETENSORS_NAMES.get(info["dtype"], info["dtype"].lower())
+                if qc is not None and name.endswith((".qweight", ".qzeros")):
+                    kind = f"int{layer_bits(qc, name.rsplit('.', 1)[0])[0]}"
+                    quantized += name.endswith(".qweight")
+                weights[kind] = weights.get(kind, 0) + size
+    except (OSError, ValueError, KeyError, struct.error):
+        return {}
+    if not weights:
+        return {}
+    weights = dict(sorted(weights.items(), key=lambda kv: -kv[1]))
+    out: dict[str, Any] = {"weight_bytes": weights, "weight_mib": {k: round(v / 2**20, 4) for k, v in weights.items()}}
+    if qc is not None:
+        out["quantization"] = {"format": qc["quant_method"], "algorithm": qc.get("algorithm"), "bits": qc["bits"],
+                               "group_size": qc["group_size"], "symmetric": qc.get("symmetric"),
+                               "quantized_linears": quantized}
+    return out
+
+
 def describe_output(handle: Any) -> dict[str, Any]:
     """The ``output_model`` entry of footprints.json: the handle plus ``contents`` read from its files."""
     if handle is None:
@@ -95,6 +141,6 @@ def describe_output(handle: Any) -> dict[str, Any]:
 
 
 def step_contents(handle: Any) -> dict[str, Any]:
-    """A pass's footprint addition: ``{"model_contents": ...}`` for an ONNX/genai output, else ``{}``."""
+    """A pass's footprint addition: ``{"model_contents": ...}`` when its files could be described, else ``{}``."""
     contents = model_contents(handle)
     return {"model_contents": contents} if contents else {}

@@ -120,9 +120,14 @@ def load_model(handle: ModelHandle, *, dtype: str | None = None, device: str | N
         auto = transformers.AutoModel
     import pickle
 
+    from honed.models.quantized import load_dequantized, quantization_config
+
     try:
         with _local_load(handle.path):
-            model = auto.from_pretrained(handle.path, **kwargs)
+            if quantization_config(handle.path) is not None:  # Olive's int4/int8 format (e.g. from Gptq)
+                model = load_dequantized(auto, handle.path, **kwargs)
+            else:
+                model = auto.from_pretrained(handle.path, **kwargs)
     except pickle.UnpicklingError:  # torch refused a pickle checkpoint (weights_only): say what to do
         raise UserError(f"{handle.path}: holds a pickle checkpoint (pytorch_model.bin) that honed does not load; "
                         "convert it to safetensors (model.save_pretrained(..., safe_serialization=True)) in a "

@@ -204,27 +204,45 @@ def _architecture(folder: Path) -> str:
 
 
 def _staged_source(src: Path, work: Path) -> Path:
-    """``src``, or a staging copy (weights linked) with a config the builder reads correctly.
+    """``src``, or a staging copy (unchanged files linked) that the builder reads correctly.
 
-    A Phi-3 config whose max_position_embeddings differs from original_max_position_embeddings
-    sends the builder down its LongRoPE path even when the config has no LongRoPE factors
-    (transformers then uses plain RoPE); aligning the two keeps the builder on plain RoPE.
+    - A Phi-3 config whose max_position_embeddings differs from original_max_position_embeddings sends the
+      builder down its LongRoPE path even when the config has no LongRoPE factors (transformers then uses plain
+      RoPE); aligning the two keeps the builder on plain RoPE.
+    - An Olive-format quantized checkpoint (e.g. from Gptq) with fused projections gets them split
+      (``honed.models.quantized.split_fused``: the builder mis-splits their zero points).
     """
+    from honed.models.quantized import quantization_config, split_fused
+
     cfg = json.loads((src / "config.json").read_text())
     rope = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}
-    if not (
+    fix_rope = (
         cfg.get("model_type") == "phi3"
         and cfg.get("original_max_position_embeddings") not in (None, cfg.get("max_position_embeddings"))
         and "long_factor" not in rope
-    ):
+    )
+    split = None
+    if quantization_config(src) is not None:
+        from safetensors.torch import load_file
+
+        tensors: dict[str, Any] = {}
+        for f in sorted(src.glob("*.safetensors")):
+            tensors.update(load_file(f))
+        split = split_fused(tensors, cfg)
+    if not fix_rope and split is None:
         return src
     stage = work / "source"
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True)
     for f in src.iterdir():
-        if f.name != "config.json":
+        if f.name != "config.json" and not (split is not None and f.suffix == ".safetensors"):
             (stage / f.name).symlink_to(f.resolve())
-    cfg["original_max_position_embeddings"] = cfg["max_position_embeddings"]
+    if fix_rope:
+        cfg["original_max_position_embeddings"] = cfg["max_position_embeddings"]
+    if split is not None:
+        from safetensors.torch import save_file
+
+        save_file(split, str(stage / "model.safetensors"), metadata={"format": "pt"})
     (stage / "config.json").write_text(json.dumps(cfg, indent=2))
     return stage
 
@@ -282,6 +300,13 @@ class ModelBuilder(Pass):
                 f"{', '.join(supported)}; use the OnnxConversion pass for other models"
             )
         ep = config.execution_provider or ctx.target.ep_short
+        from honed.models.quantized import quantization_config
+
+        qc = quantization_config(src)
+        if qc is not None and config.precision not in ("int4", "int8"):
+            raise UserError(f"ModelBuilder: {src} is already quantized to int{qc.get('bits')} "
+                            f"({qc.get('algorithm', 'Olive format')}); set precision: int4 (its codes are kept as "
+                            "they are)")
         if config.precision in ("int4", "int8"):
             # The builder reads the unprefixed names; its `int4_*` spellings are silently ignored.
             options["block_size"] = config.int4_block_size

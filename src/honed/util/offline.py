@@ -4,6 +4,7 @@
 folder or file: download counters, telemetry, hub lookups.  honed
 
 * turns telemetry off for the whole process at import (``disable_telemetry``),
+* keeps the ``kernels`` package from downloading and running hub kernels (``block_hub_kernels``),
 * loads every local file or folder inside ``local_only()``, which switches the hub libraries to
   offline mode for the duration of the load (both their environment variables and the constants
   already imported modules read from them at import time),
@@ -15,11 +16,13 @@ folder or file: download counters, telemetry, hub lookups.  honed
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import sys
 import threading
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 # Set at honed import, overriding the environment: honed sends no telemetry.
@@ -45,6 +48,64 @@ def disable_telemetry() -> None:
     ds = sys.modules.get("datasets.config")
     if ds is not None:
         ds.HF_UPDATE_DOWNLOAD_COUNTS = False
+
+
+class _NoHubKernels:
+    """Import hook for the ``kernels`` package: its hub loaders are replaced by one that refuses.
+
+    Why: bitsandbytes (>= 0.50), imported by peft, calls ``kernels.get_kernel`` at import on a CPU with
+    AVX512-BF16 to download and run a compiled kernel from the Hugging Face hub (and, offline, runs a cached one
+    without its publisher check). That is a network request in a local run and code from the hub that no
+    ``trust_remote_code`` allowed; bitsandbytes falls back to its own CPU code when the call fails.
+    """
+
+    LOADERS = ("get_kernel", "get_local_kernel", "get_locked_kernel", "load_kernel", "install_kernel")
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != "kernels":
+            return None
+        import importlib.machinery
+
+        sys.meta_path.remove(self)
+        try:
+            spec = importlib.machinery.PathFinder.find_spec(name, path)
+        finally:
+            sys.meta_path.insert(0, self)
+        if spec is None or spec.loader is None:
+            return None
+        real_exec = spec.loader.exec_module
+
+        def exec_module(module: Any) -> None:
+            real_exec(module)
+            for attr in self.LOADERS:
+                if hasattr(module, attr):
+                    setattr(module, attr, _refuse_hub_kernel)
+
+        spec.loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
+
+
+def _refuse_hub_kernel(repo_id: Any = None, *args: Any, **kwargs: Any) -> Any:
+    raise ImportError(f"honed does not download or run hub kernels ({repo_id}); the library's own code is used")
+
+
+class _DropKernelFallbackWarning(logging.Filter):
+    """bitsandbytes' warning that its hub kernel did not load: expected under honed, so not shown."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "from kernels-community" not in record.getMessage()
+
+
+def block_hub_kernels() -> None:
+    """Install :class:`_NoHubKernels` (before ``kernels`` is imported; an imported one is patched now)."""
+    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_DropKernelFallbackWarning())
+    loaded = sys.modules.get("kernels")
+    if loaded is not None:
+        for attr in _NoHubKernels.LOADERS:
+            if hasattr(loaded, attr):
+                setattr(loaded, attr, _refuse_hub_kernel)
+    if not any(isinstance(f, _NoHubKernels) for f in sys.meta_path):
+        sys.meta_path.insert(0, _NoHubKernels())
 
 
 def _offline_values() -> dict[tuple[str, str], bool]:

@@ -1,0 +1,154 @@
+"""Weight-only quantized Hugging Face checkpoints in Olive's format (``quant_method: olive``).
+
+The format is the one Olive's Gptq/Rtn passes write and onnxruntime-genai's model builder reads
+(``onnxruntime_genai.models.loaders.olive``): for each quantized ``nn.Linear`` named ``N``, the safetensors
+file holds, instead of ``N.weight`` of shape (out, in),
+
+- ``N.qweight``: uint8 (out, in * bits / 8), the integer codes packed along the last axis, low bits first;
+- ``N.scales``: float (out, in / group_size);
+- ``N.qzeros``: uint8 (out, ceil(in / group_size * bits / 8)), the zero points packed the same way;
+
+and ``config.json`` has ``quantization_config = {"quant_method": "olive", "bits", "group_size", "symmetric",
+...}``. A weight is ``(code - zero) * scale`` per group: MatMulNBits' own layout, so the builder copies the codes
+unchanged. transformers cannot load the format; :func:`dequantized_state_dict` gives the float weights the
+codes stand for, which is how honed's PyTorch runtime evaluates, converts or fine-tunes such a model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from honed.errors import UserError
+
+QUANT_METHOD = "olive"
+
+
+def pack_codes(codes: Any, bits: int) -> Any:
+    """Integer codes (rows, cols) in [0, 2**bits) -> uint8 (rows, ceil(cols * bits / 8)), low bits first."""
+    import torch
+
+    per_byte = 8 // bits
+    rows, cols = codes.shape
+    padded = torch.zeros(rows, -(-cols // per_byte) * per_byte, dtype=torch.uint8)
+    padded[:, :cols] = codes.to(torch.uint8)
+    out = torch.zeros(rows, padded.shape[1] // per_byte, dtype=torch.uint8)
+    for k in range(per_byte):
+        out |= padded[:, k::per_byte] << (k * bits)
+    return out
+
+
+def unpack_codes(packed: Any, bits: int, cols: int) -> Any:
+    """Inverse of :func:`pack_codes`: uint8 (rows, packed) -> int64 codes (rows, cols)."""
+    import torch
+
+    per_byte = 8 // bits
+    mask = (1 << bits) - 1
+    parts = [(packed.to(torch.int64) >> (k * bits)) & mask for k in range(per_byte)]
+    return torch.stack(parts, dim=-1).reshape(packed.shape[0], -1)[:, :cols]
+
+
+def dequantize(qweight: Any, scales: Any, qzeros: Any, bits: int, group_size: int) -> Any:
+    """Float weight (out, in) of one quantized linear: ``(code - zero) * scale`` per group of ``group_size``
+    input features. Shapes as in the module docstring; the result has the scales' dtype."""
+    groups = scales.shape[1]
+    codes = unpack_codes(qweight, bits, groups * group_size)
+    zeros = unpack_codes(qzeros, bits, groups)
+    w = (codes.reshape(codes.shape[0], groups, group_size) - zeros.unsqueeze(-1)).to(scales.dtype)
+    return (w * scales.unsqueeze(-1)).reshape(codes.shape[0], -1)
+
+
+def quantization_config(folder: str | Path) -> dict[str, Any] | None:
+    """The ``quantization_config`` of an Olive-format checkpoint in ``folder``; None for any other model."""
+    cfg_file = Path(folder) / "config.json"
+    if not cfg_file.is_file():
+        return None
+    qc = json.loads(cfg_file.read_text(encoding="utf-8")).get("quantization_config")
+    return qc if isinstance(qc, dict) and qc.get("quant_method") == QUANT_METHOD else None
+
+
+def layer_bits(qc: dict[str, Any], module: str) -> tuple[int, int]:
+    """(bits, group_size) of ``module``: its entry in ``overrides`` or the global values."""
+    over = (qc.get("overrides") or {}).get(module) or {}
+    return int(over.get("bits", qc["bits"])), int(over.get("group_size", qc["group_size"]))
+
+
+def dequantized_state_dict(folder: str | Path) -> dict[str, Any]:
+    """Every tensor of the checkpoint in ``folder``, with each quantized linear's three tensors replaced by its
+    float ``.weight``. Raises UserError when a quantized module lacks one of its tensors."""
+    from safetensors.torch import load_file
+
+    qc = quantization_config(folder)
+    if qc is None:
+        raise UserError(f"{folder}: config.json has no quantization_config with quant_method '{QUANT_METHOD}'")
+    tensors: dict[str, Any] = {}
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        tensors.update(load_file(f))
+    out = {k: v for k, v in tensors.items() if not k.endswith((".qweight", ".scales", ".qzeros"))}
+    for key in [k for k in tensors if k.endswith(".qweight")]:
+        name = key[: -len(".qweight")]
+        missing = [s for s in (".scales", ".qzeros") if name + s not in tensors]
+        if missing:
+            raise UserError(f"{folder}: quantized module {name} has no {' or '.join(name + s for s in missing)}")
+        bits, group = layer_bits(qc, name)
+        out[name + ".weight"] = dequantize(tensors[key], tensors[name + ".scales"], tensors[name + ".qzeros"],
+                                           bits, group)
+    return out
+
+
+def load_dequantized(auto: Any, folder: str | Path, **kwargs: Any) -> Any:
+    """A transformers model (class ``auto``, e.g. AutoModelForCausalLM) of an Olive-format checkpoint with its
+    dequantized weights. ``kwargs`` are from_pretrained's (dtype, trust_remote_code). Raises UserError when the
+    checkpoint misses weights the architecture needs (tied ones aside)."""
+    import torch
+    from transformers import AutoConfig
+
+    trust = bool(kwargs.get("trust_remote_code", False))
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=trust)
+    del config.quantization_config
+    dtype = kwargs.get("dtype")
+    model = auto.from_config(config, trust_remote_code=trust,
+                             **({"dtype": dtype} if isinstance(dtype, torch.dtype) else {}))
+    state = dequantized_state_dict(folder)
+    result = model.load_state_dict(state, strict=False)
+    model.tie_weights()
+    tied = {k for k in result.missing_keys if "lm_head" in k and getattr(config, "tie_word_embeddings", False)}
+    missing = [k for k in result.missing_keys if k not in tied]
+    if missing or result.unexpected_keys:
+        raise UserError(f"{folder}: the quantized checkpoint does not match its architecture "
+                        f"(missing: {missing[:3]}, unexpected: {result.unexpected_keys[:3]})")
+    return model
+
+
+_FUSED = {".self_attn.qkv_proj": (".self_attn.q_proj", ".self_attn.k_proj", ".self_attn.v_proj"),
+          ".mlp.gate_up_proj": (".mlp.gate_proj", ".mlp.up_proj")}
+
+
+def split_fused(tensors: dict[str, Any], config: dict[str, Any]) -> dict[str, Any] | None:
+    """``tensors`` with each quantized fused projection (Phi-3's ``qkv_proj`` and ``gate_up_proj``) split into
+    the separate modules it packs (q/k/v, gate/up, along the output rows); None when there is none.
+
+    Why: onnxruntime-genai's builder (0.18) splits a fused projection's packed zero points of an Olive-format
+    checkpoint along the wrong axis (MatMulNBits then refuses the model); given the separate modules, it reads
+    them correctly, and the graph it writes is the same.
+    """
+    heads = config["num_attention_heads"]
+    head_dim = config.get("head_dim") or config["hidden_size"] // heads
+    sizes = {".self_attn.qkv_proj": [heads * head_dim, *[config.get("num_key_value_heads", heads) * head_dim] * 2],
+             ".mlp.gate_up_proj": [config.get("intermediate_size", 0)] * 2}
+    out = dict(tensors)
+    found = False
+    for key in [k for k in tensors if k.endswith(".qweight")]:
+        module = key[: -len(".qweight")]
+        fused = next((f for f in _FUSED if module.endswith(f)), None)
+        if fused is None:
+            continue
+        found = True
+        stem = module[: -len(fused)]
+        for suffix in (".qweight", ".scales", ".qzeros", ".bias"):
+            t = out.pop(module + suffix, None)
+            if t is not None:
+                for part, piece in zip(_FUSED[fused], t.split(sizes[fused], dim=0), strict=True):
+                    out[stem + part + suffix] = piece.contiguous()
+    return out if found else None

@@ -1,0 +1,349 @@
+"""Gptq: calibrated int4/int8 weight-only quantization of a Hugging Face causal LM.
+
+GPTQ (Frantar et al., 2022, "GPTQ: Accurate Post-Training Quantization for Generative Pre-trained
+Transformers", arXiv:2210.17323; reference code IST-DASLab/gptq): each linear layer's weights are rounded one
+input column at a time, and the rounding error of each column is spread over the columns not yet rounded, in
+proportion to the inverse Hessian ``H = 2 X X^T`` of the layer's calibration inputs ``X``. Decoder layers are
+processed in order, each fed the outputs of the already-quantized layers before it.
+
+The output is a Hugging Face folder in Olive's quantized format (``honed.models.quantized``): ModelBuilder
+turns it into an onnxruntime-genai folder whose MatMulNBits weights are these codes, unchanged, and honed's
+PyTorch runtime evaluates its dequantized weights.
+
+Why honed's own ~100 lines and not a library: the maintained GPTQ libraries either need CUDA kernels to build or
+quantize (gptqmodel, auto-gptq, which is archived), or write formats the onnxruntime-genai builder does not read
+(llm-compressor's compressed-tensors); Olive's Gptq is likewise its own code on PyTorch weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, StrictBool
+
+from honed.errors import UserError
+from honed.models.handle import ModelHandle
+from honed.models.loaders import load_model, load_tokenizer, trust_kwargs
+from honed.models.quantized import QUANT_METHOD, pack_codes
+from honed.passes.base import Pass, PassConfig, PassContext, register_pass
+
+log = logging.getLogger("honed")
+
+
+class GptqConfig(PassConfig):
+    """GPTQ options (Olive's Gptq names and defaults)."""
+
+    bits: Literal[4, 8] = Field(4, description="Bits per weight.")
+    group_size: Literal[16, 32, 64, 128, 256] = Field(
+        128, description="Input features per group sharing one scale and zero point (MatMulNBits block size)."
+    )
+    sym: StrictBool = Field(False, description="Symmetric codes (zero point fixed at 2**(bits-1)); false: "
+                                                "asymmetric, a zero point per group.")
+    damp_percent: float = Field(0.01, gt=0, le=1, description="Dampening added to the Hessian's diagonal, as a "
+                                                              "fraction of its mean (numerical stability).")
+    desc_act: StrictBool | None = Field(
+        None, description="Act-order (columns in decreasing Hessian diagonal). Not supported with groups: only "
+        "None or false (Olive, too, allows it only with group_size -1, which MatMulNBits cannot hold)."
+    )
+    true_sequential: StrictBool = Field(
+        False, description="Quantize the linears of a decoder layer in groups, in the order the layer runs them "
+        "(q/k/v, then o, then gate/up, then down), each group calibrated on inputs that the earlier groups' "
+        "quantized weights produced (auto-gptq's default); false: all linears of a layer from one pass (Olive's "
+        "Gptq). True costs one extra forward pass per group."
+    )
+    lm_head: StrictBool = Field(False, description="Quantize the LM head too (else ModelBuilder rounds it, "
+                                                   "by default to int8).")
+    data_config: str = Field(description="Name of the data config whose rows calibrate the Hessians (Olive's "
+                             "default, wikitext-2 from the hub, is not fetched: name your own).")
+    num_samples: int = Field(128, gt=0, description="Calibration rows (fewer when the data config's "
+                             "max_samples says so).")
+    block_size: int = Field(128, gt=0, description="Columns updated together (speed only; the result is the "
+                            "same up to float rounding).")
+
+
+@dataclass
+class QuantizedLinear:
+    """Integer codes (out, in) in [0, 2**bits), scales and zero points (out, in / group_size) of one linear."""
+
+    codes: Any
+    scales: Any
+    zeros: Any
+
+
+def quant_params(w: Any, bits: int, sym: bool) -> tuple[Any, Any]:
+    """Scale and zero point per row of ``w`` (rows, group): min/max of the group with 0 included (asymmetric),
+    or +-max|w| around a fixed zero point 2**(bits-1) (symmetric), as in GPTQ's reference quantizer."""
+    import torch
+
+    maxq = 2**bits - 1
+    lo = torch.clamp(w.min(dim=1).values, max=0)
+    hi = torch.clamp(w.max(dim=1).values, min=0)
+    if sym:
+        hi = torch.maximum(lo.abs(), hi)
+        lo = -hi
+    span = hi - lo
+    span[span == 0] = 1.0  # an all-zero group: any scale represents it
+    scale = span / maxq
+    zero = torch.full_like(scale, (maxq + 1) / 2) if sym else torch.round(-lo / scale)
+    return scale, zero
+
+
+def quantize_codes(w: Any, scale: Any, zero: Any, bits: int) -> Any:
+    """Codes of ``w`` (rows, n) with per-row ``scale``/``zero`` (rows,): ``clamp(round(w / scale) + zero)``."""
+    import torch
+
+    return torch.clamp(torch.round(w / scale[:, None]) + zero[:, None], 0, 2**bits - 1)
+
+
+def gptq_linear(weight: Any, hessian: Any, cfg: GptqConfig) -> QuantizedLinear:
+    """GPTQ of one weight (out, in) given its Hessian (in, in); the algorithm of the paper's Algorithm 1 with
+    lazy batch updates of ``cfg.block_size`` columns and per-group parameters found on the updated weights."""
+    import torch
+
+    W = weight.detach().clone().float()
+    H = hessian.clone()
+    cols = W.shape[1]
+    dead = torch.diag(H) == 0  # inputs that were always zero: their weights do not matter
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    H += cfg.damp_percent * torch.mean(torch.diag(H)) * torch.eye(cols)
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    G = cfg.group_size
+    block = max(cfg.block_size // G, 1) * G  # blocks hold whole groups
+    codes = torch.zeros_like(W)
+    scales = torch.zeros(W.shape[0], cols // G)
+    zeros = torch.zeros_like(scales)
+    for b1 in range(0, cols, block):
+        b2 = min(b1 + block, cols)
+        W1, Hinv1 = W[:, b1:b2].clone(), Hinv[b1:b2, b1:b2]
+        err = torch.zeros_like(W1)
+        for i in range(b2 - b1):
+            if (b1 + i) % G == 0:
+                g = (b1 + i) // G
+                scales[:, g], zeros[:, g] = quant_params(W1[:, i:i + G], cfg.bits, cfg.sym)
+            w, d = W1[:, i], Hinv1[i, i]
+            q = quantize_codes(w[:, None], scales[:, g], zeros[:, g], cfg.bits)[:, 0]
+            codes[:, b1 + i] = q
+            e = (w - (q - zeros[:, g]) * scales[:, g]) / d
+            W1[:, i:] -= e[:, None] @ Hinv1[i, i:][None, :]
+            err[:, i] = e
+        W[:, b2:] -= err @ Hinv[b1:b2, b2:]
+    return QuantizedLinear(codes.to(torch.uint8), scales, zeros.to(torch.uint8))
+
+
+def dequantized(q: QuantizedLinear, group_size: int) -> Any:
+    """The float weight (out, in) that ``q`` stands for."""
+    w = q.codes.float().reshape(q.codes.shape[0], -1, group_size) - q.zeros.float()[:, :, None]
+    return (w * q.scales[:, :, None]).reshape(q.codes.shape[0], -1)
+
+
+def decoder_layers(model: Any) -> tuple[str, Any]:
+    """(dotted name, ModuleList) of the model's decoder layers: the ModuleList with num_hidden_layers entries.
+    Raises UserError for an architecture without one."""
+    import torch
+
+    n = getattr(model.config, "num_hidden_layers", None)
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.ModuleList) and len(mod) == n:
+            return name, mod
+    raise UserError(f"Gptq: no list of {n} decoder layers found in {type(model).__name__}; GPTQ needs a "
+                    "transformer decoder (Llama, Phi-3, Qwen, Mistral, ...)")
+
+
+class _Captured(Exception):
+    """Stops the model's forward once the first decoder layer's inputs are recorded."""
+
+
+class _Hessian:
+    """Running ``2/n * sum x x^T`` over the rows fed to one linear (Olive's and the reference's update)."""
+
+    def __init__(self, n_in: int) -> None:
+        import torch
+
+        self.H = torch.zeros(n_in, n_in)
+        self.n = 0
+
+    def add(self, x: Any) -> None:
+        x = x.reshape(-1, x.shape[-1]).float()
+        rows = x.shape[0]
+        self.H *= self.n / (self.n + rows)
+        self.n += rows
+        x = math.sqrt(2 / self.n) * x
+        self.H += x.T @ x
+
+
+def _run_order(layer: Any, inputs: list[tuple[tuple, dict]], linears: dict[str, Any]) -> list[list[str]]:
+    """The layer's linears in the order it calls them, grouped by shared input (q/k/v, o, gate/up, down)."""
+    seen: list[tuple[str, int]] = []
+    hooks = [m.register_forward_pre_hook(lambda m, a, n=n: seen.append((n, id(a[0])))) for n, m in linears.items()]
+    try:
+        layer(*inputs[0][0], **inputs[0][1])
+    finally:
+        for h in hooks:
+            h.remove()
+    groups: list[list[str]] = []
+    last = None
+    for name, x in seen:
+        if any(name in g for g in groups):
+            continue
+        if x == last:
+            groups[-1].append(name)
+        else:
+            groups.append([name])
+        last = x
+    return groups + [[n] for n in linears if not any(n in g for g in groups)]
+
+
+def _layer_output(out: Any) -> Any:
+    return out[0] if isinstance(out, tuple) else out
+
+
+def gptq_model(model: Any, samples: list[Any], cfg: GptqConfig, progress: Any = None) -> dict[str, QuantizedLinear]:
+    """Quantize every ``nn.Linear`` in the decoder layers of ``model`` (and its LM head when ``cfg.lm_head``)
+    on the token-id tensors ``samples`` (each (1, seq)); each linear's weight is replaced by its dequantized
+    value in place. Returns the codes by module name."""
+    import torch
+
+    prefix, layers = decoder_layers(model)
+    inputs: list[tuple[tuple, dict]] = []
+
+    def capture(_m: Any, args: tuple, kwargs: dict) -> None:
+        inputs.append((args, kwargs))
+        raise _Captured
+
+    hook = layers[0].register_forward_pre_hook(capture, with_kwargs=True)
+    with torch.no_grad():
+        for ids in samples:
+            with contextlib.suppress(_Captured):
+                model(input_ids=ids, use_cache=False)
+    hook.remove()
+    out: dict[str, QuantizedLinear] = {}
+    with torch.no_grad():
+        for idx, layer in enumerate(layers):
+            linears = {n: m for n, m in layer.named_modules() if isinstance(m, torch.nn.Linear)}
+            groups = _run_order(layer, inputs, linears) if cfg.true_sequential else [list(linears)]
+            for group in groups:
+                stats = {n: _Hessian(linears[n].in_features) for n in group}
+                hooks = [linears[n].register_forward_pre_hook(lambda m, a, h=stats[n]: h.add(a[0])) for n in group]
+                for args, kwargs in inputs:
+                    layer(*args, **kwargs)
+                for h in hooks:
+                    h.remove()
+                for n in group:
+                    q = gptq_linear(linears[n].weight, stats[n].H, cfg)
+                    linears[n].weight.copy_(dequantized(q, cfg.group_size).to(linears[n].weight.dtype))
+                    out[f"{prefix}.{idx}.{n}"] = q
+            inputs = [((_layer_output(layer(*args, **kwargs)), *args[1:]), kwargs) for args, kwargs in inputs]
+            if progress is not None:
+                progress.advance(1)
+        if cfg.lm_head:
+            head = model.get_output_embeddings()
+            norm = _final_norm(model, prefix)
+            stats = _Hessian(head.in_features)
+            for args, _ in inputs:
+                stats.add(norm(args[0]) if norm is not None else args[0])
+            q = gptq_linear(head.weight, stats.H, cfg)
+            head.weight = torch.nn.Parameter(dequantized(q, cfg.group_size).to(head.weight.dtype))  # unties
+            out["lm_head"] = q
+    return out
+
+
+def _final_norm(model: Any, layers_prefix: str) -> Any:
+    """The norm applied between the last decoder layer and the LM head (``model.norm`` in Llama-like models)."""
+    parent = model.get_submodule(layers_prefix.rsplit(".", 1)[0]) if "." in layers_prefix else model
+    return getattr(parent, "norm", None) or getattr(parent, "final_layernorm", None)
+
+
+def calibration_samples(data_config: Any, tokenizer: Any, limit: int) -> list[Any]:
+    """Token-id tensors (1, seq <= max_seq_len) of up to ``limit`` rows of ``data_config``."""
+    import torch
+
+    from honed.data.components import token_samples
+    from honed.passes._onnx_common import calibration_texts
+
+    pre = data_config.pre_process_data_config
+    limit = min(limit, pre.max_samples or limit)
+    given = token_samples(data_config, limit, tokenizer)
+    if given is None:
+        texts = calibration_texts(data_config, limit)
+        given = [tokenizer(*(t if isinstance(t, tuple) else (t,)), truncation=True,
+                           max_length=pre.max_seq_len)["input_ids"] for t in texts]
+    samples = [torch.tensor([ids[: pre.max_seq_len]], dtype=torch.long) for ids in given if len(ids)]
+    if not samples:
+        raise UserError(f"Gptq: data config '{data_config.name}' gave no calibration rows; point it at rows of text")
+    return samples
+
+
+class Gptq(Pass):
+    name = "Gptq"
+    description = "Quantize an HF causal LM's linear weights to int4/int8 with GPTQ, calibrated on a data config."
+    config_class = GptqConfig
+    requires = ("torch", "transformers")
+    libraries = ("torch", "transformers")
+    accepts: ClassVar[tuple[str, ...]] = ("hf",)
+    produces: ClassVar[tuple[str, ...]] = ("hf",)
+
+    def run(self, model: ModelHandle, config: GptqConfig, output_dir: Path, ctx: PassContext) -> ModelHandle:
+        from safetensors.torch import save_file
+
+        if config.desc_act:
+            raise UserError(f"{ctx.pass_name}: desc_act true is not supported with groups (MatMulNBits has no "
+                            "column permutation); remove it")
+        if config.data_config not in ctx.data_configs:
+            raise UserError(f"{ctx.pass_name}: data_config '{config.data_config}' is not defined; define it under "
+                            f"data_configs (defined: {', '.join(ctx.data_configs) or 'none'})")
+        tok = load_tokenizer(model)
+        net = load_model(model, dtype="float32")
+        hidden = net.config.hidden_size if hasattr(net.config, "hidden_size") else None
+        if hidden is not None and hidden % config.group_size:
+            raise UserError(f"{ctx.pass_name}: group_size {config.group_size} does not divide the hidden size "
+                            f"{hidden}; pick a divisor")
+        samples = calibration_samples(ctx.data_configs[config.data_config], tok, config.num_samples)
+        bar = ctx.task("GPTQ layers", len(decoder_layers(net)[1]))
+        try:
+            quantized = gptq_model(net, samples, config, bar)
+        finally:
+            bar.close()
+        state = {}
+        seen: set[int] = set()
+        for key, tensor in net.state_dict().items():
+            module = key.rsplit(".", 1)[0]
+            if (module in quantized and key.endswith(".weight")) or tensor.data_ptr() in seen:
+                continue  # quantized, or a tied copy (the embedding's lm_head)
+            seen.add(tensor.data_ptr())
+            state[key] = tensor.contiguous()
+        for module, q in quantized.items():
+            state[f"{module}.qweight"] = pack_codes(q.codes, config.bits)
+            state[f"{module}.scales"] = q.scales.contiguous()
+            state[f"{module}.qzeros"] = pack_codes(q.zeros, config.bits)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_file(state, str(output_dir / "model.safetensors"), metadata={"format": "pt"})
+        net.config.save_pretrained(output_dir)
+        cfg_file = output_dir / "config.json"
+        cfg = json.loads(cfg_file.read_text())
+        cfg["quantization_config"] = {
+            "quant_method": QUANT_METHOD, "bits": config.bits, "group_size": config.group_size,
+            "symmetric": config.sym, "lm_head": config.lm_head, "embeds": False, "overrides": None,
+            "modules_to_not_convert": [], "algorithm": "gptq",
+        }
+        cfg["dtype"] = "float32"
+        if config.lm_head:
+            cfg["tie_word_embeddings"] = False
+        cfg_file.write_text(json.dumps(cfg, indent=2))
+        tok.save_pretrained(output_dir)
+        gen = getattr(net, "generation_config", None)
+        if gen is not None:
+            gen.save_pretrained(output_dir)
+        ctx.metrics["calibration_samples"] = len(samples)
+        ctx.metrics["quantized_linears"] = len(quantized)
+        return ModelHandle(kind="hf", path=str(output_dir), task=model.task, load_kwargs=trust_kwargs(model),
+                           attributes={**model.attributes, "quantization": f"int{config.bits}-gptq"})
+
+
+register_pass(Gptq)
