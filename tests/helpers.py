@@ -63,7 +63,7 @@ def run_pass(kind: str, model: Path | Any, out: Path, **config: Any) -> Any:
     into ``out``; returns the output handle."""
     from honed.models.handle import ModelHandle
     from honed.passes.base import PassContext, get_pass
-    from honed.systems.accelerator import Accelerator
+    from honed.util.accelerator import Accelerator
 
     cls = get_pass(kind)
     handle = model if isinstance(model, ModelHandle) else ModelHandle(kind="hf", path=str(model))

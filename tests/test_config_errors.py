@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from honed.config.load import load_workflow
 from honed.config.schema import WorkflowConfig
 from honed.passes.base import all_passes
-from honed.systems.accelerator import EXECUTION_PROVIDERS
+from honed.util.accelerator import EXECUTION_PROVIDERS
 from tests.helpers import cli
 
 

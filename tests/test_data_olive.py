@@ -12,7 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from honed.data import DataConfig, build_datasets, load_rows
-from honed.data.components import dummy_past, timing_batch
+from honed.data.batches import dummy_past, timing_batch
 from honed.data.user_script import load_script
 from honed.errors import DataError, UserError
 from honed.evaluate.config import EvaluatorConfig
@@ -302,10 +302,10 @@ def test_decode_step_after_a_kv_cache_matches_a_full_forward(tiny_llama: Path) -
 
 def test_dummy_data_for_a_latency_metric_on_a_tiny_model(tiny_llama: Path, monkeypatch: pytest.MonkeyPatch,
                                                           caplog: pytest.LogCaptureFixture) -> None:
-    from honed.data import components
+    from honed.data import batches
     from honed.evaluate.backends import HFBackend
 
-    monkeypatch.setattr(components, "_warned", set())  # warned once per process; this test wants to see it
+    monkeypatch.setattr(batches, "_warned", set())  # warned once per process; this test wants to see it
     seen: list[list[list[int]]] = []
     forward = HFBackend.forward
     monkeypatch.setattr(HFBackend, "forward", lambda self, batch: (seen.append(batch), forward(self, batch))[1])

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from honed.errors import UserError
 from honed.models.handle import ModelHandle
 from honed.passes.base import PassContext, get_pass
-from honed.systems.accelerator import Accelerator
+from honed.util.accelerator import Accelerator
 from tests.helpers import cli, write_config
 
 TEXTS = ["I passed the exam with top marks", "The lights went out upstairs", "My old dog died this morning",

@@ -15,9 +15,9 @@ from honed.errors import UserError
 from honed.models.handle import ModelHandle
 from honed.models.loaders import load_model
 from honed.passes.base import PassContext, get_pass
-from honed.systems.accelerator import Accelerator
 from honed.training.args import TrainingArgs
 from honed.training.loop import Callback, TrainState, collate, epoch_batches, loss_sum, sparse_head_parts
+from honed.util.accelerator import Accelerator
 
 # Rows written for these tests: a prompt and a one-word answer, as the classification template makes.
 EXAMPLES = [

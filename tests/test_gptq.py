@@ -88,7 +88,7 @@ def _data(tmp_path: Path) -> dict:
 def _gptq(model: Path, tmp_path: Path, **options) -> ModelHandle:
     from honed.data.config import DataConfig
     from honed.passes.base import PassContext, get_pass
-    from honed.systems.accelerator import Accelerator
+    from honed.util.accelerator import Accelerator
 
     cls = get_pass("Gptq")
     ctx = PassContext(pass_name="gptq", host=Accelerator(), target=Accelerator(),
@@ -184,7 +184,7 @@ def test_bad_options_are_one_line_errors(tiny_llama: Path, tmp_path: Path, optio
         from honed.data.config import DataConfig
         from honed.passes.base import PassContext
         from honed.passes.gptq import Gptq
-        from honed.systems.accelerator import Accelerator
+        from honed.util.accelerator import Accelerator
 
         ctx = PassContext(pass_name="gptq", host=Accelerator(), target=Accelerator(),
                           data_configs={"cal": DataConfig(**_data(tmp_path))}, work_dir=tmp_path / "w",

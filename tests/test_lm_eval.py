@@ -19,7 +19,7 @@ from honed.evaluate.backends import Backend, GenaiBackend, HFBackend, OnnxBacken
 from honed.evaluate.config import EvaluatorConfig
 from honed.evaluate.evaluator import evaluate_model
 from honed.models.handle import ModelHandle
-from honed.systems.accelerator import Accelerator
+from honed.util.accelerator import Accelerator
 from tests.helpers import cli, write_config
 
 QUESTIONS = ["I passed the exam", "lights went out upstairs", "my old dog died", "they threw me a party",

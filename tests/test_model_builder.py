@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from honed.errors import UserError
 from honed.models.handle import ModelHandle
 from honed.passes.base import PassContext, get_pass
-from honed.systems.accelerator import Accelerator
+from honed.util.accelerator import Accelerator
 
 
 def _ctx(tmp: Path) -> PassContext:

@@ -13,7 +13,7 @@ import torch
 from honed.models.handle import ModelHandle
 from honed.models.onnx_runtime import OnnxSession
 from honed.passes.base import PassContext, get_pass
-from honed.systems.accelerator import Accelerator
+from honed.util.accelerator import Accelerator
 
 
 def _run(name: str, src: ModelHandle, tmp: Path, data_configs: dict | None = None, **options):

@@ -17,7 +17,7 @@ from honed.errors import UserError
 from honed.models.handle import ModelHandle
 from honed.models.onnx_runtime import OnnxSession
 from honed.passes.base import PassContext, get_pass
-from honed.systems.accelerator import Accelerator
+from honed.util.accelerator import Accelerator
 from tests.helpers import cli, write_config
 
 

@@ -21,7 +21,7 @@ from honed.evaluate.config import EvaluatorConfig
 from honed.evaluate.evaluator import evaluate_model
 from honed.models.handle import ModelHandle
 from honed.passes.base import PassContext, get_pass
-from honed.systems.accelerator import Accelerator
+from honed.util.accelerator import Accelerator
 from tests.helpers import cli
 
 WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "cat", "sleeps", "sun", "numbers", "one",

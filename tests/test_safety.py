@@ -448,7 +448,7 @@ def test_non_finite_or_absurd_training_numbers_are_refused(project: Path, tiny_l
 
 
 def test_a_root_or_system_folder_in_a_config_string_is_not_hashed() -> None:
-    from honed.engine.hashing import with_content_hashes
+    from honed.util.hashing import with_content_hashes
 
     start = time.perf_counter()
     assert with_content_hashes({"model_type": "/", "x": ["/usr", "/etc"]}) == {"model_type": "/", "x": ["/usr", "/etc"]}

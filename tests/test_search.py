@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
+from honed import run as run_workflow
 from honed.config.load import validate
-from honed.engine.runner import run_workflow
+from honed.config.space import SearchSpace, extract_space
 from honed.errors import ConfigError
 from honed.search.pareto import pareto_front, rank
 from honed.search.samplers import make_sampler
-from honed.search.space import SearchSpace, extract_space
 
 ROWS = [("I passed the exam", "joy"), ("lights went out upstairs", "fear"), ("my old dog died", "sadness"),
         ("they threw me a party", "surprise"), ("top marks again", "joy"), ("something moved", "fear")]

@@ -19,7 +19,7 @@ from honed.models.handle import ModelHandle
 from honed.models.onnx_runtime import SETTINGS_FILE, OnnxSession, physical_cores
 from honed.passes import ort_session_params_tuning as spt
 from honed.passes.base import PassContext, get_pass
-from honed.systems.accelerator import Accelerator
+from honed.util.accelerator import Accelerator
 
 PASS = "OrtSessionParamsTuning"
 # Small but complete grid: 2 modes x 2 levels x 2 intra counts (parallel: x 1 inter count) = 8 trials.

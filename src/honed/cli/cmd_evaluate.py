@@ -17,7 +17,7 @@ from honed.errors import ConfigError, UserError
 from honed.evaluate.config import EvaluatorConfig
 from honed.evaluate.evaluator import evaluate_model
 from honed.models.handle import ModelHandle
-from honed.systems.accelerator import EP_BY_DEVICE, Accelerator, execution_provider_problem
+from honed.util.accelerator import EP_BY_DEVICE, Accelerator, execution_provider_problem
 
 console = Console(highlight=False)
 

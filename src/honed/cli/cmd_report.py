@@ -6,7 +6,7 @@ import argparse
 
 from rich.console import Console
 
-from honed.report.html import write_report
+from honed.engine.outputs import write_report
 from honed.report.text import summary_text
 
 console = Console(highlight=False)

@@ -9,9 +9,10 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
+from honed import run
 from honed.config.load import load_workflow
 from honed.engine.progress import RunDisplay
-from honed.engine.runner import RunResult, run_workflow
+from honed.engine.runner import RunResult
 from honed.report.text import summary_text
 
 # Wide enough for the summary table when the output is piped to a file (rich falls back to 80 columns).
@@ -67,8 +68,7 @@ def print_summary(result: RunResult) -> None:
 def _run(args: argparse.Namespace) -> int:
     wf = load_workflow(args.config)
     display = RunDisplay(quiet=args.dry_run)
-    result = run_workflow(wf, output_dir=args.output_dir, cache_dir=args.cache_dir, dry_run=args.dry_run,
-                          display=display)
+    result = run(wf, output_dir=args.output_dir, cache_dir=args.cache_dir, dry_run=args.dry_run, display=display)
     if args.dry_run:
         print_plan(result)
     else:

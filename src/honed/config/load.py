@@ -47,7 +47,7 @@ class Workflow:
     generation: str = "honed"
     warnings: list[str] = field(default_factory=list)
     search_space: Any = None
-    """A ``honed.search.space.SearchSpace`` when search_strategy is set and some parameter is searched;
+    """A ``honed.config.space.SearchSpace`` when search_strategy is set and some parameter is searched;
     ``steps`` then hold the default (first) choice of every dimension."""
     flows: list[tuple[str, Workflow]] = field(default_factory=list)
     """With ``pass_flows``: one workflow per flow (its passes in flow order), named by its pass names joined
@@ -314,7 +314,7 @@ def validate(raw: dict[str, Any], source: Path | None = None) -> Workflow:
         raw_passes = {}
     space = None
     if data.get("search_strategy") is not None and raw_passes:
-        from honed.search.space import extract_space
+        from honed.config.space import extract_space
 
         raw_passes, space, search_problems = extract_space(raw_passes)
         problems += search_problems

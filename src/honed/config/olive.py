@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from honed.errors import ConfigError, ConfigProblem
-from honed.systems.accelerator import execution_provider_problem
+from honed.util.accelerator import execution_provider_problem
 
 ENGINE_KEYS = {
     "cache_dir", "output_dir", "host", "target", "evaluator", "evaluate_input_model", "evaluate_passes", "seed",

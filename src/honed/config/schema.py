@@ -13,10 +13,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 from typing_extensions import TypedDict
 
-from honed.config.paths import LocalPath
 from honed.data.config import SEED_MAX, DataConfig
 from honed.evaluate.config import EvaluatorConfig
-from honed.systems.accelerator import Accelerator
+from honed.util.accelerator import Accelerator
+from honed.util.paths import LocalPath
 
 
 class _Strict(BaseModel):

@@ -9,9 +9,6 @@ Public entry points::
     format_rows(cfg, dataset, tokenizer=None) -> list[str]
 """
 
-# honed.config's schema imports honed.data.config, which imports honed.config.paths: importing
-# the config package first makes either import order work.
-import honed.config  # noqa: F401
 from honed.data.build import Splits, build_datasets, fingerprint, tokenizer_fingerprint
 from honed.data.collate import Collator
 from honed.data.config import DataConfig, LoadDatasetConfig, PreProcessDataConfig

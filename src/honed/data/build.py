@@ -31,12 +31,9 @@ from honed.data.formatting import Formatted, check_columns, format_examples, los
 from honed.data.packing import Tokenized, loss_note, pack, tokenize, warn_once
 from honed.data.sources import drop_raw_cache, load_rows, locate_row, quiet_datasets, source_fingerprint
 from honed.errors import DataError
+from honed.util.hashing import cache_key, code_fingerprint, environment, library_versions
 
 log = logging.getLogger("honed")
-
-FORMAT_VERSION = "2"
-"""Bump when the produced sequences change for the same inputs (invalidates caches)."""
-
 
 @dataclass
 class Splits:
@@ -64,7 +61,25 @@ def fingerprint(cfg: DataConfig) -> str:
         options["user_script"] = hashlib.sha256(Path(cfg.user_script).read_bytes()).hexdigest()
         options["script_dir"] = _tree_digest(Path(cfg.script_dir), "*.py") if cfg.script_dir else None
         options["named_files"] = _named_files([cfg.load_dataset_config.params, cfg.pre_process_data_config.params])
-    return _digest({"source": source_fingerprint(cfg), "options": options, "v": FORMAT_VERSION})
+    return _digest({"source": source_fingerprint(cfg), "options": options})
+
+
+TOKENIZED_LIBRARIES = ("datasets", "tokenizers", "transformers")
+"""Libraries whose versions enter the tokenized-data key (they parse, format and tokenize the rows)."""
+
+
+def tokenized_key(cfg: DataConfig, eval_config: DataConfig | None, tokenizer: Any, eval_size: float | int | None,
+                  seed: int) -> str:
+    """Key of the tokenized-data cache (``util.hashing.cache_key``): the rows and the tokenizer by content, the
+    split settings, this module's code (and what it imports: sources, formatting, packing) and the libraries."""
+    return cache_key(
+        "tokenized",
+        inputs={"train": fingerprint(cfg), "eval": fingerprint(eval_config) if eval_config else None,
+                "tokenizer": tokenizer_fingerprint(tokenizer)},
+        config={"eval_dataset_size": eval_size, "seed": seed},
+        code=code_fingerprint(__name__),
+        environment=environment(library_versions(TOKENIZED_LIBRARIES)),
+    )
 
 
 MAX_TREE_FILES = 10_000
@@ -269,10 +284,7 @@ def build_datasets(
     start = time.perf_counter()
     key = None
     if cache_dir is not None:
-        key = _digest({
-            "train": fingerprint(cfg), "eval": fingerprint(eval_config) if eval_config else None,
-            "size": eval_dataset_size, "seed": seed, "tok": tokenizer_fingerprint(tokenizer),
-        })
+        key = tokenized_key(cfg, eval_config, tokenizer, eval_dataset_size, seed)
         entry = Path(cache_dir) / "tokenized" / key
         if (entry / "stats.json").is_file():
             try:

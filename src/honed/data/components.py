@@ -31,21 +31,17 @@ after loading and before pre-processing, templates, max_samples and splits.
 from __future__ import annotations
 
 import logging
-import random
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from honed.data.config import DUMMY_CONTAINERS, FEEDABLE_INPUTS, DataConfig
+from honed.data.config import DataConfig
 from honed.data.formatting import Formatted
 from honed.data.user_script import Script, accepts, call, find_function, load_script
 from honed.errors import DataError
 
 log = logging.getLogger("honed")
 
-DUMMY_TOKEN = 1
 """Token id of DummyDataContainer inputs: Olive's DummyDataset fills them with ones."""
-_warned: set[str] = set()
 
 
 def script_of(cfg: DataConfig) -> Script:
@@ -255,121 +251,3 @@ def _flat_ids(value: Any, what: str) -> list[int]:
     if not isinstance(value, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in value):
         raise DataError(f"{what} must be a list of int token ids, got {type(value).__name__}")
     return value
-
-
-def token_samples(cfg: DataConfig, limit: int, tokenizer: Any = None) -> list[list[int]] | None:
-    """Token ids of up to ``limit`` rows when user functions deliver them tokenized (e.g. calibration data
-    whose pre_process_data tokenizes); None when the rows are text for honed to format and tokenize."""
-    if not (cfg.user_component("load_dataset") or cfg.user_component("pre_process_data")):
-        return None
-    from honed.data.sources import load_rows
-
-    ds = load_rows(cfg, tokenizer=tokenizer)
-    if not is_tokenized(cfg, ds):
-        return None
-    return [ids for ids, _ in token_rows(cfg, ds.select(range(min(limit, len(ds)))))]
-
-
-# -- latency / throughput inputs ------------------------------------------------------------------------------
-
-def timing_batch_size(cfg: DataConfig, default: int) -> int:
-    """Rows per timed batch: dataloader_config.batch_size when set (Olive's place for it), else ``default``."""
-    return cfg.dataloader_config.batch_size or default
-
-
-def timing_batch(cfg: DataConfig, tokenizer: Any, batch_size: int, cache_dir: Path | None = None) -> list[list[int]] | None:
-    """The timed batch (token ids, [batch][seq]) for dummy data, a user dataloader or rows a user's
-    pre_process_data tokenized (cut to the shortest, as the evaluator does with prompts); None when the
-    evaluator should build it from the data's prompts as usual."""
-    size = timing_batch_size(cfg, batch_size)
-    if cfg.is_dummy:
-        return dummy_batch(cfg, tokenizer, size)
-    if cfg.user_component("dataloader"):
-        return _user_loader_batch(cfg, tokenizer, size, cache_dir)
-    if cfg.user_component("pre_process_data"):
-        from honed.data.sources import load_rows
-
-        ds = load_rows(cfg, cache_dir=cache_dir, tokenizer=tokenizer)
-        if is_tokenized(cfg, ds):
-            seqs = [ids for ids, _ in token_rows(cfg, ds.select(range(min(size, len(ds)))))]
-            n = min(len(x) for x in seqs)
-            return [x[:n] for x in seqs]
-    return None
-
-
-def dummy_batch(cfg: DataConfig, tokenizer: Any, batch_size: int) -> list[list[int]]:
-    """Made-up token ids as Olive's dummy containers make them (olive/data/component/dataset.py).
-
-    DummyDataContainer: input_ids of the shape in input_shapes, all ones (its batch is in the shape).
-    Transformers*DummyDataContainer: ``batch_size`` rows of seq_len ids drawn (seed 0) from the model's
-    vocabulary, as TransformersDummyDataset does; ``dummy_past`` gives the past_seq_len tokens the KV
-    cache holds when they are timed.
-    """
-    lc = cfg.load_dataset_config
-    _warn_unused(cfg)
-    _, seq_default, _ = DUMMY_CONTAINERS[cfg.type]
-    if seq_default is None:
-        assert lc.input_shapes  # the config validator requires them
-        names = lc.input_names or list(FEEDABLE_INPUTS[: len(lc.input_shapes)])
-        shape = lc.input_shapes[names.index("input_ids")]
-        rows, seq = (shape[0], shape[1]) if len(shape) == 2 else (1, shape[0])
-        return [[DUMMY_TOKEN] * seq for _ in range(rows)]
-    seq = lc.seq_len or seq_default
-    vocab = getattr(tokenizer, "vocab_size", None) or len(tokenizer)
-    rng = random.Random(0)
-    return [[rng.randrange(vocab) for _ in range(seq)] for _ in range(batch_size)]
-
-
-def dummy_past(cfg: DataConfig, tokenizer: Any, rows: int) -> list[list[int]] | None:
-    """Token ids already in the KV cache of a Transformers*DummyDataContainer batch (past_seq_len of them per
-    row, seed 1), or None when there are none (past_seq_len 0, or not such a container)."""
-    if not cfg.is_dummy:
-        return None
-    _, _, past_default = DUMMY_CONTAINERS[cfg.type]
-    past = cfg.load_dataset_config.past_seq_len
-    past = past if past is not None else past_default or 0
-    if not past:
-        return None
-    vocab = getattr(tokenizer, "vocab_size", None) or len(tokenizer)
-    rng = random.Random(1)
-    return [[rng.randrange(vocab) for _ in range(past)] for _ in range(rows)]
-
-
-def _warn_unused(cfg: DataConfig) -> None:
-    unused = sorted(cfg.load_dataset_config.params)
-    if unused and cfg.name not in _warned:
-        _warned.add(cfg.name)
-        log.warning("data config '%s': load_dataset_config %s not used: honed builds the inputs of the model it "
-                    "evaluates itself (cache names, dtypes, vocabulary)", cfg.name, ", ".join(unused))
-
-
-def _user_loader_batch(cfg: DataConfig, tokenizer: Any, batch_size: int, cache_dir: Path | None) -> list[list[int]]:
-    from honed.data.sources import prepared
-
-    script, func, key = _component(cfg, "dataloader", "dataloader_config")
-    params = dict(cfg.dataloader_config.params)
-    label = f"data config '{cfg.name}': {key}"
-    if cfg.dataloader_func:  # Olive's older f(data_dir, batch_size, **kwargs)
-        loader = call(script, func, label, params.pop("data_dir", None), batch_size, **params)
-    else:
-        dataset = prepared(cfg, cache_dir=cache_dir, tokenizer=tokenizer) if has_source(cfg) else None
-        loader = call(script, func, label, dataset, batch_size=batch_size, **params)
-    where = f"{label} '{cfg.user_component('dataloader')}'"
-    try:
-        with script.running():
-            batch = next(iter(loader))
-    except StopIteration:
-        raise DataError(f"{where} yielded no batch; return a loader over at least one row") from None
-    except TypeError as e:
-        raise DataError(f"{where} returned {type(loader).__name__}, which is not iterable; return a DataLoader") from e
-    if isinstance(batch, list | tuple) and batch and not isinstance(batch[0], int | list):
-        batch = batch[0]  # (inputs, labels)
-    ids = batch.get("input_ids") if isinstance(batch, dict) else batch
-    ids = _plain(ids)
-    if isinstance(ids, list) and ids and isinstance(ids[0], int):
-        ids = [ids]
-    if (not isinstance(ids, list) or not ids or not all(isinstance(r, list) and r and len(r) == len(ids[0])
-                                                         and all(isinstance(x, int) for x in r) for r in ids)):
-        raise DataError(f"{where}: the first batch must hold input_ids of shape [batch, seq] (int token ids), got "
-                        f"{type(ids).__name__}; return batches like {{'input_ids': tensor}}")
-    return ids

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
-from honed.config.paths import InputPath, PythonFile
+from honed.util.paths import InputPath, PythonFile
 
 SEED_MAX = 2**32 - 1
 """Largest seed every consumer takes: numpy's legacy ``np.random.seed`` (called by transformers' set_seed)

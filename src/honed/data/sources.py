@@ -25,10 +25,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from honed.config.paths import is_url
 from honed.data.config import DataConfig
 from honed.errors import DataError
 from honed.util.offline import hub_endpoint, hub_offline, hub_reachable, local_only
+from honed.util.paths import is_url
 
 log = logging.getLogger("honed")
 

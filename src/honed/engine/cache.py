@@ -9,7 +9,7 @@ Layout under the cache root::
     tmp/<key>.<pid>.<rand>/      a pass being written; never read
     work/<key>/                  checkpoints of an unfinished pass (resume after a kill)
     locks/<key>.lock             held while a key is computed, so two runs never build it twice
-    hashes.sqlite                remembered content hashes (see honed.engine.hashing)
+    hashes.sqlite                remembered content hashes (see honed.util.hashing)
 
 A failed pass leaves nothing under ``entries``; a killed one leaves a ``tmp`` folder that the
 next run removes. An entry that cannot be read, or whose files no longer match the sizes and
@@ -34,10 +34,10 @@ from typing import Any
 from filelock import FileLock, Timeout
 from pydantic import ValidationError
 
-from honed.engine.hashing import hash_file, sha256_file, use_memo
 from honed.errors import UserError
 from honed.models.handle import ModelHandle
 from honed.util.fs import atomic_write_text, protected_reason, writable_problem
+from honed.util.hashing import hash_file, sha256_file, use_memo
 
 log = logging.getLogger("honed")
 

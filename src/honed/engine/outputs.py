@@ -273,3 +273,18 @@ def rewrite_owned(out: Path, name: str, text: str) -> Path:
     records[name] = _stamp(path)
     atomic_write_text(out / MANIFEST, json.dumps({"format": 2, "files": records}, indent=1, sort_keys=True))
     return path
+
+
+def write_report(out_dir: str | Path) -> Path:
+    """Write ``out_dir/report.html`` from ``out_dir/footprints.json``; return its path."""
+    out = Path(out_dir)
+    fp_path = out / "footprints.json"
+    if not fp_path.is_file():
+        raise UserError(f"{out} has no footprints.json; give the output_dir of a finished `honed run`")
+    try:
+        fp = json.loads(fp_path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{fp_path}: unreadable ({type(e).__name__}); rerun `honed run` to write it again") from None
+    from honed.report.html import build_html
+
+    return rewrite_owned(out, "report.html", build_html(fp, f"honed report - {out.name}"))

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from honed.config.load import Workflow
-from honed.config.paths import is_url, resolve_local
 from honed.config.schema import FROM_PRETRAINED_KEYS
 from honed.data.components import reads_files
 from honed.data.config import DataConfig, data_config_refs, use_problem
@@ -30,6 +29,7 @@ from honed.data.formatting import required_columns
 from honed.data.sources import LOADERS, data_files, is_hub, loader_name
 from honed.errors import ConfigError, ConfigProblem, DataError
 from honed.models.resolve import KIND_BY_TYPE, PKG_SCHEME
+from honed.util.paths import is_url, resolve_local
 
 log = logging.getLogger("honed")
 

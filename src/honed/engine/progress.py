@@ -16,7 +16,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from honed.passes.base import ProgressTask
+from honed.util.context import ProgressTask
 
 
 class _Count(ProgressColumn):

@@ -17,15 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import honed
 from honed.config.load import PassStep, Workflow
-from honed.config.paths import resolve_local
 from honed.data.config import DataConfig
 from honed.engine.cache import MARKER, Cache, Entry, open_problem
 from honed.engine.footprints import Footprints, StepRecord, describe_output, step_contents
-from honed.engine.hashing import hash_json, hash_path, use_memo
 from honed.engine.keys import pass_key
-from honed.engine.monitor import PeakMemory
 from honed.engine.outputs import check_output_dir, write_output_dir
 from honed.engine.preflight import preflight
 from honed.engine.progress import RunDisplay
@@ -34,10 +30,14 @@ from honed.models.handle import ModelHandle
 from honed.models.loaders import carry_trust
 from honed.models.resolve import resolve_model
 from honed.passes.base import PassContext
-from honed.systems.accelerator import Accelerator
 from honed.systems.local import LocalSystem, device_problem
 from honed.systems.python_env import ManagedEnv, PythonEnvironmentSystem, find_python
+from honed.util.accelerator import Accelerator
 from honed.util.fs import user_path
+from honed.util.hashing import hash_json, hash_path, use_memo
+from honed.util.monitor import PeakMemory
+from honed.util.paths import resolve_local
+from honed.util.version import __version__
 
 log = logging.getLogger("honed")
 
@@ -129,17 +129,15 @@ def run_workflow(
     wf: Workflow, *, output_dir: str | Path | None = None, cache_dir: str | Path | None = None,
     dry_run: bool = False, display: RunDisplay | None = None, write_output: bool = True,
 ) -> RunResult:
-    """Run (or with ``dry_run``, only plan) a validated workflow; a workflow with searched
-    parameters runs one trial per point (``honed.search.runner``).  ``write_output`` False leaves
-    the output folder alone (search trials)."""
+    """Run (or with ``dry_run``, only plan) a validated workflow's passes once.  ``write_output`` False leaves
+    the output folder alone (search trials).  A workflow with searched parameters is run by ``honed.run``,
+    which hands it to the search (above this layer); here it raises ValueError unless ``dry_run``."""
     display = display or RunDisplay(quiet=True)
     if wf.flows:
         return run_flows(wf, output_dir=output_dir, cache_dir=cache_dir, dry_run=dry_run, display=display,
                          write_output=write_output)
     if wf.search_space is not None and not dry_run:
-        from honed.search.runner import run_search
-
-        return run_search(wf, output_dir=output_dir, cache_dir=cache_dir, display=display)
+        raise ValueError("a workflow with searched parameters runs through honed.run, which runs the search")
     out_dir = user_path(output_dir or wf.engine.output_dir, "engine.output_dir")
     cache_root = user_path(cache_dir or wf.engine.cache_dir, "engine.cache_dir")
     preflight(wf, out_dir, cache_root)  # all that is knowable before a pass runs (dry runs too)
@@ -169,7 +167,8 @@ def run_workflow(
     current_id = model.id
     stages: dict[str, ModelHandle] = {}
     for step in wf.steps:
-        key = pass_key(current_id, step.pass_cls, step.config, data_configs, host, target, system.identity)
+        key = pass_key(current_id, step.pass_cls, step.config, data_configs, host, target, system.identity,
+                       system.library_versions(step.pass_cls.libraries))
         config_json = step.config.model_dump(mode="json")
         if dry_run:
             cached = (cache_root / "entries" / key / "handle.json").exists()
@@ -228,9 +227,11 @@ def _write_config_only(wf: Workflow, out_dir: Path) -> RunResult:
 
 
 def run_flows(wf: Workflow, *, output_dir: str | Path | None, cache_dir: str | Path | None, dry_run: bool,
-              display: RunDisplay, write_output: bool) -> RunResult:
+              display: RunDisplay, write_output: bool, run_one: Callable[..., RunResult] | None = None) -> RunResult:
     """Run each of Olive's ``pass_flows`` as its own branch over the shared cache (a pass prefix two flows share
-    runs once) into ``output_dir/<flow>/``; ``output_dir`` then holds the footprints and report comparing them."""
+    runs once) into ``output_dir/<flow>/``; ``output_dir`` then holds the footprints and report comparing them.
+    ``run_one`` runs one flow (``honed.run`` passes itself, so a flow may search); default ``run_workflow``."""
+    run_one = run_one or run_workflow
     out_dir = user_path(output_dir or wf.engine.output_dir, "engine.output_dir")
     if write_output and not dry_run:
         check_output_dir(out_dir, user_path(cache_dir or wf.engine.cache_dir, "engine.cache_dir"))
@@ -238,8 +239,8 @@ def run_flows(wf: Workflow, *, output_dir: str | Path | None, cache_dir: str | P
     runs: dict[str, RunResult] = {}
     for name, flow in wf.flows:
         display.line(f"[bold]flow {name}[/]")
-        runs[name] = run_workflow(flow, output_dir=out_dir / name, cache_dir=cache_dir, dry_run=dry_run,
-                                  display=display, write_output=write_output)
+        runs[name] = run_one(flow, output_dir=out_dir / name, cache_dir=cache_dir, dry_run=dry_run,
+                             display=display, write_output=write_output)
         result.plan += [dataclasses.replace(s, name=f"{name}/{s.name}") for s in runs[name].plan]
     result.flows = runs
     if dry_run or not write_output:
@@ -251,7 +252,7 @@ def run_flows(wf: Workflow, *, output_dir: str | Path | None, cache_dir: str | P
         for name, r in runs.items()
     }
     top = Footprints(source=str(wf.source) if wf.source else None, generation=wf.generation,
-                     honed_version=honed.__version__, input_model=_input_summary(wf), steps=[], output_model={},
+                     honed_version=__version__, input_model=_input_summary(wf), steps=[], output_model={},
                      flows=result.flows_summary)
     write_output_dir(None, out_dir, top, report=html_report(out_dir))
     return result
@@ -260,7 +261,7 @@ def run_flows(wf: Workflow, *, output_dir: str | Path | None, cache_dir: str | P
 def footprints_for(wf: Workflow, result: RunResult) -> Footprints:
     """The footprints of a finished run."""
     return Footprints(
-        source=str(wf.source) if wf.source else None, generation=wf.generation, honed_version=honed.__version__,
+        source=str(wf.source) if wf.source else None, generation=wf.generation, honed_version=__version__,
         input_model=_input_summary(wf), steps=result.steps,
         output_model=describe_output(result.model),
         evaluation=result.evaluation, search=result.search,
@@ -349,7 +350,7 @@ def _run_step(
         record.metrics = {**ctx.metrics, **step_contents(handle)}
         meta = {"pass": step.name, "type": step.pass_cls.name, "config": record.config, "input_id": model.id,
                 "created": time.time(), "wall_s": record.wall_s, "peak_rss_mb": mem.peak_mb,
-                "metrics": record.metrics, "honed_version": honed.__version__, "pid": os.getpid()}
+                "metrics": record.metrics, "honed_version": __version__, "pid": os.getpid()}
         entry = cache.commit(key, tmp, handle, meta)
     display.end_pass(f"[green]✓[/] {label} {wall:.1f}s  peak {mem.peak_mb:.0f} MB")
     return entry

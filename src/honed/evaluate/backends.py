@@ -23,7 +23,7 @@ from honed.data.formatting import common_prefix_len, encode_texts
 from honed.errors import UserError
 from honed.models.handle import ModelHandle
 from honed.models.onnx_runtime import load_genai
-from honed.systems.accelerator import Accelerator
+from honed.util.accelerator import Accelerator
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:

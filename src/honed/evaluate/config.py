@@ -27,9 +27,9 @@ from pydantic import (
     model_validator,
 )
 
-from honed.config.paths import InputPath, LocalPath, PythonFile
 from honed.data.config import MAX_SEQ_LEN
-from honed.systems.accelerator import execution_provider_problem
+from honed.util.accelerator import execution_provider_problem
+from honed.util.paths import InputPath, LocalPath, PythonFile
 
 log = logging.getLogger("honed")
 

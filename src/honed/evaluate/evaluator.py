@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from honed.data.components import dummy_past, timing_batch, timing_batch_size
+from honed.data.batches import dummy_past, timing_batch, timing_batch_size
 from honed.data.config import DataConfig, use_problem
 from honed.data.formatting import (
     Formatted,
@@ -28,16 +28,16 @@ from honed.data.formatting import (
     text_pairs,
 )
 from honed.data.sources import load_rows
-from honed.engine.hashing import hash_json, with_content_hashes
-from honed.engine.monitor import PeakMemory
 from honed.errors import DataError, UserError
 from honed.evaluate.backends import Backend, open_backend
 from honed.evaluate.config import SCORE_SUB_TYPES, TEXT_SUB_TYPES, EvaluatorConfig, MetricConfig
 from honed.evaluate.metrics import auroc, classification_scores, perplexity, text_scores, timing_stats
 from honed.evaluate.past_timing import with_past
 from honed.models.handle import ModelHandle
-from honed.systems.accelerator import Accelerator
+from honed.util.accelerator import Accelerator
 from honed.util.fs import atomic_write_text
+from honed.util.hashing import cache_key, code_fingerprint, environment, library_versions
+from honed.util.monitor import PeakMemory
 
 Results = dict[str, float]
 
@@ -390,34 +390,26 @@ def evaluate_model(handle: ModelHandle, cfg: EvaluatorConfig, data_configs: dict
     return results
 
 
-EVAL_FORMAT = "1"
-
-
-def _code_hash() -> str:
-    """Hash of honed.evaluate's sources and of the ONNX runtime helpers it uses: edit them and
-    evaluations rerun."""
-    import hashlib
-
-    here = Path(__file__).parent
-    h = hashlib.sha256()
-    for f in [*sorted(here.glob("*.py")), here.parent / "models" / "onnx_runtime.py", here.parent / "models" / "loaders.py"]:
-        h.update(f.name.encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()
+EVAL_LIBRARIES = ("torch", "transformers", "peft", "tokenizers", "onnxruntime", "onnxruntime-genai")
+"""Libraries whose versions enter the evaluation key (they load and run the models being scored)."""
 
 
 def eval_key(model_id: str, cfg: EvaluatorConfig, data_configs: dict[str, DataConfig], target: Accelerator) -> str:
-    """Cache key of an evaluation: model identity, evaluator config, the data it reads, target, code."""
+    """Key of the evaluation cache (``util.hashing.cache_key``): the model and the data it reads by content,
+    the evaluator config and target, this module's code with all it imports (backends, runtimes, data
+    formatting: the template and label code) and the libraries' versions."""
     from honed.data.build import fingerprint
 
     used = {m.data_config for m in cfg.metrics if m.data_config}
-    data = {n: fingerprint(data_configs[n]) for n in sorted(used) if n in data_configs}
-    key = {"model": model_id, "evaluator": with_content_hashes(cfg.model_dump(mode="json")), "data": data,
-           "target": target.model_dump(), "code": _code_hash(), "v": EVAL_FORMAT}
+    inputs: dict[str, Any] = {"model": model_id,
+                              "data": {n: fingerprint(data_configs[n]) for n in sorted(used) if n in data_configs}}
     if cfg.is_lm:  # lm-eval's version and the task YAMLs' data files, by content
         from honed.evaluate.lmeval import fingerprint as lm_fingerprint
 
-        key["lm_eval"] = lm_fingerprint(cfg)
-    return hash_json(key)[:32]
+        inputs["lm_eval"] = lm_fingerprint(cfg)
+    return cache_key("evaluation", inputs=inputs,
+                     config={"evaluator": cfg.model_dump(mode="json"), "target": target.model_dump()},
+                     code=code_fingerprint(__name__), environment=environment(library_versions(EVAL_LIBRARIES)))
 
 
 def evaluate_cached(handle: ModelHandle, cfg: EvaluatorConfig, data_configs: dict[str, DataConfig],

@@ -30,7 +30,7 @@ from honed.errors import ConfigProblem, UserError
 from honed.evaluate.backends import Backend, open_backend
 from honed.evaluate.config import EvaluatorConfig
 from honed.models.handle import ModelHandle
-from honed.systems.accelerator import EP_BY_DEVICE, Accelerator
+from honed.util.accelerator import EP_BY_DEVICE, Accelerator
 from honed.util.fs import atomic_write_text
 
 log = logging.getLogger("honed")
@@ -153,7 +153,7 @@ def fingerprint(cfg: EvaluatorConfig) -> dict[str, Any]:
     evaluation key by content through the config)."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from honed.engine.hashing import hash_path
+    from honed.util.hashing import hash_path
 
     try:
         lm_version = version("lm_eval")

@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from honed.engine.hashing import hash_file
+from honed.util.hashing import hash_file
 from honed.util.offline import local_only
 
 log = logging.getLogger("honed")

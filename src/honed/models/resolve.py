@@ -6,10 +6,10 @@ import importlib.util
 import re
 from pathlib import Path
 
-from honed.config.paths import resolve_local
 from honed.errors import ModelNotFoundError
 from honed.models.handle import ModelHandle
 from honed.util.offline import REACH_TIMEOUT_S, hub_endpoint, hub_offline, hub_reachable
+from honed.util.paths import resolve_local
 
 PKG_SCHEME = "pkg://"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")

@@ -328,7 +328,7 @@ def calibration_feeds(onnx_path: Path, handle: ModelHandle, data_config: Any, li
     tok = load_tokenizer_dir(tok_dir, trust_remote_code=trusts_remote_code(handle))
     max_len = min(data_config.pre_process_data_config.max_seq_len, 512)
     sess = OnnxSession(onnx_path, providers=["CPUExecutionProvider"])
-    from honed.data.components import token_samples
+    from honed.data.batches import token_samples
 
     given = token_samples(data_config, limit, tok)  # rows a user_script's pre_process_data tokenized
     if given is not None:

@@ -12,17 +12,15 @@ import importlib
 import importlib.metadata
 import importlib.util
 import pkgutil
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from honed.util.context import PassContext
+
 if TYPE_CHECKING:
-    from honed.data.config import DataConfig
     from honed.models.handle import ModelHandle
-    from honed.systems.accelerator import Accelerator
 
 
 class PassConfig(BaseModel):
@@ -30,49 +28,6 @@ class PassConfig(BaseModel):
     never numbers.  Declare booleans ``StrictBool`` so the string "false" is an error, not true."""
 
     model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
-
-
-class ProgressTask:
-    """A progress bar inside a long pass; the engine supplies a rich-backed one."""
-
-    def advance(self, n: float = 1, **fields: Any) -> None:  # pragma: no cover - interface
-        """Move the bar forward by ``n``; ``fields`` are shown beside it (loss, tokens/s)."""
-
-    def close(self) -> None:  # pragma: no cover - interface
-        """Remove the bar."""
-
-
-@dataclass
-class PassContext:
-    """What a pass may use besides its own config and input model."""
-
-    pass_name: str
-    host: Accelerator
-    target: Accelerator
-    data_configs: dict[str, DataConfig]
-    work_dir: Path
-    """Survives a killed run (checkpoints go here); deleted once the pass succeeds."""
-    cache_dir: Path
-    progress: Any = None
-    """Callable ``(description, total) -> ProgressTask``."""
-    metrics: dict[str, Any] = field(default_factory=dict)
-    """Numbers the pass wants in its footprint (train loss, tokens/s, max abs diff)."""
-
-    def task(self, description: str, total: float | None) -> ProgressTask:
-        """Open a progress bar (a silent one when the engine shows none)."""
-        if self.progress is None:
-            return ProgressTask()
-        return self.progress(description, total)
-
-    def track(self, items: Iterable[Any], total: int | None, description: str) -> Iterator[Any]:
-        """Iterate with a progress bar."""
-        bar = self.task(description, total)
-        try:
-            for item in items:
-                yield item
-                bar.advance(1)
-        finally:
-            bar.close()
 
 
 class Pass:
@@ -93,7 +48,7 @@ class Pass:
     """Model kinds this pass can output; empty: not declared (the preflight then checks no later pass's
     input kind)."""
     search_space: ClassVar[dict[str, list[Any]]] = {}
-    """Values a search tries for a parameter set to ``SEARCHABLE_VALUES`` (see honed.search.space)."""
+    """Values a search tries for a parameter set to ``SEARCHABLE_VALUES`` (see honed.config.space)."""
 
     def run(self, model: ModelHandle, config: Any, output_dir: Path, ctx: PassContext) -> ModelHandle:
         """Write the output model under ``output_dir`` and return its handle."""

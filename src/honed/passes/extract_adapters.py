@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, StrictBool, field_validator, model_validator
 
-from honed.config.paths import InputPath
 from honed.errors import UserError
 from honed.models.handle import ModelHandle
 from honed.passes._onnx_common import OnnxSaveConfig, copy_side_files, onnx_file, output_handle, save_onnx
 from honed.passes.base import Pass, PassContext, register_pass
+from honed.util.paths import InputPath
 
 if TYPE_CHECKING:
     import numpy as np

@@ -264,7 +264,7 @@ def calibration_samples(data_config: Any, tokenizer: Any, limit: int) -> list[An
     """Token-id tensors (1, seq <= max_seq_len) of up to ``limit`` rows of ``data_config``."""
     import torch
 
-    from honed.data.components import token_samples
+    from honed.data.batches import token_samples
     from honed.passes._onnx_common import calibration_texts
 
     pre = data_config.pre_process_data_config

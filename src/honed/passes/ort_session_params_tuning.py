@@ -55,7 +55,7 @@ from honed.errors import ConfigError, ConfigProblem, UserError
 from honed.models.handle import ModelHandle
 from honed.passes._onnx_common import copy_side_files, onnx_file
 from honed.passes.base import Pass, PassConfig, PassContext, register_pass
-from honed.systems.accelerator import execution_provider_problem
+from honed.util.accelerator import execution_provider_problem
 
 log = logging.getLogger("honed")
 
@@ -335,7 +335,7 @@ def _data_token_rows(handle: ModelHandle, folder: Path, config: OrtSessionParams
     shortest, as the evaluator cuts prompts."""
     import numpy as np
 
-    from honed.data.components import timing_batch, timing_batch_size
+    from honed.data.batches import timing_batch, timing_batch_size
     from honed.models.loaders import load_tokenizer_dir, trusts_remote_code
     from honed.passes._onnx_common import calibration_texts
 

@@ -9,11 +9,8 @@ import json
 import math
 import time
 from html import escape
-from pathlib import Path
 from typing import Any
 
-from honed.engine.outputs import rewrite_owned
-from honed.errors import UserError
 from honed.report.text import flows_rows, fmt
 
 LOSS_KEYS = ("log_history", "loss_history")
@@ -317,16 +314,3 @@ def _page(title: str, body: list[str]) -> str:
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{escape(title)}</title>"
             f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>\n")
-
-
-def write_report(out_dir: str | Path) -> Path:
-    """Write ``out_dir/report.html`` from ``out_dir/footprints.json``; return its path."""
-    out = Path(out_dir)
-    fp_path = out / "footprints.json"
-    if not fp_path.is_file():
-        raise UserError(f"{out} has no footprints.json; give the output_dir of a finished `honed run`")
-    try:
-        fp = json.loads(fp_path.read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"{fp_path}: unreadable ({type(e).__name__}); rerun `honed run` to write it again") from None
-    return rewrite_owned(out, "report.html", build_html(fp, f"honed report - {out.name}"))

@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from honed.config.load import PassStep, Workflow, problems_from
+from honed.config.space import SearchSpace
 from honed.engine.outputs import MANIFEST, check_output_dir, remove_output, write_output_dir
 from honed.engine.progress import RunDisplay
 from honed.engine.runner import RunResult, footprints_for, html_report, run_workflow
@@ -26,7 +27,6 @@ from honed.evaluate.config import EvaluatorConfig
 from honed.passes.base import get_pass
 from honed.search.pareto import Objective, pareto_front, rank
 from honed.search.samplers import make_sampler
-from honed.search.space import SearchSpace
 from honed.util.fs import user_path
 
 

@@ -8,9 +8,9 @@ import math
 import random
 from typing import Any
 
+from honed.config.space import SearchSpace
 from honed.errors import UserError
 from honed.search.pareto import Objective
-from honed.search.space import SearchSpace
 
 
 def _key(point: dict[str, Any]) -> str:

@@ -11,7 +11,8 @@ from typing import Any
 
 from honed.models.handle import ModelHandle
 from honed.passes.base import Pass, PassContext
-from honed.systems.accelerator import Accelerator
+from honed.util.accelerator import Accelerator
+from honed.util.hashing import library_versions
 
 
 def device_problem(acc: Accelerator) -> str | None:
@@ -55,6 +56,10 @@ class LocalSystem:
 
     def __init__(self, accelerator: Accelerator) -> None:
         self.accelerator = accelerator
+
+    def library_versions(self, distributions: tuple[str, ...]) -> dict[str, str]:
+        """Python's and the distributions' versions in this interpreter (they enter the pass keys)."""
+        return library_versions(distributions)
 
     def run_pass(self, pass_cls: type[Pass], model: ModelHandle, config: Any, output_dir: Path,
                  ctx: PassContext) -> ModelHandle:

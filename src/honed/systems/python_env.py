@@ -29,7 +29,7 @@ from filelock import FileLock
 from honed.errors import UserError
 from honed.models.handle import ModelHandle
 from honed.passes.base import Pass, PassContext
-from honed.systems.accelerator import Accelerator
+from honed.util.accelerator import Accelerator
 
 
 def find_python(path: str) -> Path:
@@ -148,6 +148,26 @@ class PythonEnvironmentSystem:
         self.env = env
         self._python = python
         self.identity = f"python-env:{env.key}" if env else f"python:{python}"
+        self._versions: dict[tuple[str, ...], dict[str, str]] = {}
+
+    def library_versions(self, distributions: tuple[str, ...]) -> dict[str, str]:
+        """Python's and the distributions' versions in this system's interpreter, which runs the passes: a
+        torch upgraded there changes the pass keys. A managed environment is named by the key of the
+        requirements honed builds it from (the same before and after it is built, and no build for a dry run)."""
+        if self.env is not None:
+            return {"requirements": self.env.key}
+        wanted = tuple(sorted(set(distributions)))
+        if wanted not in self._versions:
+            code = ("import importlib.metadata as m, json, platform, sys\nout = {'python': platform.python_version()}\n"
+                    "for d in sys.argv[1:]:\n    try:\n        out[d] = m.version(d)\n"
+                    "    except m.PackageNotFoundError:\n        out[d] = 'absent'\nprint(json.dumps(out))")
+            proc = subprocess.run([str(self.python), "-c", code, *wanted], capture_output=True, text=True,
+                                  timeout=120)
+            if proc.returncode != 0:
+                tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+                raise UserError(f"the interpreter {self.python} could not report its library versions: {tail[0]}")
+            self._versions[wanted] = json.loads(proc.stdout.strip().splitlines()[-1])
+        return self._versions[wanted]
 
     @property
     def python(self) -> Path:

@@ -9,7 +9,7 @@ from pathlib import Path
 from honed.data.config import DataConfig
 from honed.models.handle import ModelHandle
 from honed.passes.base import PassContext, get_pass
-from honed.systems.accelerator import Accelerator
+from honed.util.accelerator import Accelerator
 
 
 def main(request_path: str, response_path: str) -> int:

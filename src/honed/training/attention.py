@@ -39,9 +39,7 @@ def _register() -> None:
 @contextlib.contextmanager
 def fp32_attention(model: Any) -> Iterator[bool]:
     """Inside the block a half-precision SDPA model attends in fp32; yields whether it was switched."""
-    from honed.training.loop import _causal_lm
-
-    lm = _causal_lm(model)
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # inside a peft wrapper
     cfg = getattr(lm, "config", None)
     dtype = getattr(lm, "dtype", torch.float32)
     if cfg is None or getattr(cfg, "_attn_implementation", None) != "sdpa" or dtype not in (torch.bfloat16,

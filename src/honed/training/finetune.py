@@ -16,8 +16,8 @@ from typing import Any
 from honed.errors import UserError
 from honed.models.handle import ModelHandle
 from honed.models.loaders import load_model, load_tokenizer, torch_dtype, trust_kwargs
-from honed.passes.base import PassContext
 from honed.training.loop import Callback, train
+from honed.util.context import PassContext
 
 log = logging.getLogger("honed")
 

@@ -10,7 +10,7 @@ from typing import Any
 from honed.errors import UserError
 from honed.models.handle import ModelHandle
 from honed.models.loaders import custom_code_errors, load_model, load_tokenizer, torch_dtype, trust_kwargs
-from honed.passes.base import PassContext
+from honed.util.context import PassContext
 from honed.util.offline import local_only
 
 log = logging.getLogger("honed")

@@ -27,11 +27,11 @@ if TYPE_CHECKING:
 def run(config: dict[str, Any], *, source: str | Path | None = None, dry_run: bool = False,
         display: Any = None) -> RunResult:
     """Validate a workflow dict and run it (``source`` names the file it was saved to, if any)."""
+    import honed
     from honed.config.load import validate
-    from honed.engine.runner import run_workflow
 
     wf = validate(config, Path(source).resolve() if source else None)
-    return run_workflow(wf, dry_run=dry_run, display=display)
+    return honed.run(wf, dry_run=dry_run, display=display)
 
 
 __all__ = ["capture_onnx_graph", "data_config", "default_cache_dir", "finetune", "input_model", "optimize",

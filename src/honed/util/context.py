@@ -1,0 +1,58 @@
+"""What a pass (and the training code under it) may use besides its config and input model.
+
+It lives in the leaf layer so that training, which runs inside passes, needs nothing from the passes layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from honed.data.config import DataConfig
+    from honed.util.accelerator import Accelerator
+
+
+class ProgressTask:
+    """A progress bar inside a long pass; the engine supplies a rich-backed one."""
+
+    def advance(self, n: float = 1, **fields: Any) -> None:  # pragma: no cover - interface
+        """Move the bar forward by ``n``; ``fields`` are shown beside it (loss, tokens/s)."""
+
+    def close(self) -> None:  # pragma: no cover - interface
+        """Remove the bar."""
+
+
+@dataclass
+class PassContext:
+    """What a pass may use besides its own config and input model."""
+
+    pass_name: str
+    host: Accelerator
+    target: Accelerator
+    data_configs: dict[str, DataConfig]
+    work_dir: Path
+    """Survives a killed run (checkpoints go here); deleted once the pass succeeds."""
+    cache_dir: Path
+    progress: Any = None
+    """Callable ``(description, total) -> ProgressTask``."""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    """Numbers the pass wants in its footprint (train loss, tokens/s, max abs diff)."""
+
+    def task(self, description: str, total: float | None) -> ProgressTask:
+        """Open a progress bar (a silent one when the engine shows none)."""
+        if self.progress is None:
+            return ProgressTask()
+        return self.progress(description, total)
+
+    def track(self, items: Iterable[Any], total: int | None, description: str) -> Iterator[Any]:
+        """Iterate with a progress bar."""
+        bar = self.task(description, total)
+        try:
+            for item in items:
+                yield item
+                bar.advance(1)
+        finally:
+            bar.close()
