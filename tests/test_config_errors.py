@@ -100,6 +100,15 @@ CASES: list[tuple[str, Callable[[dict], None], list[str]]] = [
         {"name": "train", "load_dataset_config": {"data_name": "json"}},
         {"name": "train", "load_dataset_config": {"data_name": "json"}}]), ["data_configs", "unique"]),
     ("unknown-evaluator", _set("engine.evaluator", "acc"), ["engine.evaluator", "no evaluator named 'acc'"]),
+    # -- every reference check between sections has its broken case (issue 14: a removed check must fail a test)
+    ("dangling-metric-data-ref", _set("evaluators", {"e": {"metrics": [
+        {"name": "acc", "type": "accuracy", "data_config": "nope"}]}}),
+     ["evaluators.e.metrics[0].data_config", "no data config named 'nope'"]),
+    ("unknown-evaluate-pass", lambda c: c["engine"].update(evaluate_passes=["lroa"]),
+     ["engine.evaluate_passes", "no pass named 'lroa'", "did you mean 'lora'"]),
+    ("unknown-flow-pass", _set("pass_flows", [["lora", "nope"]]), ["pass_flows[0]", "no pass named 'nope'"]),
+    ("repeated-flow-pass", _set("pass_flows", [["lora", "lora"]]), ["pass_flows[0]", "names a pass twice"]),
+    ("unknown-target", _set("engine.target", "npu_box"), ["engine.target", "no system named 'npu_box'"]),
     ("passes-not-mapping", _set("passes", ["lora"]), ["passes", "mapping"]),
     ("uncached-hub-model", _set("input_model.model_path", "someorg/not-downloaded"),
      ["someorg/not-downloaded", "HF_HUB_OFFLINE"]),

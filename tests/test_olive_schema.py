@@ -262,6 +262,15 @@ TRANSLATIONS = [
      {"type": "OnnxIOFloat16ToFloat32"}, None),
     ({"passes": {"g": {"type": "GenAIModelExporter", "precision": "int4"}}}, "passes.g.type", "ModelBuilder", None),
     ({"passes": {"t": {"type": "OrtPerfTuning"}}}, "passes.t.type", "OrtSessionParamsTuning", None),
+    # renamed keys with distinct values: a swap of two renames lands a value in the wrong place
+    ({"passes": {"l": {"type": "LoRA", "lora_r": 4, "lora_alpha": 16, "lora_dropout": 0.1}}}, "passes.l",
+     {"type": "LoRA", "r": 4, "alpha": 16, "lora_dropout": 0.1}, None),
+    ({"passes": {"t": {"type": "OrtSessionParamsTuning", "execution_providers_list": ["CPUExecutionProvider"]}}},
+     "passes.t", {"type": "OrtSessionParamsTuning", "providers_list": ["CPUExecutionProvider"]}, None),
+    ({"input_model": {"type": "PyTorchModel", "config": {"hf_config": {
+        "model_name": "m", "model_loading_args": {"revision": "r1"},
+        "from_pretrained_args": {"attn_implementation": "eager"}}}}},
+     "input_model.load_kwargs", {"revision": "r1", "attn_implementation": "eager"}, None),
     ({"passes": {"g": {"type": "GptqQuantizer", "layers_block_name": "model.decoder.layers", "bits": 4}}},
      "passes.g", {"type": "Gptq", "bits": 4}, "passes.g.layers_block_name"),
     ({"passes": {"g": {"type": "gptq", "sym": True}}}, "passes.g", {"type": "Gptq", "sym": True}, None),

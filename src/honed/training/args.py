@@ -110,6 +110,13 @@ class TrainingArgs(BaseModel):
                 self.lr_scheduler_kwargs or {}):
             raise ValueError("lr_scheduler_type cosine_with_min_lr needs lr_scheduler_kwargs with min_lr or "
                              "min_lr_rate, e.g. {min_lr: 1e-5}")
+        if self.lr_scheduler_type == "warmup_stable_decay" and "num_decay_steps" not in (self.lr_scheduler_kwargs or {}):
+            raise ValueError("lr_scheduler_type warmup_stable_decay needs lr_scheduler_kwargs with num_decay_steps "
+                             "(optimizer steps of the final decay), e.g. {num_decay_steps: 100}")
+        if self.lr_scheduler_type == "reduce_lr_on_plateau" and self.eval_strategy == "no":
+            # It lowers the rate when the eval loss stops improving: without evaluations it would never act.
+            raise ValueError("lr_scheduler_type reduce_lr_on_plateau steps on the eval loss: set eval_strategy to "
+                             "'steps' or 'epoch'")
         if self.bf16 and self.fp16:
             raise ValueError("bf16 and fp16 are both set; choose one")
         if self.early_stopping_patience is not None and self.eval_strategy == "no":

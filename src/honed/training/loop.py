@@ -13,7 +13,10 @@ goes to the output head and padding.  This loop
 * normalises the loss by the label tokens of the whole optimizer step, so gradient
   accumulation gives the same update as one big batch,
 * checkpoints the trainable weights, optimizer, scheduler, RNG and data position every
-  ``save_steps`` into the work dir and resumes from the newest one when rerun.
+  ``save_steps`` into the work dir and resumes from the newest one when rerun: with everything the rest of
+  the run depends on (the best weights for ``load_best_model_at_end``, early-stopping counters, the
+  unlogged part of the train-loss window, every RNG), so a killed and rerun fine-tune ends with the weights
+  and metrics of one that was never interrupted (``tests/test_training_resume.py``).
 """
 
 from __future__ import annotations
@@ -39,6 +42,11 @@ from honed.training.args import TrainingArgs
 log = logging.getLogger("honed")
 
 IGNORE_INDEX = -100
+CHECKPOINT_FORMAT = 2
+"""Mixed into the run fingerprint: a checkpoint written by an older layout (no best weights, no loss window)
+is never resumed, since resuming it could not be exact."""
+BEST_FILE = "best.safetensors"
+"""The weights of the best evaluation so far, in a checkpoint of a run with ``load_best_model_at_end``."""
 # Architectures whose logits are exactly ``lm_head(last_hidden_state)``: the loop may apply the head
 # to the labelled positions only.  Others (logit soft-capping, logit scaling) run the full forward.
 SPARSE_HEAD_TYPES = frozenset(
@@ -48,7 +56,11 @@ SPARSE_HEAD_TYPES = frozenset(
 
 @dataclass
 class TrainState:
-    """Where a run is; saved in every checkpoint."""
+    """Where a run is; saved in every checkpoint.
+
+    Everything the rest of the run or its reported metrics depend on lives here (or in the checkpoint's
+    tensors), never only in a local of ``train``: a resumed run must continue exactly as the killed one would have.
+    """
 
     global_step: int = 0
     epoch: int = 0
@@ -57,9 +69,23 @@ class TrainState:
     tokens_seen: int = 0
     train_seconds: float = 0.0
     best_eval_loss: float | None = None
+    """Lowest eval loss so far (nats per label token), lowered only by more than ``early_stopping_threshold``."""
+    best_step: int | None = None
+    """The step whose evaluation gave ``best_eval_loss`` (its weights are the checkpoint's best weights)."""
     bad_evals: int = 0
     resumed_from: int = 0
     should_stop: bool = False
+    first_loss: float | None = None
+    """Train loss of step 1 (nats per label token), reported as ``train_loss_first_step``."""
+    last_train_loss: float | None = None
+    """The latest logged train loss (nats per label token), reported as ``train_loss``."""
+    last_eval_loss: float | None = None
+    """The latest eval loss (nats per label token), reported as ``eval_loss``."""
+    window_loss: float = 0.0
+    """Cross-entropy summed over the label tokens of the steps since the last logged train loss (nats); the
+    next log divides it by ``window_label_tokens``, so a run resumed inside the window logs the same loss."""
+    window_label_tokens: int = 0
+    """Label tokens of those steps."""
     log_history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -196,7 +222,8 @@ def fingerprint(args: TrainingArgs, extra: Any, rows: Sequence[dict[str, list[in
 
     The same in every process (no set order, no object addresses), so a rerun resumes.
     """
-    h = hashlib.sha256(args.model_dump_json().encode())
+    h = hashlib.sha256(f"checkpoint-format-{CHECKPOINT_FORMAT}".encode())
+    h.update(args.model_dump_json().encode())
     h.update(json.dumps(extra, sort_keys=True, default=canonical).encode())
     h.update(json.dumps([len(r["input_ids"]) for r in rows]).encode())
     if rows:
@@ -218,10 +245,48 @@ def latest_checkpoint(ckpt_root: Path, fp: str) -> Path | None:
     return max(found)[1] if found else None
 
 
+def _previous_best(ckpt_root: Path, fp: str, best_step: int) -> Path | None:
+    """The best-weights file of an earlier checkpoint of this run that holds step ``best_step``'s weights."""
+    for d in ckpt_root.glob("checkpoint-*"):
+        f = d / BEST_FILE
+        with contextlib.suppress(ValueError, OSError):
+            meta = json.loads((d / "state.json").read_text())
+            if meta.get("fingerprint") == fp and meta["state"].get("best_step") == best_step and f.is_file():
+                return f
+    return None
+
+
+def _write_best(tmp: Path, best: dict[str, Any], state: TrainState, ckpt_root: Path, fp: str) -> None:
+    """Put the best weights into the checkpoint being written in ``tmp``.
+
+    Why links: a full fine-tune's best weights are as large as the model.  When they are the weights of this
+    very step (the checkpoint follows the evaluation of its step) or already sit in an earlier checkpoint of
+    the run, the file is hard-linked (checkpoint files are never rewritten in place, and pruning an old
+    checkpoint only drops its name); elsewhere, or where links fail, it is written out.
+    """
+    from safetensors.torch import save_file
+
+    target = tmp / BEST_FILE
+    if state.best_step == state.global_step:
+        source: Path | None = tmp / "trainable.safetensors"
+    else:
+        source = _previous_best(ckpt_root, fp, state.best_step) if state.best_step is not None else None
+    if source is not None:
+        with contextlib.suppress(OSError):
+            os.link(source, target)
+            return
+    save_file({n: t.detach().to("cpu").contiguous() for n, t in best.items()}, str(target))
+
+
 def save_checkpoint(
-    ckpt_root: Path, model: Any, optimizer: Any, scheduler: Any, state: TrainState, fp: str, limit: int
+    ckpt_root: Path, model: Any, optimizer: Any, scheduler: Any, state: TrainState, fp: str, limit: int,
+    best: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a checkpoint atomically (temp dir, then rename) and prune old ones."""
+    """Write a checkpoint atomically (temp dir, then rename) and prune old ones.
+
+    ``best``: the trainable weights of the best evaluation so far (``load_best_model_at_end``), saved beside
+    the current ones so a resumed run ends with them too.
+    """
     import torch
     from safetensors.torch import save_file
 
@@ -232,7 +297,11 @@ def save_checkpoint(
     tmp.mkdir()
     weights = {n: p.detach().to("cpu").contiguous() for n, p in _trainable(model).items()}
     save_file(weights, str(tmp / "trainable.safetensors"))
-    rng = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
+    if best is not None:
+        _write_best(tmp, best, state, ckpt_root, fp)
+    # Every generator a step draws from: torch's CPU one (LoRA dropout), CUDA's, and Python's (kept for
+    # callbacks and libraries; the data order has its own seeded generator, see ``epoch_batches``).
+    rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng},
@@ -248,29 +317,38 @@ def save_checkpoint(
     return final
 
 
-def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -> TrainState:
-    """Restore weights, optimizer, scheduler and RNG; return the saved state."""
+def load_checkpoint(
+    path: Path, model: Any, optimizer: Any, scheduler: Any
+) -> tuple[TrainState, dict[str, Any] | None]:
+    """Restore weights, optimizer, scheduler and RNG; return the saved state and the best weights, if saved
+    (on the device and in the dtype of the model's parameters)."""
     import torch
     from safetensors.torch import load_file
 
-    weights = load_file(str(path / "trainable.safetensors"))
     params = _trainable(model)
-    missing = set(params) - set(weights)
-    if missing:
-        raise RuntimeError(f"checkpoint {path} lacks {sorted(missing)[:3]}")
+
+    def read(name: str) -> dict[str, Any]:
+        weights = load_file(str(path / name))
+        missing = set(params) - set(weights)
+        if missing:
+            raise RuntimeError(f"checkpoint {path} lacks {sorted(missing)[:3]} in {name}")
+        return {n: weights[n].to(p.device, p.dtype) for n, p in params.items()}
+
+    weights = read("trainable.safetensors")
     with torch.no_grad():
         for n, p in params.items():
-            p.copy_(weights[n].to(p.device, p.dtype))
+            p.copy_(weights[n])
+    best = read(BEST_FILE) if (path / BEST_FILE).is_file() else None
     blob = torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu")
     optimizer.load_state_dict(blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
     rng = blob["rng"]
     torch.set_rng_state(rng["torch"])
-    random.setstate((3, tuple(rng["python"]), None))
+    random.setstate(rng["python"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
     saved = json.loads((path / "state.json").read_text())["state"]
-    return TrainState(**saved)
+    return TrainState(**saved), best
 
 
 # ----------------------------------------------------------------------------- device helpers
@@ -386,6 +464,9 @@ def train(
     scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=warmup,
                               num_training_steps=total_steps,
                               scheduler_specific_kwargs=dict(args.lr_scheduler_kwargs or {}))
+    # reduce_lr_on_plateau steps on the eval loss after each evaluation (as transformers' Trainer does), the
+    # other schedules after each optimizer step.
+    plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
     parts = sparse_head_parts(model)
     autocast = (
         torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16 if args.bf16 else torch.float16)
@@ -395,9 +476,12 @@ def train(
     ckpt_root = work_dir / "checkpoints"
     fp = fingerprint(args, run_id, rows)
     state = TrainState()
+    best_weights: dict[str, Any] | None = None
     last = latest_checkpoint(ckpt_root, fp)
     if last is not None:
-        state = load_checkpoint(last, model, optimizer, scheduler)
+        state, best_weights = load_checkpoint(last, model, optimizer, scheduler)
+        if args.load_best_model_at_end and state.best_step is not None and best_weights is None:
+            raise RuntimeError(f"checkpoint {last} lacks the weights of its best evaluation ({BEST_FILE})")
         state.resumed_from = state.global_step
         log.info("resuming from %s (step %d of %d)", last, state.global_step, total_steps)
     else:
@@ -410,11 +494,8 @@ def train(
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
 
-    best_weights: dict[str, Any] | None = None
-    window_loss, window_tokens, window_label_tokens, window_t = 0.0, 0, 0, time.perf_counter()
-    first_loss: float | None = None
-    last_train_loss: float | None = None
-    eval_loss: float | None = None
+    # Throughput only: counted from this process's start (a resumed run's first window is shorter in time).
+    window_tokens, window_t = 0, time.perf_counter()
     model.train()
 
     # bitsandbytes repacks a 4-bit layer for CPU inference the first time it runs in eval mode, and
@@ -443,7 +524,7 @@ def train(
         nonlocal best_weights
         improved = state.best_eval_loss is None or loss < state.best_eval_loss - args.early_stopping_threshold
         if improved:
-            state.best_eval_loss, state.bad_evals = loss, 0
+            state.best_eval_loss, state.best_step, state.bad_evals = loss, state.global_step, 0
             if args.load_best_model_at_end:
                 best_weights = {n: p.detach().clone() for n, p in _trainable(model).items()}
         else:
@@ -492,44 +573,51 @@ def train(
                     torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
                 lr = scheduler.get_last_lr()[0]
                 optimizer.step()
-                scheduler.step()
+                if not plateau:
+                    scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 state.micro_in_epoch += len(group)
                 state.global_step += 1
-                window_loss += step_loss
-                window_label_tokens += n_label
-                if first_loss is None:
-                    first_loss = step_loss / max(n_label, 1)
+                state.window_loss += step_loss
+                state.window_label_tokens += n_label
+                if state.first_loss is None:
+                    state.first_loss = step_loss / max(n_label, 1)
 
                 end_of_epoch = state.micro_in_epoch >= len(batches)
                 done = state.global_step >= total_steps
                 if state.global_step % args.logging_steps == 0 or done:
                     now = time.perf_counter()
-                    last_train_loss = window_loss / max(window_label_tokens, 1)
+                    state.last_train_loss = state.window_loss / max(state.window_label_tokens, 1)
                     tok_s = window_tokens / max(now - window_t, 1e-9)
-                    logs = {"step": state.global_step, "loss": last_train_loss, "learning_rate": lr,
+                    logs = {"step": state.global_step, "loss": state.last_train_loss, "learning_rate": lr,
                             "tokens_per_s": tok_s, "epoch": state.epoch + state.micro_in_epoch / len(batches)}
                     state.log_history.append(logs)
                     log.info("step %d/%d loss %.4f lr %.3g %.0f tok/s", state.global_step, total_steps,
-                             last_train_loss, lr, tok_s)
+                             state.last_train_loss, lr, tok_s)
                     for cb in callbacks:
                         cb.on_log(state, logs)
-                    window_loss, window_tokens, window_label_tokens, window_t = 0.0, 0, 0, now
+                    state.window_loss, state.window_label_tokens = 0.0, 0
+                    window_tokens, window_t = 0, now
                 if eval_rows and (
                     (args.eval_strategy == "steps" and (state.global_step % args.effective_eval_steps == 0 or done))
                     or (args.eval_strategy == "epoch" and (end_of_epoch or done))
                 ):
                     eval_loss = run_eval()
                     _check_loss(eval_loss, key, state.global_step, what="eval loss")
+                    state.last_eval_loss = eval_loss
                     after_eval(eval_loss)
+                    if plateau:
+                        scheduler.step(eval_loss)
                 if task is not None:
-                    fields = {"loss": f"{last_train_loss if last_train_loss is not None else step_loss / max(n_label, 1):.4f}"}
-                    if eval_loss is not None:
-                        fields["eval_loss"] = f"{eval_loss:.4f}"
+                    shown = state.last_train_loss if state.last_train_loss is not None else step_loss / max(n_label, 1)
+                    fields = {"loss": f"{shown:.4f}"}
+                    if state.last_eval_loss is not None:
+                        fields["eval_loss"] = f"{state.last_eval_loss:.4f}"
                     task.advance(1, **fields)
                 state.train_seconds = seconds_before + time.perf_counter() - t_start
                 if state.global_step % args.save_steps == 0 and not done and not state.should_stop:
-                    save_checkpoint(ckpt_root, model, optimizer, scheduler, state, fp, args.save_total_limit)
+                    save_checkpoint(ckpt_root, model, optimizer, scheduler, state, fp, args.save_total_limit,
+                                    best=best_weights)
                 for cb in callbacks:
                     cb.on_step_end(state, args)
                 if state.should_stop:
@@ -555,17 +643,17 @@ def train(
     run_seconds = time.perf_counter() - t_start
     metrics: dict[str, float] = {
         "train_steps": state.global_step,
-        "train_loss": last_train_loss if last_train_loss is not None else float("nan"),
+        "train_loss": state.last_train_loss if state.last_train_loss is not None else float("nan"),
         "train_runtime_s": round(state.train_seconds, 3),
         "train_tokens_per_s": round(run_tokens / max(run_seconds, 1e-9), 1),
         "peak_memory_mb": round(peak_memory_mb(device), 1),
     }
-    if first_loss is not None:
-        metrics["train_loss_first_step"] = first_loss
+    if state.first_loss is not None:
+        metrics["train_loss_first_step"] = state.first_loss
     if state.resumed_from:
         metrics["resumed_from_step"] = state.resumed_from
-    if eval_loss is not None:
-        metrics["eval_loss"] = eval_loss
+    if state.last_eval_loss is not None:
+        metrics["eval_loss"] = state.last_eval_loss
     if state.best_eval_loss is not None:
         metrics["best_eval_loss"] = state.best_eval_loss
     return TrainResult(state=state, metrics=metrics)
