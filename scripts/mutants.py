@@ -1,0 +1,138 @@
+"""One-line faults the tests must catch (a small, hand-picked mutation test).
+
+    python scripts/mutants.py            # every fault; about 3-4 minutes on 2 cores
+    python scripts/mutants.py --list     # the faults, one line each
+    python scripts/mutants.py key-code   # only the named ones
+
+Each fault replaces one exact piece of a source file in a copy of the repository (src/, tests/,
+pyproject.toml), then runs the tests that should notice it, in-process tests only, with the copy's src/ first
+on PYTHONPATH. A fault the tests miss, or a piece of source that is no longer there (the fault is stale: update
+it with the code), is a failure: exit 1. The unchanged copy runs the same tests first, and they must pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    file: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+    why: str
+
+
+MUTANTS = [
+    Mutant("key-code", "src/honed/engine/keys.py",
+           'code=code_fingerprint(module.__name__) if module else "",', 'code="",',
+           ("tests/test_cache_keys.py",), "the pass key forgets the pass's code"),
+    Mutant("key-tokenizer", "src/honed/data/build.py",
+           '"tokenizer": tokenizer_fingerprint(tokenizer)}', '"tokenizer": None}',
+           ("tests/test_cache_keys.py",), "the tokenized-data key forgets the tokenizer"),
+    Mutant("key-host-versions", "src/honed/systems/python_env.py",
+           '[str(self.python), "-c", code, *wanted]', '[sys.executable, "-c", code, *wanted]',
+           ("tests/test_cache_keys.py",), "a PythonEnvironment's key reads versions in the host interpreter"),
+    Mutant("key-path", "src/honed/util/hashing.py",
+           'return {"name": p.name, "sha256": hash_path(p)}', 'return {"name": p.name, "path": obj}',
+           ("tests/test_cache_keys.py",), "a file enters keys by its path, not its content"),
+    Mutant("flipped-loss-mask", "src/honed/data/packing.py",
+           "labels = [t if end > a and begin < b else IGNORE", "labels = [IGNORE if end > a and begin < b else t",
+           ("tests/test_completion_only.py", "tests/test_data.py"), "the loss covers the prompt, not the answer"),
+    Mutant("skipped-lora-scaling", "src/honed/training/fused_lora.py",
+           "y.addmm_(h, b.t(), alpha=scaling)", "y.addmm_(h, b.t(), alpha=1.0)",
+           ("tests/test_fused_lora.py",), "the fused LoRA forward drops alpha/r"),
+    Mutant("self-compared-guard", "src/honed/passes/_onnx_common.py",
+           "got = sess.run(ids, mask)[0]", "got = ref_out.float().numpy()",
+           ("tests/test_guards.py",), "the ONNX parity guard compares the source with itself"),
+    Mutant("swapped-renames", "src/honed/config/olive.py",
+           'PASS_RENAMES = {"lora_r": "r", "lora_alpha": "alpha"}', 'PASS_RENAMES = {"lora_r": "alpha", "lora_alpha": "r"}',
+           ("tests/test_olive_schema.py::test_translation",), "Olive's lora_r and lora_alpha land swapped"),
+    Mutant("dropped-legacy-load-keys", "src/honed/config/olive.py",
+           "kwargs.update(extra or {})", "kwargs.update({})",
+           ("tests/test_olive_schema.py::test_translation",), "the legacy generation's model_loading_args vanish"),
+    Mutant("no-metric-data-ref-check", "src/honed/config/load.py",
+           "if metric.data_config is not None and metric.data_config not in data_names:", "if False:",
+           ("tests/test_config_errors.py",), "a metric naming a missing data config is not reported"),
+    Mutant("gptq-no-error-feedback", "src/honed/passes/gptq.py",
+           "W1[:, i:] -= e[:, None] @ Hinv1[i, i:][None, :]", "W1[:, i:] -= 0 * e[:, None]",
+           ("tests/test_gptq.py",), "GPTQ rounds without spreading the error (plain RTN)"),
+    Mutant("resume-forgets-best", "src/honed/training/loop.py",
+           "best = read(BEST_FILE) if (path / BEST_FILE).is_file() else None", "best = None",
+           ("tests/test_training_resume.py",), "a resumed run ends with its last weights, not its best"),
+    Mutant("upward-import", "src/honed/data/formatting.py",
+           "from __future__ import annotations\n", "from __future__ import annotations\nimport honed.engine.runner  # noqa\n",
+           ("tests/test_layers.py",), "the data layer imports the engine"),
+]
+
+
+def _copy(dest: Path) -> None:
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", ".pytest_cache")
+    for part in ("src", "tests", "examples", "docs", "scripts"):
+        shutil.copytree(ROOT / part, dest / part, ignore=ignore, symlinks=True)
+    shutil.copy2(ROOT / "pyproject.toml", dest / "pyproject.toml")
+    shutil.copy2(ROOT / "README.md", dest / "README.md")
+
+
+def _pytest(copy: Path, tests: tuple[str, ...]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(copy / "src") + os.pathsep + str(copy)}
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
+                          cwd=copy, env=env, capture_output=True, text=True, timeout=900)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("names", nargs="*", help="run only these faults")
+    ap.add_argument("--list", action="store_true", help="list the faults and exit")
+    args = ap.parse_args(argv)
+    chosen = [m for m in MUTANTS if not args.names or m.name in args.names]
+    if args.list or not chosen:
+        for m in MUTANTS:
+            print(f"{m.name:28s} {m.file}: {m.why}")
+        return 0 if args.list else 2
+    failures = 0
+    with tempfile.TemporaryDirectory(prefix="honed-mutants-") as tmp:
+        copy = Path(tmp) / "repo"
+        _copy(copy)
+        tests = tuple(sorted({t for m in chosen for t in m.tests}))
+        base = _pytest(copy, tests)
+        if base.returncode != 0:
+            print("the unchanged copy fails its tests; fix them first:\n" + base.stdout[-3000:])
+            return 1
+        for m in chosen:
+            path = copy / m.file
+            source = path.read_text(encoding="utf-8")
+            if source.count(m.old) != 1:
+                print(f"STALE   {m.name}: {m.file} holds the piece {m.old!r} {source.count(m.old)} times (want 1)")
+                failures += 1
+                continue
+            path.write_text(source.replace(m.old, m.new), encoding="utf-8")
+            start = time.perf_counter()
+            try:
+                proc = _pytest(copy, m.tests)
+            finally:
+                path.write_text(source, encoding="utf-8")
+            seconds = time.perf_counter() - start
+            if proc.returncode == 0:
+                print(f"MISSED  {m.name}: {m.why} ({m.file}); {', '.join(m.tests)} still pass")
+                failures += 1
+            else:
+                print(f"caught  {m.name} in {seconds:.0f} s: {m.why}")
+    print(f"{len(chosen) - failures}/{len(chosen)} faults caught")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
