@@ -13,11 +13,11 @@ from pydantic import ValidationError
 
 from honed.data import DataConfig, build_datasets, load_rows
 from honed.data.batches import dummy_past, timing_batch
-from honed.data.user_script import load_script
 from honed.errors import DataError, UserError
 from honed.evaluate.config import EvaluatorConfig
 from honed.evaluate.evaluator import evaluate_model
 from honed.models.handle import ModelHandle
+from honed.util.user_script import load_script
 from tests.helpers import cli, write_config
 
 ROWS = [

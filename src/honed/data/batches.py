@@ -15,8 +15,8 @@ from typing import Any
 from honed.data.components import _component, _plain, has_source, is_tokenized, token_rows
 from honed.data.config import DUMMY_CONTAINERS, FEEDABLE_INPUTS, DataConfig
 from honed.data.sources import load_rows, prepared
-from honed.data.user_script import call
 from honed.errors import DataError
+from honed.util.user_script import call
 
 log = logging.getLogger("honed")
 

@@ -31,7 +31,14 @@ from honed.data.formatting import Formatted, check_columns, format_examples, los
 from honed.data.packing import Tokenized, loss_note, pack, tokenize, warn_once
 from honed.data.sources import drop_raw_cache, load_rows, locate_row, quiet_datasets, source_fingerprint
 from honed.errors import DataError
-from honed.util.hashing import cache_key, code_fingerprint, environment, library_versions
+from honed.util.hashing import (
+    cache_key,
+    code_fingerprint,
+    environment,
+    hash_file,
+    hash_json,
+    library_versions,
+)
 
 log = logging.getLogger("honed")
 
@@ -44,10 +51,6 @@ class Splits:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def fingerprint(cfg: DataConfig) -> str:
     """Content hash of the rows' source (file bytes, hub id+revision, URL) and every option.
 
@@ -55,13 +58,13 @@ def fingerprint(cfg: DataConfig) -> str:
     """
     options = cfg.model_dump(mode="json", exclude={"name": True, "load_dataset_config": {"data_files"}})
     user_script = cfg.pre_process_data_config.user_script
-    script = hashlib.sha256(Path(user_script).read_bytes()).hexdigest() if user_script else None
+    script = hash_file(Path(user_script)) if user_script else None
     options["pre_process_data_config"]["user_script"] = script
     if cfg.user_script:  # the code that loads or prepares the rows, and the files its arguments name
-        options["user_script"] = hashlib.sha256(Path(cfg.user_script).read_bytes()).hexdigest()
-        options["script_dir"] = _tree_digest(Path(cfg.script_dir), "*.py") if cfg.script_dir else None
+        options["user_script"] = hash_file(Path(cfg.user_script))
+        options["script_dir"] = _treehash_json(Path(cfg.script_dir), "*.py") if cfg.script_dir else None
         options["named_files"] = _named_files([cfg.load_dataset_config.params, cfg.pre_process_data_config.params])
-    return _digest({"source": source_fingerprint(cfg), "options": options})
+    return hash_json({"source": source_fingerprint(cfg), "options": options})
 
 
 TOKENIZED_LIBRARIES = ("datasets", "tokenizers", "transformers")
@@ -86,7 +89,7 @@ MAX_TREE_FILES = 10_000
 """Most files a folder named in a user function's arguments contributes to the key (by name, size, mtime)."""
 
 
-def _tree_digest(folder: Path, pattern: str = "*") -> str:
+def _treehash_json(folder: Path, pattern: str = "*") -> str:
     """Hash of the names, sizes and mtimes of ``folder``'s files (contents for .py files): a folder of data
     a user function reads would take too long to hash by content on every run.  Hidden entries,
     ``__pycache__`` and honed cache folders inside it (``.honed-cache`` marker) are left out."""
@@ -119,9 +122,9 @@ def _named_files(obj: Any) -> dict[str, str]:
         p = Path(obj).expanduser()
         with contextlib.suppress(OSError):
             if p.is_file():
-                out[obj] = hashlib.sha256(p.read_bytes()).hexdigest()
+                out[obj] = hash_file(p)
             elif p.is_dir() and p.resolve() != Path(p.resolve().anchor):
-                out[obj] = _tree_digest(p)
+                out[obj] = _treehash_json(p)
     return out
 
 
@@ -155,7 +158,7 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
         "chat_template": getattr(tokenizer, "chat_template", None),
         "bos": tokenizer.bos_token_id, "eos": tokenizer.eos_token_id, "pad": tokenizer.pad_token_id,
     }
-    return _digest({"body": _body_hash(tokenizer), "extra": extra})
+    return hash_json({"body": _body_hash(tokenizer), "extra": extra})
 
 
 def _prepare_rows(cfg: DataConfig, tokenizer: Any, cache_dir: Path | None, seed: int) -> tuple[list[Formatted], dict]:

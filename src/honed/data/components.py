@@ -36,8 +36,8 @@ from typing import Any
 
 from honed.data.config import DataConfig
 from honed.data.formatting import Formatted
-from honed.data.user_script import Script, accepts, call, find_function, load_script
 from honed.errors import DataError
+from honed.util.user_script import Script, accepts, call, find_function, load_script
 
 log = logging.getLogger("honed")
 

@@ -331,9 +331,9 @@ def check_columns(cfg: DataConfig, dataset: Any, where: Callable[[int], str] | N
 
 
 def _load_user_function(script: str, name: str) -> Callable[[dict[str, Any]], Any]:
-    """Import ``name`` from the user's script; the user asked for it by naming both (honed.data.user_script
+    """Import ``name`` from the user's script; the user asked for it by naming both (honed.util.user_script
     imports each script once and logs it)."""
-    from honed.data.user_script import user_function
+    from honed.util.user_script import user_function
 
     return user_function(script, name, "pre_process_data_config.formatting_func")
 

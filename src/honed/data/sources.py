@@ -27,6 +27,7 @@ from typing import Any
 
 from honed.data.config import DataConfig
 from honed.errors import DataError
+from honed.util.hashing import hash_file
 from honed.util.offline import hub_endpoint, hub_offline, hub_reachable, local_only
 from honed.util.paths import is_url
 
@@ -488,12 +489,6 @@ def drop_raw_cache(ds: Any, cache_dir: Path | None) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def _hash_file(h: Any, path: Path) -> None:
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-
-
 def source_fingerprint(cfg: DataConfig) -> dict[str, Any]:
     """Identity of the rows: file bytes (not paths or mtimes), a hub id+revision, a URL's string."""
     lc = cfg.load_dataset_config
@@ -507,10 +502,8 @@ def source_fingerprint(cfg: DataConfig) -> dict[str, Any]:
         files = expand_local(entry)
         base = Path(entry).expanduser() if Path(entry).is_dir() else None
         for f in files:
-            h = hashlib.sha256()
-            _hash_file(h, f)
             name = str(f.relative_to(base)) if base else f.suffix
-            parts.append(f"{name}:{h.hexdigest()}")
+            parts.append(f"{name}:{hash_file(f)}")
     return {"files": parts}
 
 
@@ -527,6 +520,5 @@ def _cached_revision(repo_id: str | None) -> str | None:
 def _folder_digest(folder: Path) -> str:
     h = hashlib.sha256()
     for f in sorted(q for q in folder.rglob("*") if q.is_file() and ".cache" not in q.parts):
-        h.update(str(f.relative_to(folder)).encode())
-        _hash_file(h, f)
+        h.update(str(f.relative_to(folder)).encode() + hash_file(f).encode())
     return h.hexdigest()

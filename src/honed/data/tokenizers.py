@@ -6,7 +6,6 @@ vocabulary), so the converted tokenizer is saved once under ``<cache>/gguf-token
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import shutil
@@ -16,6 +15,7 @@ from typing import Any
 
 from honed.errors import UserError
 from honed.models.loaders import load_tokenizer_dir
+from honed.util.hashing import hash_file
 from honed.util.offline import local_only
 
 PKG = "pkg://"
@@ -33,19 +33,11 @@ def package_path(spec: str) -> Path:
     return path
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()[:24]
-
-
 def gguf_tokenizer_dir(gguf: Path, cache_dir: Path) -> Path:
     """Folder holding the tokenizer of ``gguf`` in transformers' format (converted once)."""
     import transformers
 
-    out = cache_dir / "gguf-tokenizer" / f"{_file_digest(gguf)}-tf{transformers.__version__}"
+    out = cache_dir / "gguf-tokenizer" / f"{hash_file(gguf)[:24]}-tf{transformers.__version__}"
     if (out / "tokenizer_config.json").is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
