@@ -1,7 +1,8 @@
-"""GGUF files -> a transformers folder of safetensors, converted once and cached by file content.
+"""GGUF files -> a transformers folder of safetensors (or only the tokenizer), converted once and cached by
+file content: the one GGUF cache, ``<cache>/gguf/<hash>-...``.
 
-transformers dequantizes GGUF through the ``gguf`` package in about 20 s for a 135M model; doing that
-on every run would dominate small workflows, so the result is stored under ``<cache>/gguf/<hash>``.
+transformers dequantizes GGUF through the ``gguf`` package in about 20 s for a 135M model and rebuilds the
+tokenizer from the GGUF vocabulary in seconds; doing that on every run would dominate small workflows.
 """
 
 from __future__ import annotations
@@ -18,13 +19,45 @@ from honed.util.offline import local_only
 log = logging.getLogger("honed")
 
 
+def _key(gguf: Path) -> str:
+    """The cache name of a GGUF file's conversions: its content hash and the converting transformers' version."""
+    import transformers
+
+    return hash_file(gguf)[:24] + f"-tf{transformers.__version__}"
+
+
+def gguf_tokenizer_dir(gguf: Path, cache_dir: Path) -> Path:
+    """Folder holding the tokenizer of ``gguf`` in transformers' format: a full conversion's folder when there
+    is one (it holds the tokenizer), else the tokenizer alone, converted once."""
+    import transformers
+
+    root = cache_dir / "gguf"
+    full = next((d for d in sorted(root.glob(_key(gguf) + "-*")) if (d / "tokenizer_config.json").is_file()), None)
+    if full is not None:
+        return full
+    out = root / (_key(gguf) + ".tokenizer")
+    if (out / "tokenizer_config.json").is_file():
+        return out
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))
+    try:
+        with local_only():
+            tok = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        tok.save_pretrained(tmp)
+        if not out.exists():
+            os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
 def gguf_to_hf(gguf: Path, cache_dir: Path, dtype: str = "float32") -> Path:
     """Folder with config.json, model.safetensors and the tokenizer equivalent to ``gguf``."""
     import torch
     import transformers
     from filelock import FileLock
 
-    key = hash_file(gguf)[:24] + f"-{dtype}-tf{transformers.__version__}"
+    key = _key(gguf) + f"-{dtype}"
     out = cache_dir / "gguf" / key
     if (out / "config.json").exists():
         return out
