@@ -1,4 +1,4 @@
-"""Generate docs/config-reference.md from the workflow schema and the pass registry.
+"""Generate docs/config-reference.md from the workflow schema, the metric registry and the pass registry.
 
 Every section of a workflow file and every built-in pass, each parameter with its type,
 default, search space and description, straight from the pydantic models, so the reference
@@ -153,12 +153,42 @@ def builtin_passes() -> dict[str, Any]:
     return {n: c for n, c in all_passes().items() if c.__module__.startswith("honed.passes.")}
 
 
+def metrics_section() -> list[str]:
+    """## Metrics: every registered metric type, its sub types with direction, unit and Olive's spellings
+    (honed.evaluate.metrics), so a new metric is documented by its definition."""
+    from honed.evaluate.metrics import all_metrics
+
+    lines = ["## Metrics", "",
+             "The `type` of an evaluator's metric and the `sub_types` it may name. Results are keyed "
+             "`<metric name>-<sub type>`; **bold** sub types are reported when a metric lists none. A sub type's "
+             "`higher_is_better` and `priority` default to the values here.", ""]
+    for name, d in all_metrics().items():
+        lines += [f"### {name}", "", _cell(d.description) + (" Needs a `data_config`." if d.needs_data else ""), ""]
+        if d.open_sub_types:
+            lines += ["Sub types: the names the function's results have, each with `higher_is_better`; "
+                      "units are the function's.", ""]
+            continue
+        lines += ["| sub type | unit | direction | priority | Olive's other names | what it is |",
+                  "|---|---|---|---|---|---|"]
+        for sub in d.sub_types:
+            shown = f"**`{sub.name}`**" if sub.default else f"`{sub.name}`"
+            other = ", ".join([*(f"`{a}`" for a in sub.aliases),
+                               *(f"`{h}` (huggingface_metrics)" for h in sub.hf_names if h != sub.name)]) or "-"
+            lines.append(f"| {shown} | {_cell(sub.unit)} | {sub.direction} | {sub.priority} | {other} | "
+                         f"{_cell(sub.description)} |")
+        for refused, why in d.refused.items():
+            lines.append(f"| `{refused}` | - | - | - | - | refused: {_cell(why)} |")
+        lines.append("")
+    return lines
+
+
 def render() -> str:
     from honed.config.schema import WorkflowConfig
 
     seen: set[type[BaseModel]] = set()
     lines = [HEADER, "## Workflow file", ""]
     lines += model_section(WorkflowConfig, 3, seen, skip=())
+    lines += metrics_section()
     passes = builtin_passes()
     lines += ["## Passes", "",
               "Each entry under `passes` is `{type: <pass>, ...its parameters}`; passes run in the order written.",

@@ -16,6 +16,7 @@ from honed.data.config import DataConfig
 from honed.errors import ConfigError, UserError
 from honed.evaluate.config import EvaluatorConfig
 from honed.evaluate.evaluator import evaluate_model
+from honed.evaluate.metrics import all_metrics, unit_of
 from honed.models.handle import ModelHandle
 from honed.util.accelerator import EP_BY_DEVICE, Accelerator, execution_provider_problem
 
@@ -27,16 +28,29 @@ EPILOG = """examples:
   honed evaluate --model models/ --config workflow.json      (its engine.evaluator and data_configs)
 """
 
-METRIC_SUB_TYPES = {
-    "accuracy": ["accuracy_score", "f1_score", "precision", "recall"], "perplexity": ["perplexity"],
-    "latency": ["avg", "p50", "p90", "p99"], "throughput": ["avg", "tokens_per_s"], "size_on_disk": ["mb"],
-    "memory": ["peak_rss_mb", "delta_rss_mb"],
-}
+
+def metric_sub_types() -> dict[str, tuple[str, ...]]:
+    """Metric types --metrics offers (every registered one whose sub types honed names) -> the sub types each
+    reports, from the metric registry."""
+    return {n: d.cli or d.defaults() for n, d in all_metrics().items() if not d.open_sub_types}
+
+
+def _with_units(metric_type: str, subs: tuple[str, ...]) -> str:
+    """'avg, p50 (ms)': sub types, each run of the same unit followed by it."""
+    parts: list[tuple[list[str], str | None]] = []
+    for s in subs:
+        unit = unit_of(metric_type, s)
+        if parts and parts[-1][1] == unit:
+            parts[-1][0].append(s)
+        else:
+            parts.append(([s], unit))
+    return ", ".join(", ".join(names) + (f" ({unit})" if unit else "") for names, unit in parts)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    offered = metric_sub_types()
     p = sub.add_parser(
-        "evaluate", help="Measure a model: accuracy, perplexity, latency, throughput, size, memory.",
+        "evaluate", help=f"Measure a model: {', '.join(offered)}.",
         description="Score one model folder with a workflow's evaluator (--config) or with flags for the common "
         "case. The text template decides prompt and label: the prompt is everything before the label field.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -49,7 +63,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--label-col", help="Column holding the label (default: the template's last field).")
     p.add_argument("--labels", help="Comma-separated candidate labels (default: the label column's values).")
     p.add_argument("--metrics", default="accuracy,latency",
-                   help=f"Comma-separated: {', '.join(METRIC_SUB_TYPES)} (default: accuracy,latency).")
+                   help="Comma-separated metric types, each with the sub types it reports: "
+                   + "; ".join(f"{n}: {_with_units(n, subs)}" for n, subs in offered.items())
+                   + " (default: accuracy,latency).")
     p.add_argument("--max-samples", type=int, help="Score at most this many rows.")
     p.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="Where to run the model.")
     p.add_argument("--execution-provider", help="onnxruntime provider (default: the device's).")
@@ -85,10 +101,11 @@ def _from_config(args: argparse.Namespace) -> tuple[EvaluatorConfig, dict[str, D
 
 
 def _from_flags(args: argparse.Namespace) -> tuple[EvaluatorConfig, dict[str, DataConfig]]:
+    offered = metric_sub_types()
     names = [m.strip() for m in args.metrics.split(",") if m.strip()]
-    unknown = [m for m in names if m not in METRIC_SUB_TYPES]
+    unknown = [m for m in names if m not in offered]
     if unknown:
-        raise UserError(f"--metrics: unknown metric(s) {', '.join(unknown)}; use {', '.join(METRIC_SUB_TYPES)}")
+        raise UserError(f"--metrics: unknown metric(s) {', '.join(unknown)}; use {', '.join(offered)}")
     data_configs = {}
     if args.data:
         pre: dict[str, Any] = {}
@@ -100,8 +117,9 @@ def _from_flags(args: argparse.Namespace) -> tuple[EvaluatorConfig, dict[str, Da
         except ValidationError as e:
             raise ConfigError(problems_from(e, DataConfig, "--data"), "") from e
         data_configs["data"] = dc
-    elif any(m in ("accuracy", "perplexity") for m in names):
-        raise UserError("--data is required for accuracy and perplexity; give a JSONL/CSV file")
+    elif any(all_metrics()[m].needs_data for m in names):
+        scored = [n for n, d in all_metrics().items() if d.needs_data and n in offered]
+        raise UserError(f"--data is required for {' and '.join(scored)}; give a JSONL/CSV file")
     user: dict[str, Any] = {}
     if args.label_col:
         user["label_col"] = args.label_col
@@ -112,12 +130,18 @@ def _from_flags(args: argparse.Namespace) -> tuple[EvaluatorConfig, dict[str, Da
     metrics = []
     for m in names:
         uc = dict(user) if m == "accuracy" else {k: v for k, v in user.items() if k == "max_samples"}
-        metrics.append({"name": m, "type": m, "sub_types": [{"name": s} for s in METRIC_SUB_TYPES[m]],
+        metrics.append({"name": m, "type": m, "sub_types": [{"name": s} for s in offered[m]],
                         "user_config": uc, "data_config": "data" if args.data else None})
     try:
         return EvaluatorConfig.model_validate({"metrics": metrics}), data_configs
     except ValidationError as e:
         raise ConfigError(problems_from(e, EvaluatorConfig, "--metrics"), "") from e
+
+
+def result_units(cfg: EvaluatorConfig) -> dict[str, str]:
+    """'<metric>-<sub type>' -> its unit, for every configured sub type the registry gives a unit."""
+    units = {f"{m.name}-{s.name}": unit_of(m.type, s.name) for m in cfg.metrics for s in m.sub_types}
+    return {k: u for k, u in units.items() if u}
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -129,15 +153,18 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise UserError(f"--execution-provider: {problem}")
     target = Accelerator(device=args.device, execution_provider=ep)
     results = evaluate_model(handle, cfg, data_configs, target)
+    units = result_units(cfg)
     table = Table(title=f"honed evaluate {handle.path} ({handle.kind})", title_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")
+    table.add_column("unit")
     for k, v in results.items():
-        table.add_row(k, f"{v:.4g}")
+        table.add_row(k, f"{v:.4g}", units.get(k, ""))
     console.print(table)
     if args.output:
         out = Path(args.output)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"model": handle.path, "kind": handle.kind, "metrics": results}, indent=2))
+        out.write_text(json.dumps({"model": handle.path, "kind": handle.kind, "metrics": results,
+                                   "units": {k: units[k] for k in results if k in units}}, indent=2))
         console.print(f"metrics: {out}")
     return 0

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from honed.errors import ConfigError, ConfigProblem
+from honed.evaluate.metrics import hf_metric_names
 from honed.util.accelerator import execution_provider_problem
 
 ENGINE_KEYS = {
@@ -91,9 +92,6 @@ ORT_QUANT_EXTRA_OPTIONS = {
     "QDQDisableWeightAdjustForInt32Bias", "TensorQuantOverrides",
 }
 """onnxruntime.quantization ``extra_options`` keys Olive lets a file write at the pass's top level."""
-HF_METRIC_SUB_TYPES = {"accuracy": "accuracy_score", "f1": "f1_score", "precision": "precision",
-                       "recall": "recall", "exact_match": "exact_match"}
-"""Sub type names of Olive's ``huggingface_metrics`` backend (the evaluate library's names) -> honed's."""
 METRIC_SESSION_KEYS = {
     "io_bind": "honed's runtime binds no device buffers; outputs are the same, only copy overhead differs",
     "inference_settings": "honed measures with the model's own session settings (OrtSessionParamsTuning "
@@ -627,7 +625,8 @@ class _Translator:
                 uc = dict(uc)
                 m = {**m, "user_config": uc, "data_config": self.loader_data_config(f"{name}_{m.get('name')}", uc)}
             if isinstance(m, dict) and m.get("backend") == "huggingface_metrics" and isinstance(m.get("sub_types"), list):
-                subs = [{**st, "name": HF_METRIC_SUB_TYPES.get(st.get("name"), st.get("name"))}
+                hf = hf_metric_names()  # the evaluate library's names -> honed's, from the metric registry
+                subs = [{**st, "name": hf.get(st.get("name"), st.get("name"))}
                         if isinstance(st, dict) and isinstance(st.get("name"), str) else st
                         for st in m["sub_types"]]
                 m = {**m, "sub_types": subs}

@@ -4,9 +4,11 @@ A metric is one measurement family (accuracy, latency, ...) over one data config
 types are the numbers it reports (``accuracy_score``, ``p90``) and each may carry a goal and a
 priority.  Results are keyed ``<metric name>-<sub type>`` as Olive does.
 
-Every metric type and sub type Olive's evaluator defines (olive/evaluator/metric.py: ``MetricType``,
-``AccuracySubType``, ``LatencySubType``, ``ThroughputSubType``, ``SizeOnDiskSubType``) is accepted
-and computed by honed, except ``rtfx`` (speech), which is refused with the alternative.  An evaluator
+Metric types and their sub types (names, directions, units, defaults, Olive's spellings) come from the
+one metric registry (``honed.evaluate.metrics``); this module validates names against it.  Every metric
+type and sub type Olive's evaluator defines (olive/evaluator/metric.py: ``MetricType``,
+``AccuracySubType``, ``LatencySubType``, ``ThroughputSubType``, ``SizeOnDiskSubType``) is registered and
+computed by honed, except ``rtfx`` (speech), which is refused with the alternative.  An evaluator
 with ``type: LMEvaluator`` runs lm-evaluation-harness tasks instead of (or besides) metrics
 (``honed.evaluate.lmeval``), with Olive's LMEvaluator keys.
 """
@@ -28,63 +30,15 @@ from pydantic import (
 )
 
 from honed.data.config import MAX_SEQ_LEN
+from honed.evaluate.metrics import all_metrics, get_metric, unknown_metric_type
 from honed.util.accelerator import execution_provider_problem
 from honed.util.paths import InputPath, LocalPath, PythonFile
 
 log = logging.getLogger("honed")
 
-MetricType = Literal["accuracy", "perplexity", "latency", "throughput", "size_on_disk", "memory", "custom"]
-
-_PERCENTILES = ("avg", "max", "min", "p50", "p75", "p90", "p95", "p99", "p999")
-
-SUB_TYPES: dict[str, tuple[str, ...]] = {
-    "accuracy": ("accuracy_score", "f1_score", "precision", "recall", "auroc", "perplexity", "wer",
-                 "exact_match", "relaxed_accuracy", "word_sort_ratio"),
-    "perplexity": ("perplexity", "loss"),
-    "latency": _PERCENTILES,
-    "throughput": (*_PERCENTILES, "tokens_per_s"),
-    "size_on_disk": ("mb", "bytes"),
-    "memory": ("peak_rss_mb", "delta_rss_mb"),
-}
-"""Sub types each built-in metric reports; ``custom`` reports whatever the user's function returns.
-
-Olive's names map to honed's computation: accuracy_score / f1_score / precision / recall (macro) and
-auroc from the label scores; perplexity as the perplexity metric over the same rows; exact_match,
-relaxed_accuracy, word_sort_ratio and wer compare the predicted text (the chosen label, or the
-generation with ``scoring: generate``) with the label as Olive does; latency in ms; size_on_disk
-bytes or mb (MiB)."""
-
-SUB_TYPE_ALIASES: dict[tuple[str, str], str] = {("accuracy", "auc"): "auroc"}
-"""Older Olive spellings computed as another sub type (Olive 0.2 called auroc 'auc'); the result keeps
-the name the config uses."""
-
-UNSUPPORTED_SUB_TYPES: dict[tuple[str, str], str] = {
-    ("accuracy", "rtfx"): "rtfx is the real-time factor of speech recognition (seconds of audio per second of "
-    "inference) and honed evaluates text models only; measure speed with a throughput metric (tokens_per_s)",
-}
-"""Olive sub types honed cannot compute, with what to use instead."""
-
-DEFAULT_SUB_TYPES: dict[str, tuple[str, ...]] = {
-    "accuracy": ("accuracy_score",), "perplexity": ("perplexity",), "latency": ("avg",),
-    "throughput": ("avg",), "size_on_disk": ("mb",), "memory": ("peak_rss_mb",),
-}
-
 OLIVE_ONLY_USER_CONFIG = {"data_dir", "io_bind", "inference_settings", "shared_kv_buffer", "input_names",
                           "input_shapes", "input_types", "run_kwargs", "func_kwargs", "dataloader_func"}
 """Olive user_config keys about its own data loaders and sessions; honed measures without them."""
-
-LOWER_IS_BETTER = {"perplexity", "latency", "size_on_disk", "memory"}
-LOWER_IS_BETTER_SUB_TYPES = {"perplexity", "loss", "wer"}
-"""Sub types of a higher-is-better metric type (accuracy) where lower is better."""
-
-TEXT_SUB_TYPES = {"exact_match", "relaxed_accuracy", "word_sort_ratio", "wer"}
-SCORE_SUB_TYPES = {"auroc", "auc"}
-"""Sub types that need each label's score (log-likelihood or classifier logit), not just the prediction."""
-
-METRIC_CONFIG_APPLIED: dict[str, dict[str, type | tuple[type, ...]]] = {
-    "relaxed_accuracy": {"tolerance": (int, float)}, "wer": {"normalize": bool},
-}
-"""metric_config keys honed applies, by sub type, with their types (Olive's names)."""
 
 GoalType = Literal["threshold", "min-improvement", "max-degradation", "percent-min-improvement",
                    "percent-max-degradation"]
@@ -131,10 +85,11 @@ class GoalConfig(_Strict):
 class SubMetricConfig(_Strict):
     """One number a metric reports."""
 
-    name: str = Field(description="Sub type: accuracy_score, f1_score, auroc, p90, tokens_per_s, ... (see SUB_TYPES); "
-                      "in an LMEvaluator, a result key '<task>-<metric>' such as 'arc_easy-acc'.")
+    name: str = Field(description="Sub type: one of its metric type's (see Metrics: each with its unit and "
+                      "direction), e.g. accuracy_score, p90 (ms), tokens_per_s; in an LMEvaluator, a result key "
+                      "'<task>-<metric>' such as 'arc_easy-acc'.")
     priority: int = Field(-1, description="Rank of this number among the search objectives (1 first; -1: "
-                          "reported only, not an objective).")
+                          "reported only, not an objective); default: the sub type's (-1 for built-ins).")
     goal: GoalConfig | None = Field(None, description="Bound a model must meet on this number.")
     higher_is_better: StrictBool | None = Field(
         None, description="Direction; set by the metric type for built-ins, required for custom metrics."
@@ -177,11 +132,31 @@ class MetricUserConfig(_Strict):
                         "when the metric has no data_config.")
 
 
+def _metric_json_schema(schema: dict[str, Any]) -> None:
+    """JSON Schema of a metric from the registry: ``type`` is one of the registered metric types, and each
+    type's sub type names (with unit and direction) are what its ``sub_types`` may name."""
+    metrics = all_metrics()
+    schema["properties"]["type"]["enum"] = list(metrics)
+    rules = []
+    for d in metrics.values():
+        if d.open_sub_types:
+            continue
+        names = [{"const": n, "description": f"{s.description} ({s.unit}, {s.direction})".replace("( ", "(")}
+                 for s in d.sub_types for n in (s.name, *s.aliases)]
+        rules.append({"if": {"properties": {"type": {"const": d.name}}, "required": ["type"]},
+                      "then": {"properties": {"sub_types": {"items": {"properties": {"name": {"oneOf": names}}}}}}})
+    if rules:
+        schema["allOf"] = rules
+
+
 class MetricConfig(_Strict):
     """One measurement family over one data config."""
 
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, json_schema_extra=_metric_json_schema)
+
     name: str = Field(description="Name of this metric; results are keyed '<name>-<sub type>'.")
-    type: MetricType = Field(description="accuracy, perplexity, latency, throughput, size_on_disk, memory or custom.")
+    type: str = Field(description="Metric type: a registered metric (see Metrics): accuracy, perplexity, latency, "
+                      "throughput, size_on_disk, memory, custom, or one a plugin registers.")
     data_config: str | None = Field(None, description="Name of the data config to measure on (one of data_configs).")
     sub_types: list[SubMetricConfig] = Field(default_factory=list, description="Numbers to report; default per type.")
     user_config: MetricUserConfig = Field(default_factory=MetricUserConfig)
@@ -203,40 +178,45 @@ class MetricConfig(_Strict):
             data = {**data, "user_config": uc}
         return data
 
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, v: str) -> str:
+        if get_metric(v) is None:
+            raise ValueError(unknown_metric_type(v))
+        return v
+
     @model_validator(mode="after")
     def _sub_types(self) -> MetricConfig:
+        defn = get_metric(self.type)
+        assert defn is not None  # the type validator ran
         if not self.sub_types:
-            if self.type == "custom":
-                raise ValueError(f"metric '{self.name}': a custom metric needs sub_types naming its results, "
+            if defn.open_sub_types:
+                raise ValueError(f"metric '{self.name}': a {self.type} metric needs sub_types naming its results, "
                                  "each with higher_is_better")
-            self.sub_types = [SubMetricConfig(name=n) for n in DEFAULT_SUB_TYPES[self.type]]
-        known = SUB_TYPES.get(self.type)
+            self.sub_types = [SubMetricConfig(name=n) for n in defn.defaults()]
         for s in self.sub_types:
-            if (self.type, s.name) in UNSUPPORTED_SUB_TYPES:
-                raise ValueError(f"metric '{self.name}': {UNSUPPORTED_SUB_TYPES[self.type, s.name]}")
-            if known is not None and s.name not in known and (self.type, s.name) not in SUB_TYPE_ALIASES:
+            if s.name in defn.refused:
+                raise ValueError(f"metric '{self.name}': {defn.refused[s.name]}")
+            sub = defn.sub_type(s.name)
+            if sub is None and not defn.open_sub_types:
                 hint = (" (honed computes every metric itself, whatever the backend says; for another score use "
                         "a custom metric)" if self.backend == "huggingface_metrics" else "")
-                raise ValueError(f"metric '{self.name}': unknown {self.type} sub type '{s.name}'; use one of "
-                                 f"{', '.join(known)}{hint}")
+                raise ValueError(f"metric '{self.name}': {defn.unknown_sub_type(s.name)}{hint}")
             if s.higher_is_better is None:
-                if self.type == "custom":
+                if sub is None:
                     raise ValueError(f"metric '{self.name}': sub type '{s.name}' needs higher_is_better")
-                s.higher_is_better = self.type not in LOWER_IS_BETTER and s.name not in LOWER_IS_BETTER_SUB_TYPES
+                s.higher_is_better = sub.higher_is_better
+            if sub is not None and "priority" not in s.model_fields_set:
+                s.priority = sub.priority
             if s.metric_config:
-                self._check_metric_config(s)
-        if self.type == "custom" and not (self.user_config.user_script and self.user_config.evaluate_func):
-            raise ValueError(f"metric '{self.name}': a custom metric needs user_config.user_script and evaluate_func")
-        if self.type in ("accuracy", "perplexity") and not self.data_config:
+                self._check_metric_config(s, dict(sub.options) if sub else {})
+        if defn.needs_data and not self.data_config:
             raise ValueError(f"metric '{self.name}': {self.type} needs a data_config to score")
-        scored = [s.name for s in self.sub_types if s.name in SCORE_SUB_TYPES]
-        if self.type == "accuracy" and scored and self.user_config.scoring == "generate":
-            raise ValueError(f"metric '{self.name}': {scored[0]} ranks each label's score, which greedy generation "
-                             "does not give; set user_config.scoring to loglikelihood")
+        if defn.check is not None:
+            defn.check(self)
         return self
 
-    def _check_metric_config(self, s: SubMetricConfig) -> None:
-        applied = METRIC_CONFIG_APPLIED.get(s.name, {})
+    def _check_metric_config(self, s: SubMetricConfig, applied: dict[str, type | tuple[type, ...]]) -> None:
         for key, value in (s.metric_config or {}).items():
             if key in applied:
                 if isinstance(value, bool) is not (applied[key] is bool) or not isinstance(value, applied[key]):

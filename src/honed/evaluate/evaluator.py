@@ -5,6 +5,9 @@ formatted text (the text template's part before its last field, or the chat prom
 candidate label is scored by the sum of its tokens' log-probabilities after that prompt (plus
 EOS when ``score_eos``); the highest wins.  ``scoring: generate`` instead greedy-generates and
 compares the text.  Candidates are ``user_config.labels`` or the label column's distinct values.
+
+The built-in metrics are defined at the bottom, each with one ``register_metric`` call next to the
+function computing it (``honed.evaluate.metrics`` holds the registry).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from honed.data.batches import dummy_past, timing_batch, timing_batch_size
 from honed.data.config import DataConfig, use_problem
@@ -30,8 +33,17 @@ from honed.data.formatting import (
 from honed.data.sources import load_rows
 from honed.errors import DataError, UserError
 from honed.evaluate.backends import Backend, open_backend
-from honed.evaluate.config import SCORE_SUB_TYPES, TEXT_SUB_TYPES, EvaluatorConfig, MetricConfig
-from honed.evaluate.metrics import auroc, classification_scores, perplexity, text_scores, timing_stats
+from honed.evaluate.metrics import (
+    MetricDef,
+    SubType,
+    auroc,
+    classification_scores,
+    get_metric,
+    perplexity,
+    register_metric,
+    text_scores,
+    timing_stats,
+)
 from honed.evaluate.past_timing import with_past
 from honed.models.handle import ModelHandle
 from honed.util.accelerator import Accelerator
@@ -39,7 +51,14 @@ from honed.util.fs import atomic_write_text
 from honed.util.hashing import cache_key, code_fingerprint, environment, library_versions
 from honed.util.monitor import PeakMemory
 
+if TYPE_CHECKING:  # the schema validates against the registry defined here: annotations only
+    from honed.evaluate.config import EvaluatorConfig, MetricConfig
+
 Results = dict[str, float]
+
+TEXT_SUB_TYPES = {"exact_match", "relaxed_accuracy", "word_sort_ratio", "wer"}
+SCORE_SUB_TYPES = {"auroc", "auc"}
+"""Accuracy sub types that need each label's score (log-likelihood or classifier logit), not just the prediction."""
 
 
 class _Session:
@@ -51,6 +70,9 @@ class _Session:
         self.clock = clock
         self._backend: Backend | None = None
         self._rows: dict[str, Any] = {}
+        self.memory: PeakMemory | None = None
+        """Peak RSS sampled over the whole evaluation, when a whole-run metric (memory) asks for it."""
+        self.memory_before = 0
 
     @property
     def backend(self) -> Backend:
@@ -232,7 +254,7 @@ def _label_scores(metric: MetricConfig, wanted: set[str], truth: list[str], pred
     if wanted & SCORE_SUB_TYPES:
         if len(labels) < 2:
             raise UserError(f"metric '{metric.name}': auroc needs at least two labels; the data has {labels}")
-        out["auroc"] = out["auc"] = auroc(truth, probs, labels)
+        out["auroc"] = auroc(truth, probs, labels)
     return out
 
 
@@ -346,10 +368,24 @@ def _custom(s: _Session, metric: MetricConfig) -> Results:
                     "or a dict of numbers")
 
 
-_METRICS: dict[str, Callable[[_Session, MetricConfig], Results]] = {
-    "accuracy": _accuracy, "perplexity": _perplexity, "latency": _latency, "throughput": _throughput,
-    "size_on_disk": _size, "custom": _custom,
-}
+def _memory(s: _Session, metric: MetricConfig) -> Results:
+    """Peak RSS of this process over the whole evaluation, and its growth from the start, in MiB."""
+    assert s.memory is not None  # evaluate_model samples it for a whole-run metric
+    return {"peak_rss_mb": round(s.memory.peak / 2**20, 1),
+            "delta_rss_mb": round((s.memory.peak - s.memory_before) / 2**20, 1)}
+
+
+def _keyed(metric: MetricConfig, values: Results) -> Results:
+    """'<metric>-<sub type>' -> value for each configured sub type; an alias (Olive 0.2's auc) takes its sub
+    type's value and keeps the name the config uses."""
+    defn = get_metric(metric.type)
+    out: Results = {}
+    for sub in metric.sub_types:
+        known = defn.sub_type(sub.name) if defn else None
+        name = sub.name if sub.name in values or known is None else known.name
+        if name in values:
+            out[f"{metric.name}-{sub.name}"] = float(values[name])
+    return out
 
 
 def evaluate_model(handle: ModelHandle, cfg: EvaluatorConfig, data_configs: dict[str, DataConfig] | None = None,
@@ -358,18 +394,18 @@ def evaluate_model(handle: ModelHandle, cfg: EvaluatorConfig, data_configs: dict
     """Every metric of ``cfg`` on ``handle``, keyed '<metric>-<sub type>'."""
     s = _Session(handle, data_configs or {}, target or Accelerator(), cache_dir, clock)
     results: Results = {}
-    memory = [m for m in cfg.metrics if m.type == "memory"]
+    defs = {m.type: get_metric(m.type) for m in cfg.metrics}
+    unknown = sorted(t for t, d in defs.items() if d is None)
+    if unknown:  # registered when the config was validated, unregistered since
+        raise UserError(f"metric type(s) {', '.join(unknown)} are not registered")
+    last = [m for m in cfg.metrics if defs[m.type].whole_run]  # type: ignore[union-attr]
     try:
         # Sampling RSS costs CPU (and the GIL) while latency is being timed: only when asked for.
-        with PeakMemory(interval=0.02) if memory else contextlib.nullcontext() as mem:
-            before = mem.peak if mem else 0
+        with PeakMemory(interval=0.02) if last else contextlib.nullcontext() as mem:
+            s.memory, s.memory_before = mem, (mem.peak if mem else 0)
             for metric in cfg.metrics:
-                if metric.type == "memory":
-                    continue
-                values = _METRICS[metric.type](s, metric)
-                for sub in metric.sub_types:
-                    if sub.name in values:
-                        results[f"{metric.name}-{sub.name}"] = float(values[sub.name])
+                if not defs[metric.type].whole_run:  # type: ignore[union-attr]
+                    results.update(_keyed(metric, defs[metric.type].compute(s, metric)))  # type: ignore[union-attr]
             if cfg.is_lm:  # lm-eval tasks (Olive's LMEvaluator), on the same backend when it fits
                 from honed.evaluate.lmeval import evaluate_tasks
 
@@ -379,14 +415,12 @@ def evaluate_model(handle: ModelHandle, cfg: EvaluatorConfig, data_configs: dict
                     raise UserError(f"LMEvaluator results {', '.join(clash)} clash with metric results of the same "
                                     "name; rename the metric")
                 results.update(tasks)
-            if memory and s._backend is None:  # a memory metric alone: load and run the model once
-                s.backend.forward([list(s.backend.tokenizer(memory[0].user_config.prompt)["input_ids"])])
+            if last and s._backend is None:  # a whole-run metric alone: load and run the model once
+                s.backend.forward([list(s.backend.tokenizer(last[0].user_config.prompt)["input_ids"])])
     finally:
         s.close()
-    for metric in memory:
-        values = {"peak_rss_mb": mem.peak / 2**20, "delta_rss_mb": (mem.peak - before) / 2**20}
-        for sub in metric.sub_types:
-            results[f"{metric.name}-{sub.name}"] = round(values[sub.name], 1)
+    for metric in last:
+        results.update(_keyed(metric, defs[metric.type].compute(s, metric)))  # type: ignore[union-attr]
     return results
 
 
@@ -429,3 +463,98 @@ def evaluate_cached(handle: ModelHandle, cfg: EvaluatorConfig, data_configs: dic
     atomic_write_text(path, json.dumps({"model": handle.id, "results": results, "created": time.time()}, indent=2,
                                        sort_keys=True))
     return results, False
+
+
+# ---- the built-in metrics: one definition each -------------------------------------------------------------
+# A new metric is one more register_metric call: the schema, its JSON Schema, `honed evaluate` and
+# docs/config-reference.md (python scripts/gen_docs.py) take names, directions and units from here.
+
+def _check_accuracy(metric: MetricConfig) -> None:
+    scored = [s.name for s in metric.sub_types if s.name in SCORE_SUB_TYPES]
+    if scored and metric.user_config.scoring == "generate":
+        raise ValueError(f"metric '{metric.name}': {scored[0]} ranks each label's score, which greedy generation "
+                         "does not give; set user_config.scoring to loglikelihood")
+
+
+def _check_custom(metric: MetricConfig) -> None:
+    if not (metric.user_config.user_script and metric.user_config.evaluate_func):
+        raise ValueError(f"metric '{metric.name}': a custom metric needs user_config.user_script and evaluate_func")
+
+
+_FRACTION = "fraction"  # 0 to 1
+_PERCENTILES = (("avg", "mean"), ("max", "largest"), ("min", "smallest"), ("p50", "median"),
+                ("p75", "75th percentile"), ("p90", "90th percentile"), ("p95", "95th percentile"),
+                ("p99", "99th percentile"), ("p999", "99.9th percentile"))
+
+register_metric(MetricDef(
+    name="accuracy", compute=_accuracy, needs_data=True, check=_check_accuracy,
+    description="Predicted labels (each label's log-likelihood after the prompt, a classifier's logits, or greedy "
+    "generation) against the data's label column.",
+    sub_types=(
+        SubType("accuracy_score", True, _FRACTION, "share of rows whose predicted label is right", default=True,
+                hf_names=("accuracy",)),
+        SubType("f1_score", True, _FRACTION, "macro-averaged F1 over the labels", hf_names=("f1",)),
+        SubType("precision", True, _FRACTION, "macro-averaged precision", hf_names=("precision",)),
+        SubType("recall", True, _FRACTION, "macro-averaged recall", hf_names=("recall",)),
+        SubType("auroc", True, _FRACTION, "one-vs-rest AUROC over each row's softmax of label scores",
+                aliases=("auc",)),
+        SubType("perplexity", False, "exp(nats/token)", "perplexity of the same rows' full text"),
+        SubType("wer", False, "errors per reference word", "word error rate of the predicted text",
+                options={"normalize": bool}),
+        SubType("exact_match", True, _FRACTION, "predicted text equals the label", hf_names=("exact_match",)),
+        SubType("relaxed_accuracy", True, _FRACTION, "exact match, or numbers within a relative tolerance",
+                options={"tolerance": (int, float)}),
+        SubType("word_sort_ratio", True, _FRACTION, "similarity of the sorted words of prediction and label"),
+    ),
+    refused={"rtfx": "rtfx is the real-time factor of speech recognition (seconds of audio per second of "
+             "inference) and honed evaluates text models only; measure speed with a throughput metric (tokens_per_s)"},
+    cli=("accuracy_score", "f1_score", "precision", "recall"),
+))
+
+register_metric(MetricDef(
+    name="perplexity", compute=_perplexity, needs_data=True,
+    description="Perplexity of the data's formatted text (every token after the first).",
+    sub_types=(SubType("perplexity", False, "exp(nats/token)", "exp of the mean NLL", default=True),
+               SubType("loss", False, "nats/token", "mean negative log-likelihood per predicted token")),
+))
+
+register_metric(MetricDef(
+    name="latency", compute=_latency,
+    description="Time of one forward call on a batch (the data's first batch, else user_config.prompt), over "
+    "repeat_test_num timed runs after warmup_num untimed ones.",
+    sub_types=tuple(SubType(n, False, "ms", f"{what} time of a forward call", default=n == "avg")
+                    for n, what in _PERCENTILES),
+    cli=("avg", "p50", "p90", "p99"),
+))
+
+register_metric(MetricDef(
+    name="throughput", compute=_throughput,
+    description="Sequences per second of forward calls on the timed batch (as latency), and generated tokens per "
+    "second (tokens_per_s, greedy, max_new_tokens).",
+    sub_types=(*(SubType(n, True, "samples/s", f"{what} rate of sequences per forward call", default=n == "avg")
+                 for n, what in _PERCENTILES),
+               SubType("tokens_per_s", True, "tokens/s", "new tokens per second of greedy generation")),
+    cli=("avg", "tokens_per_s"),
+))
+
+register_metric(MetricDef(
+    name="size_on_disk", compute=_size,
+    description="Bytes of the model's files (and of its base model, for an adapter).",
+    sub_types=(SubType("mb", False, "MiB", "size in MiB (2^20 bytes)", default=True),
+               SubType("bytes", False, "bytes", "size in bytes")),
+))
+
+register_metric(MetricDef(
+    name="memory", compute=_memory, whole_run=True,
+    description="Resident memory of this process while the evaluator's other metrics run (loads and runs the "
+    "model once when alone).",
+    sub_types=(SubType("peak_rss_mb", False, "MiB", "peak RSS, in MiB (2^20 bytes)", default=True),
+               SubType("delta_rss_mb", False, "MiB", "peak RSS minus RSS at the start, in MiB (2^20 bytes)")),
+    cli=("peak_rss_mb", "delta_rss_mb"),
+))
+
+register_metric(MetricDef(
+    name="custom", compute=_custom, open_sub_types=True, check=_check_custom,
+    description="user_config.evaluate_func(model, rows, **evaluate_func_kwargs) in user_config.user_script: a "
+    "number or a dict of numbers; sub_types name them, each with higher_is_better.",
+))

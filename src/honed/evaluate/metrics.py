@@ -1,15 +1,26 @@
-"""Pure metric arithmetic: classification scores, AUROC, text-match scores (exact match, relaxed
-accuracy, word sort ratio, word error rate), timing statistics, perplexity.
+"""The one metric registry, and pure metric arithmetic: classification scores, AUROC, text-match scores
+(exact match, relaxed accuracy, word sort ratio, word error rate), timing statistics, perplexity.
+
+A metric is one ``MetricDef`` (its sub types, each with direction, unit, default priority and Olive's
+spellings, and the function that computes it from the evaluator's session), registered once with
+``register_metric``; the built-in ones at the bottom of ``honed.evaluate.evaluator``, next to their
+functions.  The evaluator schema (``honed.evaluate.config``), its JSON Schema, ``honed evaluate`` and
+docs/config-reference.md are made from this registry, so a new metric is one new definition.  The
+registry refuses a second metric under a name already taken.
 
 Kept free of models so each formula is tested against hand-computed numbers.
 """
 
 from __future__ import annotations
 
+import difflib
+import importlib
 import math
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 
 def classification_scores(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str] | None = None
@@ -191,3 +202,155 @@ def text_scores(y_true: Sequence[str], y_pred: Sequence[str], tolerance: float =
         "word_sort_ratio": sum(word_sort_ratio(p, r) for r, p in zip(refs, preds, strict=True)) / n,
         "wer": word_error_rate(refs, preds, normalize_wer),
     }
+
+
+# ---- the metric registry ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SubType:
+    """One number a metric reports."""
+
+    name: str
+    """What configs write in ``sub_types[*].name``; results are keyed '<metric name>-<sub type>'."""
+    higher_is_better: bool
+    unit: str
+    """Unit of the number as measured: ms, samples/s, tokens/s, MiB, bytes, fraction (0-1), ..."""
+    description: str = ""
+    default: bool = False
+    """Reported when a metric config lists no sub_types."""
+    priority: int = -1
+    """Default rank among the search objectives (-1: reported only)."""
+    aliases: tuple[str, ...] = ()
+    """Other (older Olive) spellings computed as this sub type; the result keeps the name the config uses."""
+    hf_names: tuple[str, ...] = ()
+    """Names Olive's ``huggingface_metrics`` backend uses for it (translated to ``name`` when a config loads)."""
+    options: Mapping[str, type | tuple[type, ...]] = field(default_factory=dict)
+    """``metric_config`` keys applied to it (Olive's names), with their types."""
+
+    @property
+    def direction(self) -> str:
+        return "higher is better" if self.higher_is_better else "lower is better"
+
+
+@dataclass(frozen=True)
+class MetricDef:
+    """A metric type: its sub types and how to compute them."""
+
+    name: str
+    """The ``type`` configs write (accuracy, latency, ...)."""
+    description: str
+    compute: Callable[[Any, Any], dict[str, float]]
+    """(evaluator session, MetricConfig) -> {sub type: value} (``honed.evaluate.evaluator``)."""
+    sub_types: tuple[SubType, ...] = ()
+    open_sub_types: bool = False
+    """The user names the results and gives each its direction (custom); ``sub_types`` is then empty."""
+    needs_data: bool = False
+    """Needs a data_config to score."""
+    refused: Mapping[str, str] = field(default_factory=dict)
+    """Olive sub types honed cannot compute -> why, and what to use instead."""
+    check: Callable[[Any], None] | None = None
+    """Further validation of a MetricConfig of this type; raises ValueError with the fix."""
+    whole_run: bool = False
+    """Measured over the whole evaluation (memory): sampled while the other metrics run, computed last."""
+    cli: tuple[str, ...] = ()
+    """Sub types ``honed evaluate --metrics <name>`` reports (default: the default ones)."""
+
+    def sub_type(self, name: str) -> SubType | None:
+        """The sub type called ``name`` (or one of its aliases), or None."""
+        return next((s for s in self.sub_types if name == s.name or name in s.aliases), None)
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.sub_types)
+
+    def defaults(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.sub_types if s.default)
+
+    def unknown_sub_type(self, name: str) -> str:
+        """The error for a sub type this metric does not have: a 'did you mean' for a close name, and the
+        valid ones."""
+        spellings = [n for s in self.sub_types for n in (s.name, *s.aliases)]
+        close = difflib.get_close_matches(name, spellings, n=1, cutoff=0.6)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        return f"unknown {self.name} sub type '{name}'; {hint}use one of {', '.join(self.names())}"
+
+
+_METRICS: dict[str, MetricDef] = {}
+_LOADED = False
+BUILTIN_MODULE = "honed.evaluate.evaluator"
+"""Where the built-in metrics are defined (next to the functions computing them)."""
+
+
+def register_metric(defn: MetricDef) -> MetricDef:
+    """Add a metric to the registry. A name may be registered once."""
+    taken = _METRICS.get(defn.name)
+    if taken is not None and taken is not defn:
+        raise ValueError(f"a metric named '{defn.name}' is already registered by {taken.compute.__module__}")
+    if not defn.name or not defn.name.isidentifier():
+        raise ValueError(f"metric name {defn.name!r} must be an identifier (it is the type configs write)")
+    if defn.open_sub_types == bool(defn.sub_types):
+        raise ValueError(f"metric '{defn.name}': give sub_types, or open_sub_types=True (the user names them), "
+                         "not both")
+    spellings = [n for s in defn.sub_types for n in (s.name, *s.aliases)]
+    repeated = sorted({n for n in spellings if spellings.count(n) > 1})
+    if repeated:
+        raise ValueError(f"metric '{defn.name}': sub type names repeat: {', '.join(repeated)}")
+    if defn.sub_types and not defn.defaults():
+        raise ValueError(f"metric '{defn.name}': mark at least one sub type default=True")
+    blank = [s.name for s in defn.sub_types if not s.unit.strip()]
+    if blank:
+        raise ValueError(f"metric '{defn.name}': sub types {', '.join(blank)} need a unit")
+    unknown = [n for n in defn.cli if n not in defn.names()]
+    if unknown:
+        raise ValueError(f"metric '{defn.name}': cli names unknown sub types {', '.join(unknown)}")
+    _METRICS[defn.name] = defn
+    return defn
+
+
+def unregister_metric(name: str) -> None:
+    """Remove a metric (tests, plugins replacing one of their own)."""
+    _METRICS.pop(name, None)
+
+
+def _load_builtins() -> None:
+    """Import the module defining the built-in metrics, once (as ``honed.passes.base`` imports the passes)."""
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
+    try:
+        importlib.import_module(BUILTIN_MODULE)
+    except BaseException:
+        _LOADED = False
+        raise
+
+
+def get_metric(name: str) -> MetricDef | None:
+    """The metric registered under ``name``, or None."""
+    _load_builtins()
+    return _METRICS.get(name)
+
+
+def all_metrics() -> dict[str, MetricDef]:
+    """Every registered metric, by name, in registration order."""
+    _load_builtins()
+    return dict(_METRICS)
+
+
+def unknown_metric_type(name: str) -> str:
+    """The error for a metric type nobody registered, with a 'did you mean' for a close name."""
+    known = list(all_metrics())
+    close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.6)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    return f"unknown metric type '{name}'; {hint}use one of {', '.join(known)}"
+
+
+def unit_of(metric_type: str, sub_type: str) -> str | None:
+    """The unit of a built-in or registered sub type's number, or None (custom results, lm-eval keys)."""
+    defn = get_metric(metric_type)
+    sub = defn.sub_type(sub_type) if defn else None
+    return sub.unit if sub else None
+
+
+def hf_metric_names() -> dict[str, str]:
+    """Olive's ``huggingface_metrics`` sub type names -> honed's (accuracy -> accuracy_score, f1 -> f1_score)."""
+    return {hf: s.name for d in all_metrics().values() for s in d.sub_types for hf in s.hf_names}
