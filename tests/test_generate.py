@@ -34,7 +34,7 @@ def test_generate_same_text_on_genai_and_hf(genai_llama: Path, tiny_llama: Path,
 
 
 def test_stream_ids_stats(genai_llama: Path) -> None:
-    from honed.models.onnx_runtime import load_generator
+    from honed.models.runtime import load_generator
 
     gen = load_generator(genai_llama)
     ids = gen.encode("numbers one two")
@@ -45,7 +45,7 @@ def test_stream_ids_stats(genai_llama: Path) -> None:
 
 
 def test_template(genai_llama: Path) -> None:
-    from honed.models.onnx_runtime import load_generator
+    from honed.models.runtime import load_generator
 
     gen = load_generator(genai_llama)
     assert gen.format_prompt("hi", "### Text: {prompt}\n") == "### Text: hi\n"

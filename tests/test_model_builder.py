@@ -57,7 +57,7 @@ def test_fp32_greedy_matches_hf(tiny_causal_lm: Path, tmp_path: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from honed.models.onnx_runtime import load_generator
+    from honed.models.runtime import load_generator
 
     handle, ctx = _build(tiny_causal_lm, tmp_path, precision="fp32", check_outputs=True, check_tolerance=1e-4)
     assert handle.kind == "genai"

@@ -127,7 +127,7 @@ def _max_diff(a: ModelHandle, b: ModelHandle, vocab: int = 200) -> float:
 )
 def test_llm_quantization_runs(onnx_llama, tmp_path: Path, pass_name: str, options: dict, op: str,
                                tolerance: float) -> None:
-    from honed.models.onnx_runtime import OnnxGenerator
+    from honed.models.runtime import OnnxRuntime as OnnxGenerator
 
     src = onnx_llama[0]
     out, ctx = _run(pass_name, src, tmp_path, **options)
@@ -171,7 +171,7 @@ def test_static_quantization_unknown_data_config(onnx_bert, tmp_path: Path) -> N
 
 
 def test_onnx_causal_lm_greedy_matches_hf(onnx_llama, tiny_llama: Path) -> None:
-    from honed.models.onnx_runtime import load_generator
+    from honed.models.runtime import load_generator
 
     onnx_gen, hf_gen = load_generator(onnx_llama[0].path), load_generator(tiny_llama)
     assert (onnx_gen.kind, hf_gen.kind) == ("onnx", "hf")

@@ -109,7 +109,7 @@ CHAIN = [
 def test_genai_in_genai_out(name: str, options: dict[str, Any], op: str, at_least: int, tolerance: float,
                             fp32_genai: ModelHandle, tmp_path: Path) -> None:
     from honed.data.config import DataConfig
-    from honed.models.onnx_runtime import load_generator
+    from honed.models.runtime import load_generator
 
     rows = tmp_path / "rows.jsonl"
     rows.write_text("\n".join(json.dumps({"text": t}) for t in

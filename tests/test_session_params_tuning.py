@@ -297,7 +297,7 @@ def test_genai_choice_goes_into_genai_config(genai_llama: ModelHandle, tmp_path:
     assert (Path(genai_llama.path) / "genai_config.json").read_text() == src_cfg  # the input is untouched
     assert out.kind == "genai" and not (Path(out.path) / SETTINGS_FILE).exists()
 
-    from honed.models.onnx_runtime import load_generator
+    from honed.models.runtime import load_generator
 
     assert len(load_generator(out.path).generate_ids([5, 6, 7], 3, stop_at_eos=False)) == 3
 

@@ -63,7 +63,7 @@ def _stream(gen: Any, text: str, max_new_tokens: int) -> str:
 
 
 def generate_command(args: argparse.Namespace) -> int:
-    from honed.models.onnx_runtime import load_generator
+    from honed.models.runtime import load_generator
 
     _check(args)
     gen = load_generator(args.model)
@@ -74,7 +74,7 @@ def generate_command(args: argparse.Namespace) -> int:
 
 
 def chat_command(args: argparse.Namespace) -> int:
-    from honed.models.onnx_runtime import load_generator
+    from honed.models.runtime import load_generator
 
     _check(args)
     gen = load_generator(args.model)

@@ -1,4 +1,4 @@
-"""lm-evaluation-harness's model interface over honed's backends (imported only when lm-eval is).
+"""lm-evaluation-harness's model interface over honed's runtimes (imported only when lm-eval is).
 
 ``HonedLM`` is an ``lm_eval.api.model.TemplateLM``: lm-eval turns each task into requests
 (log-likelihood of a continuation, rolling log-likelihood of a document, generation until stop
@@ -17,7 +17,7 @@ from lm_eval import utils as lm_utils
 from lm_eval.api.model import TemplateLM
 
 from honed.errors import UserError
-from honed.evaluate.backends import Backend
+from honed.models.runtime import Runtime
 
 log = logging.getLogger("honed")
 
@@ -28,7 +28,7 @@ MAX_GEN_TOKS = 256
 
 
 class HonedLM(TemplateLM):
-    """lm-eval model over one opened backend.
+    """lm-eval model over one opened runtime (``honed.models.runtime``; the evaluators' backends are runtimes).
 
     ``batch_size``: sequences per forward call (HF batches; ONNX and genai score one sequence at a
     time).  ``max_length``: most tokens the model sees; longer requests are left-truncated, as lm-eval
@@ -36,7 +36,7 @@ class HonedLM(TemplateLM):
     asking for sampling is named in a warning.
     """
 
-    def __init__(self, backend: Backend, batch_size: int = 1, max_length: int | None = None,
+    def __init__(self, backend: Runtime, batch_size: int = 1, max_length: int | None = None,
                  max_gen_toks: int | None = None) -> None:
         super().__init__()
         self.backend = backend

@@ -1,14 +1,11 @@
-"""Running what the ONNX passes produce: onnxruntime sessions (with past key/values fed
-explicitly), onnxruntime-genai folders, and one streaming ``generate`` API over genai
-folders, ONNX causal LMs and HF folders alike (``honed generate`` / ``honed chat``)."""
+"""Running what the ONNX passes produce, at the session level: onnxruntime sessions (with past
+key/values fed explicitly, tuned session settings applied) and onnxruntime-genai models.  Scoring and
+generation over them (and over HF models) live in ``honed.models.runtime``."""
 
 from __future__ import annotations
 
 import json
 import os
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -216,115 +213,7 @@ class OnnxSession:
         return outs["logits"], new_past
 
 
-# ---------------------------------------------------------------- generation
-
-
-def _eos_ids(folder: Path, tokenizer: Any) -> set[int]:
-    ids: set[int] = set()
-    for name, key in (("genai_config.json", None), ("generation_config.json", "eos_token_id"),
-                      ("config.json", "eos_token_id")):
-        f = folder / name
-        if not f.is_file():
-            continue
-        data = json.loads(f.read_text())
-        value = data.get("model", {}).get("eos_token_id") if key is None else data.get(key)
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, list):
-            ids.update(v for v in value if isinstance(v, int))
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    return ids
-
-
-@dataclass
-class GenerationStats:
-    """Timing of one generate call."""
-
-    prompt_tokens: int = 0
-    new_tokens: int = 0
-    prefill_s: float = 0.0
-    decode_s: float = 0.0
-    tokens: list[int] = field(default_factory=list)
-
-    @property
-    def tokens_per_s(self) -> float:
-        """Decode rate: tokens after the first over the time they took."""
-        if self.new_tokens > 1 and self.decode_s > 0:
-            return (self.new_tokens - 1) / self.decode_s
-        return 0.0
-
-
-class TextGenerator:
-    """Greedy/sampled streaming generation over one of three backends.
-
-    ``stream_ids`` yields token ids; ``stream`` yields text pieces as they become printable.
-    """
-
-    kind: str = ""
-
-    def __init__(self, folder: Path) -> None:
-        from honed.models.loaders import load_tokenizer_dir
-
-        self.folder = folder
-        self.tokenizer = load_tokenizer_dir(folder)
-        self.eos = _eos_ids(folder, self.tokenizer)
-        self.stats = GenerationStats()
-
-    def _steps(self, ids: list[int], max_new_tokens: int) -> Iterator[int]:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def stream_ids(self, ids: list[int], max_new_tokens: int = 64, stop_at_eos: bool = True) -> Iterator[int]:
-        """Yield up to ``max_new_tokens`` greedy tokens after ``ids``; timing goes to ``self.stats``."""
-        self.stats = GenerationStats(prompt_tokens=len(ids))
-        start = time.perf_counter()
-        first = None
-        for tok in self._steps(ids, max_new_tokens):
-            now = time.perf_counter()
-            if first is None:
-                first = now
-                self.stats.prefill_s = now - start
-            self.stats.new_tokens += 1
-            self.stats.decode_s = now - first
-            self.stats.tokens.append(tok)
-            yield tok
-            if stop_at_eos and tok in self.eos:
-                return
-
-    def generate_ids(self, ids: list[int], max_new_tokens: int = 64, stop_at_eos: bool = True) -> list[int]:
-        return list(self.stream_ids(ids, max_new_tokens, stop_at_eos))
-
-    def format_prompt(self, prompt: str, template: str | None, history: list[dict[str, str]] | None = None) -> str:
-        """``template``: None = prompt as is; 'chat' = the tokenizer's chat template; else a format
-        string with ``{prompt}``."""
-        if template is None:
-            return prompt
-        if template == "chat":
-            if not getattr(self.tokenizer, "chat_template", None):
-                raise UserError(f"{self.folder} has no chat template; use --template '...{{prompt}}...' instead")
-            messages = [*(history or []), {"role": "user", "content": prompt}]
-            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        if "{prompt}" not in template:
-            raise UserError(f"--template '{template}' must contain {{prompt}} (or be 'chat')")
-        return template.replace("{prompt}", prompt)
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text)["input_ids"])
-
-    def stream(self, text: str, max_new_tokens: int = 64) -> Iterator[str]:
-        """Yield printable text pieces of the continuation of ``text``."""
-        ids = self.encode(text)
-        out: list[int] = []
-        shown = ""
-        for tok in self.stream_ids(ids, max_new_tokens):
-            if tok in self.eos:
-                break
-            out.append(tok)
-            full = self.tokenizer.decode(out, skip_special_tokens=True)
-            if full.endswith("\ufffd"):  # an incomplete UTF-8 sequence; wait for the rest
-                continue
-            yield full[len(shown):]
-            shown = full
+# ---------------------------------------------------------------- onnxruntime-genai
 
 
 def physical_cores() -> int:
@@ -352,96 +241,3 @@ def load_genai(folder: Path, threads: int | None = None) -> tuple[Any, int]:
     config.overlay(json.dumps({"model": {"decoder": {"session_options": {
         "intra_op_num_threads": threads or physical_cores()}}}}))
     return og.Model(config), context_length
-
-
-class GenaiGenerator(TextGenerator):
-    """onnxruntime-genai: og.Model -> og.Generator, greedy search."""
-
-    kind = "genai"
-
-    def __init__(self, folder: Path) -> None:
-        super().__init__(folder)
-        self.model, self.context_length = load_genai(folder)
-
-    def _steps(self, ids: list[int], max_new_tokens: int) -> Iterator[int]:
-        import onnxruntime_genai as og
-
-        params = og.GeneratorParams(self.model)
-        max_length = min(len(ids) + max_new_tokens, self.context_length)
-        params.set_search_options(max_length=max_length, do_sample=False)
-        gen = og.Generator(self.model, params)
-        gen.append_tokens(ids)
-        while not gen.is_done():
-            gen.generate_next_token()
-            yield int(gen.get_next_tokens()[0])
-
-
-class OnnxGenerator(TextGenerator):
-    """An ONNX causal LM with past key/values inputs (from OnnxConversion), run by onnxruntime."""
-
-    kind = "onnx"
-
-    def __init__(self, path: Path, providers: list[str] | None = None) -> None:
-        folder = path if path.is_dir() else path.parent
-        super().__init__(folder)
-        self.session = OnnxSession(path, providers)
-        if not self.session.past_names or "logits" not in self.session.output_names:
-            raise UserError(
-                f"{path} is not an ONNX causal LM with past key/values; export it with OnnxConversion "
-                "(use_past) or ModelBuilder"
-            )
-
-    def _steps(self, ids: list[int], max_new_tokens: int) -> Iterator[int]:
-        import numpy as np
-
-        cur = np.array([ids], dtype=np.int64)
-        mask = np.ones_like(cur)
-        past = None
-        for _ in range(max_new_tokens):
-            logits, past = self.session.step(cur, mask, past)
-            tok = int(logits[0, -1].argmax())
-            yield tok
-            cur = np.array([[tok]], dtype=np.int64)
-            mask = np.concatenate([mask, np.ones((1, 1), dtype=np.int64)], axis=1)
-
-
-class HFGenerator(TextGenerator):
-    """A transformers causal LM, greedy with its KV cache."""
-
-    kind = "hf"
-
-    def __init__(self, folder: Path, device: str = "cpu", dtype: str | None = "float32") -> None:
-        from honed.models.handle import ModelHandle
-        from honed.models.loaders import load_model
-
-        super().__init__(folder)
-        self.model = load_model(ModelHandle(kind="hf", path=str(folder)), dtype=dtype, device=device)
-        self.device = device
-
-    def _steps(self, ids: list[int], max_new_tokens: int) -> Iterator[int]:
-        import inspect
-
-        import torch
-        from transformers import DynamicCache
-
-        # transformers 5.2x names the argument ``cache``; earlier versions ``past_key_values``.
-        key = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
-        cache = DynamicCache(config=self.model.config)
-        cur = torch.tensor([ids], device=self.device)
-        with torch.inference_mode():
-            for _ in range(max_new_tokens):
-                out = self.model(input_ids=cur, use_cache=True, **{key: cache})
-                tok = int(out.logits[0, -1].argmax())
-                yield tok
-                cur = torch.tensor([[tok]], device=self.device)
-
-
-def load_generator(path: str | Path, providers: list[str] | None = None) -> TextGenerator:
-    """A TextGenerator for a genai folder, an ONNX causal LM or an HF folder."""
-    p = Path(path)
-    kind = model_kind(p)
-    if kind == "genai":
-        return GenaiGenerator(p)
-    if kind == "onnx":
-        return OnnxGenerator(p, providers)
-    return HFGenerator(p)

@@ -370,30 +370,24 @@ def check_against_source(
     """Max abs difference between the source (PyTorch) and ONNX outputs on sample inputs;
     recorded in ``ctx.metrics['max_abs_diff']``; raises when above ``tolerance * max(1, max |output|)``."""
     import numpy as np
-    import torch
 
-    from honed.models.loaders import load_model
     from honed.models.onnx_runtime import OnnxSession
+    from honed.models.runtime import HFRuntime
 
-    torch_model = load_model(src, dtype="float32")
-    vocab = torch_model.config.vocab_size
+    source = HFRuntime(src, dtype="float32", tokenizer=False)  # the same forward the runtimes compare with
+    vocab = source.model.config.vocab_size
     sess = OnnxSession(onnx_file(out), providers=["CPUExecutionProvider"])
     worst = scale = 0.0
     # The genai builder's attention assumes right padding; feed it unpadded batches.
     for ids, mask in sample_inputs(vocab, shapes or [(1, 5), (2, 9)], pad=out.kind == "onnx"):
-        with torch.no_grad():
-            kwargs = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
-            if sess.is_causal_lm:
-                kwargs["position_ids"] = torch.from_numpy(sess.position_ids(mask))
-            ref = torch_model(**kwargs)
-        ref_out = ref.logits if getattr(ref, "logits", None) is not None else ref.last_hidden_state
+        ref_out = source.forward_masked(ids, mask, position_ids=sess.is_causal_lm)
         got = sess.run(ids, mask)[0]
-        diff = np.abs(got.astype(np.float32) - ref_out.float().numpy())
+        diff = np.abs(got.astype(np.float32) - ref_out)
         # Padded positions of a causal LM are meaningless; compare only real tokens.
         if diff.ndim == 3:
             diff = diff[mask.astype(bool)]
         worst = max(worst, float(diff.max()))
-        scale = max(scale, float(ref_out.abs().max()))
+        scale = max(scale, float(np.abs(ref_out).max()))
     ctx.metrics["max_abs_diff"] = worst
     # The tolerance is absolute for outputs within [-1, 1] and relative to the largest output beyond.
     if tolerance is not None and worst > tolerance * max(1.0, scale):
