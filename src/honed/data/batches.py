@@ -1,5 +1,5 @@
-"""Inputs a consumer asks of a data config beyond training rows: token samples for calibration, the timed batch
-of latency/throughput metrics (from Olive's dummy containers, a user dataloader or rows a user tokenized).
+"""Inputs a consumer asks of a data config beyond training rows: texts and token samples for calibration, the timed
+batch of latency/throughput metrics (from Olive's dummy containers, a user dataloader or rows a user tokenized).
 
 Above ``sources`` (which loads rows through the user components in ``components``) so that neither of those
 two imports the other.
@@ -14,6 +14,7 @@ from typing import Any
 
 from honed.data.components import _component, _plain, has_source, is_tokenized, token_rows
 from honed.data.config import DUMMY_CONTAINERS, FEEDABLE_INPUTS, DataConfig
+from honed.data.formatting import format_rows, text_pairs
 from honed.data.sources import load_rows, prepared
 from honed.errors import DataError
 from honed.util.user_script import call
@@ -23,6 +24,28 @@ log = logging.getLogger("honed")
 DUMMY_TOKEN = 1
 """input_ids of Olive's DummyDataContainer (all ones)."""
 _warned: set[str] = set()
+
+
+def calibration_texts(cfg: DataConfig, limit: int, tokenizer: Any = None,
+                      cache_dir: Path | None = None) -> list[str] | list[tuple[str, str]]:
+    """Up to ``limit`` rows of ``cfg`` as the text a model reads, through the data layer like training rows:
+    any source (files, URLs, the hub), col_filters and user components, then text_template, chat_template,
+    formatting_func or text_cols (without any, the first text column). (text, text_pair) tuples when
+    input_cols names two columns, which a classifier's tokenizer takes as a pair (as Olive does)."""
+    pre = cfg.pre_process_data_config
+    ds = load_rows(cfg, cache_dir=cache_dir, tokenizer=tokenizer)
+    ds = ds.select(range(min(limit, len(ds))))
+    pairs = text_pairs(cfg, ds)
+    if pairs is not None:
+        return pairs
+    if not (pre.text_template or pre.chat_template or pre.formatting_func or pre.text_cols or pre.input_cols
+            or "text" in ds.column_names):
+        first = next((c for c in ds.column_names if len(ds) and isinstance(ds[0][c], str)), None)
+        if first is None:
+            raise DataError(f"data config '{cfg.name}': no text column to calibrate on (columns: "
+                            f"{', '.join(ds.column_names)}); set pre_process_data_config.text_template or text_cols")
+        return [str(row[first]) for row in ds]
+    return format_rows(cfg, ds, tokenizer)
 
 
 def token_samples(cfg: DataConfig, limit: int, tokenizer: Any = None) -> list[list[int]] | None:

@@ -287,34 +287,6 @@ def finish_onnx_output(
     return output_handle(src_handle, out_file, **attributes)
 
 
-def calibration_texts(data_config: Any, limit: int) -> list[str] | list[tuple[str, str]]:
-    """Up to ``limit`` texts from a DataConfig, formatted by its template or text columns; (text, text_pair)
-    tuples when input_cols names two columns (tokenize them as a pair, as Olive does)."""
-    from honed.data.formatting import text_pairs
-    from honed.data.sources import load_rows
-    from honed.errors import DataError
-
-    pre = data_config.pre_process_data_config
-    ds = load_rows(data_config)  # local files stay off the network; errors name the file and line
-    pairs = text_pairs(data_config, ds.select(range(min(limit, len(ds)))))
-    if pairs is not None:
-        return pairs
-    texts = []
-    for row in ds.select(range(min(limit, len(ds)))):
-        if pre.text_template:
-            try:
-                texts.append(pre.text_template.format(**row))
-            except KeyError as e:
-                raise DataError(
-                    f"data config '{data_config.name}': text_template names column {e} that the rows lack "
-                    f"(columns: {', '.join(ds.column_names)})"
-                ) from e
-        else:
-            cols = pre.text_cols or pre.input_cols or [c for c in ds.column_names if isinstance(row[c], str)][:1]
-            texts.append("\n".join(str(row[c]) for c in cols))
-    return texts
-
-
 def calibration_feeds(onnx_path: Path, handle: ModelHandle, data_config: Any, limit: int) -> list[dict[str, Any]]:
     """Session feeds (one per sample) for calibrating ``onnx_path`` on a data config's texts."""
     import numpy as np
@@ -328,14 +300,14 @@ def calibration_feeds(onnx_path: Path, handle: ModelHandle, data_config: Any, li
     tok = load_tokenizer_dir(tok_dir, trust_remote_code=trusts_remote_code(handle))
     max_len = min(data_config.pre_process_data_config.max_seq_len, 512)
     sess = OnnxSession(onnx_path, providers=["CPUExecutionProvider"])
-    from honed.data.batches import token_samples
+    from honed.data.batches import calibration_texts, token_samples
 
     given = token_samples(data_config, limit, tok)  # rows a user_script's pre_process_data tokenized
     if given is not None:
         return [sess.feeds(np.array([ids[:max_len]], dtype=np.int64), np.ones((1, len(ids[:max_len])), dtype=np.int64))
                 for ids in given]
     feeds = []
-    for text in calibration_texts(data_config, limit):
+    for text in calibration_texts(data_config, limit, tok):
         pair = text if isinstance(text, tuple) else (text,)
         enc = tok(*pair, truncation=True, max_length=max_len, return_tensors="np")
         feed = sess.feeds(enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64))

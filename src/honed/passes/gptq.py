@@ -264,14 +264,13 @@ def calibration_samples(data_config: Any, tokenizer: Any, limit: int) -> list[An
     """Token-id tensors (1, seq <= max_seq_len) of up to ``limit`` rows of ``data_config``."""
     import torch
 
-    from honed.data.batches import token_samples
-    from honed.passes._onnx_common import calibration_texts
+    from honed.data.batches import calibration_texts, token_samples
 
     pre = data_config.pre_process_data_config
     limit = min(limit, pre.max_samples or limit)
     given = token_samples(data_config, limit, tokenizer)
     if given is None:
-        texts = calibration_texts(data_config, limit)
+        texts = calibration_texts(data_config, limit, tokenizer)
         given = [tokenizer(*(t if isinstance(t, tuple) else (t,)), truncation=True,
                            max_length=pre.max_seq_len)["input_ids"] for t in texts]
     samples = [torch.tensor([ids[: pre.max_seq_len]], dtype=torch.long) for ids in given if len(ids)]

@@ -335,9 +335,8 @@ def _data_token_rows(handle: ModelHandle, folder: Path, config: OrtSessionParams
     shortest, as the evaluator cuts prompts."""
     import numpy as np
 
-    from honed.data.batches import timing_batch, timing_batch_size
+    from honed.data.batches import calibration_texts, timing_batch, timing_batch_size
     from honed.models.loaders import load_tokenizer_dir, trusts_remote_code
-    from honed.passes._onnx_common import calibration_texts
 
     name = config.data_config
     if name not in ctx.data_configs:
@@ -349,7 +348,7 @@ def _data_token_rows(handle: ModelHandle, folder: Path, config: OrtSessionParams
     if batch is not None:
         return np.array(batch, dtype=np.int64)
     size = timing_batch_size(dc, config.batch_size)
-    texts = calibration_texts(dc, size)
+    texts = calibration_texts(dc, size, tok, ctx.cache_dir)
     if not texts:
         raise UserError(f"{key}.data_config: data config '{name}' has no rows to time the model on")
     texts = (texts * size)[:size]  # fewer rows than the batch: repeat them
