@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from honed.data.formatting import common_prefix_len
 from honed.errors import UserError
 from honed.models.handle import ModelHandle
 from honed.models.onnx_runtime import OnnxSession, load_genai, model_kind
@@ -85,15 +86,6 @@ def _token_scores(logits: np.ndarray, ids: list[int], start: int) -> list[tuple[
     rows = logits[start - 1:len(ids) - 1]
     logp = log_softmax(rows)
     return [(float(logp[j, ids[start + j]]), int(rows[j].argmax()) == ids[start + j]) for j in range(len(rows))]
-
-
-def _common_prefix_len(a: Sequence[Any], b: Sequence[Any]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
@@ -535,7 +527,7 @@ class GenaiRuntime(Runtime):
         if len(ids) - 1 > self.context_length:  # the last token is scored, never fed
             raise UserError(f"a row of {len(ids)} tokens exceeds the model's context length {self.context_length}")
         prefix = ids[:start]
-        keep = _common_prefix_len(self._cur, prefix)
+        keep = common_prefix_len(self._cur, prefix)
         if self._gen is None or keep < len(prefix) or keep < len(self._cur):
             keep = min(keep, len(prefix) - 1)  # re-append at least one token so get_logits is fresh
             if self._gen is None or keep <= 0:
