@@ -13,7 +13,6 @@ function computing it (``honed.evaluate.metrics`` holds the registry).
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import time
 from collections.abc import Callable
@@ -50,6 +49,7 @@ from honed.util.accelerator import Accelerator
 from honed.util.fs import atomic_write_text
 from honed.util.hashing import cache_key, code_fingerprint, environment, library_versions
 from honed.util.monitor import PeakMemory
+from honed.util.user_script import user_function
 
 if TYPE_CHECKING:  # the schema validates against the registry defined here: annotations only
     from honed.evaluate.config import EvaluatorConfig, MetricConfig
@@ -349,15 +349,8 @@ def _size(s: _Session, metric: MetricConfig) -> Results:
 def _custom(s: _Session, metric: MetricConfig) -> Results:
     uc = metric.user_config
     assert uc.user_script and uc.evaluate_func  # the config validator requires both
-    path = Path(uc.user_script)
-    spec = importlib.util.spec_from_file_location(f"honed_metric_{path.stem}", path)
-    if spec is None or spec.loader is None:
-        raise UserError(f"metric '{metric.name}': user_script {path} cannot be imported; it must be a .py file")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    func = getattr(module, uc.evaluate_func, None)
-    if not callable(func):
-        raise UserError(f"metric '{metric.name}': {path} defines no function '{uc.evaluate_func}'")
+    # The one user-script loader: imported once per content, errors name the file and the key.
+    func = user_function(uc.user_script, uc.evaluate_func, f"metric '{metric.name}': user_config.evaluate_func")
     rows = s.data(metric)[1].to_list() if metric.data_config else None
     value = func(s.handle, rows, **(uc.evaluate_func_kwargs or {}))
     if isinstance(value, int | float):
