@@ -174,9 +174,17 @@ def test_footprint_contents_name_the_quantization(tiny_llama: Path, tmp_path: Pa
     assert contents["weight_bytes"]["int4"] > 0
 
 
+def test_desc_act_is_a_config_error() -> None:
+    """Refused when the config is validated, so a dry run reports it."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="desc_act true is not supported"):
+        GptqConfig(data_config="d", desc_act=True)
+
+
 @pytest.mark.parametrize(("options", "says"), [
-    ({"group_size": 128}, "does not divide"),
-    ({"group_size": 32, "desc_act": True}, "desc_act"),
+    ({"group_size": 128}, "does not divide the model's hidden_size 64, intermediate_size 128; set group_size "
+                          "to 16 or 32 or 64"),
     ({"group_size": 32, "data_config": "missing"}, "'missing' is not defined"),
 ])
 def test_bad_options_are_one_line_errors(tiny_llama: Path, tmp_path: Path, options: dict, says: str) -> None:
@@ -219,3 +227,12 @@ def test_block_size_changes_speed_not_the_result() -> None:
     one = gptq_linear(w, h, GptqConfig(data_config="d", group_size=32, block_size=128))
     four = gptq_linear(w, h, GptqConfig(data_config="d", group_size=32, block_size=32))
     assert (one.codes == four.codes).float().mean() > 0.99
+
+
+def test_fewer_rows_than_asked_is_said(tiny_llama: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="honed"):
+        out = _gptq(tiny_llama, tmp_path, group_size=32, num_samples=64)
+    assert "gave 16 calibration rows, fewer than the 64 asked for" in caplog.text
+    assert json.loads((Path(out.path) / "config.json").read_text())["quantization_config"]["bits"] == 4

@@ -94,7 +94,7 @@ _SAFETENSORS_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF1
 
 def _hf_contents(folder: Path) -> dict[str, Any]:
     """A local Hugging Face folder's weight bytes per precision, read from the safetensors headers; the codes
-    of an Olive-format quantized checkpoint count as ``int<bits>`` and its ``quantization`` is named."""
+    of an Olive-format quantized checkpoint count as ``int<bits>`` (their packed zero points as uint8, as in ONNX) and its ``quantization`` is named."""
     import math
     import struct
 
@@ -112,9 +112,9 @@ def _hf_contents(folder: Path) -> dict[str, Any]:
                     continue
                 size = math.prod(info["shape"]) * _SAFETENSORS_BYTES.get(info["dtype"], 1)
                 kind = _SAFETENSORS_NAMES.get(info["dtype"], info["dtype"].lower())
-                if qc is not None and name.endswith((".qweight", ".qzeros")):
+                if qc is not None and name.endswith(".qweight"):  # zero points stay uint8, as ONNX stores them
                     kind = f"int{layer_bits(qc, name.rsplit('.', 1)[0])[0]}"
-                    quantized += name.endswith(".qweight")
+                    quantized += 1
                 weights[kind] = weights.get(kind, 0) + size
     except (OSError, ValueError, KeyError, struct.error):
         return {}

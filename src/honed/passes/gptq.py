@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, StrictBool
+from pydantic import Field, StrictBool, field_validator
 
 from honed.errors import UserError
 from honed.models.handle import ModelHandle
@@ -51,6 +51,14 @@ class GptqConfig(PassConfig):
         None, description="Act-order (columns in decreasing Hessian diagonal). Not supported with groups: only "
         "None or false (Olive, too, allows it only with group_size -1, which MatMulNBits cannot hold)."
     )
+
+    @field_validator("desc_act")
+    @classmethod
+    def _no_act_order(cls, v: bool | None) -> bool | None:
+        if v:
+            raise ValueError("desc_act true is not supported with groups (MatMulNBits has no column permutation); "
+                             "remove it")
+        return v
     true_sequential: StrictBool = Field(
         False, description="Quantize the linears of a decoder layer in groups, in the order the layer runs them "
         "(q/k/v, then o, then gate/up, then down), each group calibrated on inputs that the earlier groups' "
@@ -242,6 +250,7 @@ def gptq_model(model: Any, samples: list[Any], cfg: GptqConfig, progress: Any = 
             inputs = [((_layer_output(layer(*args, **kwargs)), *args[1:]), kwargs) for args, kwargs in inputs]
             if progress is not None:
                 progress.advance(1)
+            log.info("Gptq: decoder layer %d/%d quantized", idx + 1, len(layers))
         if cfg.lm_head:
             head = model.get_output_embeddings()
             norm = _final_norm(model, prefix)
@@ -276,7 +285,30 @@ def calibration_samples(data_config: Any, tokenizer: Any, limit: int) -> list[An
     samples = [torch.tensor([ids[: pre.max_seq_len]], dtype=torch.long) for ids in given if len(ids)]
     if not samples:
         raise UserError(f"Gptq: data config '{data_config.name}' gave no calibration rows; point it at rows of text")
+    if len(samples) < limit:
+        log.warning("Gptq: data config '%s' gave %d calibration rows, fewer than the %d asked for; GPTQ calibrates "
+                    "on those", data_config.name, len(samples), limit)
     return samples
+
+
+GROUP_SIZES = (16, 32, 64, 128, 256)
+
+
+def _check_group_size(model: ModelHandle, group_size: int, pass_name: str) -> None:
+    """UserError, before the model loads, when ``group_size`` does not divide the linears' input sizes (hidden
+    and intermediate size in config.json); the message lists the group sizes that do."""
+    from transformers import AutoConfig
+
+    from honed.models.loaders import trusts_remote_code
+
+    cfg = AutoConfig.from_pretrained(model.path, trust_remote_code=trusts_remote_code(model))
+    sizes = {k: getattr(cfg, k) for k in ("hidden_size", "intermediate_size") if isinstance(getattr(cfg, k, None), int)}
+    if all(n % group_size == 0 for n in sizes.values()):
+        return
+    fits = [g for g in GROUP_SIZES if all(n % g == 0 for n in sizes.values())]
+    shown = ", ".join(f"{k} {v}" for k, v in sizes.items())
+    raise UserError(f"{pass_name}: group_size {group_size} does not divide the model's {shown}; set group_size to "
+                    f"{' or '.join(map(str, fits)) or 'another value'}")
 
 
 class Gptq(Pass):
@@ -291,18 +323,12 @@ class Gptq(Pass):
     def run(self, model: ModelHandle, config: GptqConfig, output_dir: Path, ctx: PassContext) -> ModelHandle:
         from safetensors.torch import save_file
 
-        if config.desc_act:
-            raise UserError(f"{ctx.pass_name}: desc_act true is not supported with groups (MatMulNBits has no "
-                            "column permutation); remove it")
         if config.data_config not in ctx.data_configs:
             raise UserError(f"{ctx.pass_name}: data_config '{config.data_config}' is not defined; define it under "
                             f"data_configs (defined: {', '.join(ctx.data_configs) or 'none'})")
+        _check_group_size(model, config.group_size, ctx.pass_name)
         tok = load_tokenizer(model)
         net = load_model(model, dtype="float32")
-        hidden = net.config.hidden_size if hasattr(net.config, "hidden_size") else None
-        if hidden is not None and hidden % config.group_size:
-            raise UserError(f"{ctx.pass_name}: group_size {config.group_size} does not divide the hidden size "
-                            f"{hidden}; pick a divisor")
         samples = calibration_samples(ctx.data_configs[config.data_config], tok, config.num_samples)
         bar = ctx.task("GPTQ layers", len(decoder_layers(net)[1]))
         try:
