@@ -15,6 +15,7 @@ from honed.cli.shortcuts import (
 )
 from honed.data.config import PreProcessDataConfig
 from honed.errors import UserError
+from honed.passes.gptq import GptqConfig as Gptq
 from honed.passes.onnx_blockwise_rtn_quantization import OnnxBlockWiseRtnQuantizationConfig as Rtn
 from honed.passes.onnx_conversion import OnnxConversionConfig
 from honed.passes.onnx_dynamic_quantization import OnnxDynamicQuantizationConfig as Dynamic
@@ -32,6 +33,8 @@ PASS_FLAGS = [
     FieldFlag("--calibration-sampling-size", Static, "calibration_sampling_size", "pass_options"),
     FieldFlag("--calibrate-method", Static, "calibrate_method", "pass_options"),
     FieldFlag("--quant-format", Static, "quant_format", "pass_options"),
+    FieldFlag("--group-size", Gptq, "group_size", "pass_options"),
+    FieldFlag("--num-samples", Gptq, "num_samples", "pass_options"),
 ]
 CONVERSION_FLAGS = [
     FieldFlag("--target-opset", OnnxConversionConfig, "target_opset", "conversion_options"),
@@ -47,9 +50,12 @@ EPILOG = """examples:
   honed quantize -m HuggingFaceTB/SmolLM2-135M-Instruct --algorithm rtn --precision int4 -o models/smol-rtn4
   honed quantize -m models/bert-onnx --algorithm static --precision int8 --data calib.jsonl \\
       --text-template '{text}' -o models/bert-static
+  honed quantize -m HuggingFaceTB/SmolLM2-135M-Instruct --algorithm gptq --precision int4 --group-size 64 \\
+      --data calib.jsonl --text-template '{text}' -o models/smol-gptq4
 
 algorithm/precision pairs: rtn int4|int8 (OnnxBlockWiseRtnQuantization), hqq int4 (OnnxHqqQuantization),
-dynamic int8 (OnnxDynamicQuantization), static int8 (OnnxStaticQuantization, calibrated on --data).
+dynamic int8 (OnnxDynamicQuantization), static int8 (OnnxStaticQuantization, calibrated on --data),
+gptq int4|int8 (Gptq on the Hugging Face model, calibrated on --data, then ModelBuilder: a genai folder).
 """
 
 
@@ -62,9 +68,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_common(p)
     p.add_argument("--algorithm", choices=sorted({a for a, _ in QUANTIZERS}), default="rtn",
                    help="rtn (round to nearest, blockwise), hqq (half-quadratic, blockwise), dynamic "
-                   "(int8 weights, activations at run time) or static (calibrated int8) (default: rtn).")
+                   "(int8 weights, activations at run time), static (calibrated int8) or gptq (calibrated int4/int8 "
+                   "weights of a Hugging Face LM, built with ModelBuilder) (default: rtn).")
     p.add_argument("--precision", choices=["int4", "int8"], default="int4", help="Bits per weight (default: int4).")
-    p.add_argument("-d", "--data", help="Calibration rows for --algorithm static: a local json/jsonl/csv/parquet file.")
+    p.add_argument("-d", "--data", help="Calibration rows for --algorithm static or gptq: a local "
+                   "json/jsonl/csv/parquet file.")
     add_field_flags(p.add_argument_group("quantizer (pass fields)"), PASS_FLAGS)
     add_field_flags(p.add_argument_group("conversion of an HF model (OnnxConversion fields)"), CONVERSION_FLAGS)
     add_field_flags(p.add_argument_group("calibration data (data config fields)"), DATA_FLAGS)

@@ -17,7 +17,7 @@ from honed.workflows.inputs import CAUSAL_LM, input_model, is_onnx
 
 FineTuneMethod = Literal["lora", "qlora", "dora"]
 Precision = Literal["int4", "int8", "fp16", "fp32"]
-Algorithm = Literal["rtn", "hqq", "dynamic", "static"]
+Algorithm = Literal["rtn", "hqq", "dynamic", "static", "gptq"]
 Device = Literal["cpu", "gpu"]
 
 FINETUNE_PASSES = {"lora": "LoRA", "qlora": "QLoRA", "dora": "DoRA"}
@@ -152,8 +152,13 @@ QUANTIZERS: dict[tuple[str, str], dict[str, Any]] = {
     ("hqq", "int4"): {"type": "OnnxHqqQuantization"},
     ("dynamic", "int8"): {"type": "OnnxDynamicQuantization"},
     ("static", "int8"): {"type": "OnnxStaticQuantization", "data_config": "calibration"},
+    ("gptq", "int4"): {"type": "Gptq", "bits": 4, "data_config": "calibration"},
+    ("gptq", "int8"): {"type": "Gptq", "bits": 8, "data_config": "calibration"},
 }
-"""(algorithm, precision) -> the pass that does it."""
+"""(algorithm, precision) -> the pass that does it. GPTQ works on the Hugging Face model and ModelBuilder then
+builds the onnxruntime-genai folder from its codes; the others quantize an ONNX model."""
+CALIBRATED = ("static", "gptq")
+"""Algorithms that read calibration rows (--data)."""
 
 
 def quantize(
@@ -162,27 +167,38 @@ def quantize(
     data: str | None = None, data_options: dict[str, Any] | None = None, adapter_path: str | None = None,
     task: str | None = None, cache_dir: str | Path | None = None, load_kwargs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Quantize an ONNX model, or a Hugging Face model converted to ONNX first (OnnxConversion).
+    """Quantize an ONNX model, or a Hugging Face model converted to ONNX first (OnnxConversion); with ``gptq``,
+    quantize a Hugging Face causal LM with GPTQ and build an onnxruntime-genai folder from it (ModelBuilder).
 
-    ``static`` calibrates activation ranges on ``data`` (a local file, formatted by
-    ``data_options['text_template']``).
+    ``static`` and ``gptq`` calibrate on ``data`` (a local file, formatted by ``data_options['text_template']``).
+    Raises UserError for a pair that does not exist, a calibrated algorithm without data, or gptq on ONNX.
     """
     quantizer = QUANTIZERS.get((algorithm, precision))
     if quantizer is None:
         have = ", ".join(f"{a} {p}" for a, p in QUANTIZERS)
         raise UserError(f"--algorithm {algorithm} --precision {precision} is not supported; choose one of: {have}")
-    if algorithm == "static" and not data:
-        raise UserError("--algorithm static calibrates on data: give --data FILE and --text-template")
-    if data and algorithm != "static":
-        raise UserError(f"--data is used only by --algorithm static; {algorithm} needs no calibration data")
+    if algorithm in CALIBRATED and not data:
+        raise UserError(f"--algorithm {algorithm} calibrates on data: give --data FILE (and --text-template)")
+    if data and algorithm not in CALIBRATED:
+        raise UserError(f"--data is used only by --algorithm static or gptq; {algorithm} needs no calibration data")
     section = input_model(model, adapter_path=adapter_path, task=task, load_kwargs=load_kwargs)
     passes: dict[str, Any] = {}
+    calibration = [data_config("calibration", data, data_options=data_options)] if data else None
+    if algorithm == "gptq":
+        if section.get("type") == "OnnxModel":
+            raise UserError(f"-m {model} is an ONNX model; --algorithm gptq quantizes the Hugging Face model "
+                            "(give that), or use rtn/hqq on ONNX")
+        if conversion_options:
+            raise UserError("--algorithm gptq builds with ModelBuilder, not OnnxConversion: drop "
+                            f"{', '.join(conversion_options)}")
+        passes["quantization"] = {**quantizer, **(pass_options or {})}
+        passes["builder"] = {"type": "ModelBuilder", "precision": precision}
+        return _workflow(section, passes, output_dir, cache_dir, data_configs=calibration)
     if section.get("type") != "OnnxModel":
         passes["conversion"] = {"type": "OnnxConversion", **(conversion_options or {})}
     elif conversion_options:
         raise UserError(f"-m {model} is already ONNX; conversion options ({', '.join(conversion_options)}) do not apply")
     passes["quantization"] = {**quantizer, **(pass_options or {})}
-    calibration = [data_config("calibration", data, data_options=data_options)] if data else None
     return _workflow(section, passes, output_dir, cache_dir, data_configs=calibration)
 
 
