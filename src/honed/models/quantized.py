@@ -49,14 +49,32 @@ def unpack_codes(packed: Any, bits: int, cols: int) -> Any:
     return torch.stack(parts, dim=-1).reshape(packed.shape[0], -1)[:, :cols]
 
 
-def dequantize(qweight: Any, scales: Any, qzeros: Any, bits: int, group_size: int) -> Any:
-    """Float weight (out, in) of one quantized linear: ``(code - zero) * scale`` per group of ``group_size``
-    input features. Shapes as in the module docstring; the result has the scales' dtype."""
+def dequantize_codes(codes: Any, scales: Any, zeros: Any, group_size: int) -> Any:
+    """Float weight (out, in) from unpacked integer ``codes`` (out, in) and per-group ``scales``/``zeros``
+    (out, in / group_size): ``(code - zero) * scale``; the result has the scales' dtype."""
     groups = scales.shape[1]
-    codes = unpack_codes(qweight, bits, groups * group_size)
-    zeros = unpack_codes(qzeros, bits, groups)
     w = (codes.reshape(codes.shape[0], groups, group_size) - zeros.unsqueeze(-1)).to(scales.dtype)
     return (w * scales.unsqueeze(-1)).reshape(codes.shape[0], -1)
+
+
+def dequantize(qweight: Any, scales: Any, qzeros: Any, bits: int, group_size: int) -> Any:
+    """Float weight (out, in) of one quantized linear as stored (packed codes and zero points; shapes as in the
+    module docstring): ``dequantize_codes`` after unpacking."""
+    groups = scales.shape[1]
+    return dequantize_codes(unpack_codes(qweight, bits, groups * group_size), scales,
+                            unpack_codes(qzeros, bits, groups), group_size)
+
+
+def has_fused_projections(folder: str | Path) -> bool:
+    """Whether the checkpoint in ``folder`` holds a quantized fused projection (see ``split_fused``); reads only
+    the safetensors headers."""
+    from safetensors import safe_open
+
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as st:
+            if any(k.endswith(fused + ".qweight") for k in st.keys() for fused in _FUSED):  # noqa: SIM118
+                return True
+    return False
 
 
 def quantization_config(folder: str | Path) -> dict[str, Any] | None:

@@ -30,7 +30,7 @@ from pydantic import Field, StrictBool, field_validator
 from honed.errors import UserError
 from honed.models.handle import ModelHandle
 from honed.models.loaders import load_model, load_tokenizer, trust_kwargs
-from honed.models.quantized import QUANT_METHOD, pack_codes
+from honed.models.quantized import QUANT_METHOD, dequantize_codes, pack_codes
 from honed.passes.base import Pass, PassConfig, PassContext, register_pass
 
 log = logging.getLogger("honed")
@@ -146,9 +146,8 @@ def gptq_linear(weight: Any, hessian: Any, cfg: GptqConfig) -> QuantizedLinear:
 
 
 def dequantized(q: QuantizedLinear, group_size: int) -> Any:
-    """The float weight (out, in) that ``q`` stands for."""
-    w = q.codes.float().reshape(q.codes.shape[0], -1, group_size) - q.zeros.float()[:, :, None]
-    return (w * q.scales[:, :, None]).reshape(q.codes.shape[0], -1)
+    """The float weight (out, in) that ``q`` stands for (the checkpoint format's own formula)."""
+    return dequantize_codes(q.codes.float(), q.scales, q.zeros.float(), group_size)
 
 
 def decoder_layers(model: Any) -> tuple[str, Any]:

@@ -212,7 +212,7 @@ def _staged_source(src: Path, work: Path) -> Path:
     - An Olive-format quantized checkpoint (e.g. from Gptq) with fused projections gets them split
       (``honed.models.quantized.split_fused``: the builder mis-splits their zero points).
     """
-    from honed.models.quantized import quantization_config, split_fused
+    from honed.models.quantized import has_fused_projections, quantization_config, split_fused
 
     cfg = json.loads((src / "config.json").read_text())
     rope = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}
@@ -222,7 +222,7 @@ def _staged_source(src: Path, work: Path) -> Path:
         and "long_factor" not in rope
     )
     split = None
-    if quantization_config(src) is not None:
+    if quantization_config(src) is not None and has_fused_projections(src):  # read the weights only then
         from safetensors.torch import load_file
 
         tensors: dict[str, Any] = {}
