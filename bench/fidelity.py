@@ -24,6 +24,8 @@ from pathlib import Path
 
 import benchlib
 
+from honed.engine.cache import MARKER
+
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = benchlib.SMOLLM2_PKG
 PROMPT = "### Text: {phrase}\n### The tone is:\n"
@@ -112,7 +114,10 @@ def main() -> None:
             args.model = str(benchlib.tiny_causal_lm(tmp / "tiny-llama", "llama"))
         if args.data == benchlib.DEFAULT_DATA:
             args.data = benchlib.smoke_rows(tmp, 40)
-    shutil.rmtree(args.work / "cache", ignore_errors=True)  # build times are measured, never read from a cache
+    cache = args.work / "cache"  # build times are measured, never read from a cache: start it empty
+    if cache.exists() and not (cache / MARKER).is_file():
+        raise SystemExit(f"{cache} exists and is not a honed cache; give another --work folder")
+    shutil.rmtree(cache, ignore_errors=True)  # a honed cache this bench made: nothing else is deleted
     rows = [json.loads(line) for line in args.data.read_text(encoding="utf-8").splitlines() if line.strip()]
     prompts = [PROMPT.format(phrase=r["phrase"]) for r in rows[-args.rows:]]
     results = {}
