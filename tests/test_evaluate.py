@@ -342,13 +342,22 @@ def test_every_accepted_olive_sub_type_is_computed(tiny_llama: Path, data: DataC
     assert r["size-bytes"] == pytest.approx(size) and r["size-mb"] == pytest.approx(size / 2**20)
 
 
-def test_auroc_of_a_classifier(tiny_bert: Path, data: DataConfig) -> None:
+def test_auroc_of_a_classifier(tiny_bert: Path, data: DataConfig, tmp_path: Path) -> None:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from honed.evaluate.metrics import auroc
 
     tok = AutoTokenizer.from_pretrained(tiny_bert)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_bert).eval()
+    # A random tiny BERT scores every row within 1e-5 of the others, so float noise between CPUs
+    # (batched vs one row, AVX-512 or not) reorders rows and moves AUROC (CI saw 0.331 vs 0.356).
+    # Scaled pooler and head spread the rows' scores apart by >0.5% relative: the ranking is stable.
+    with torch.no_grad():
+        model.bert.pooler.dense.weight.mul_(30)
+        model.classifier.weight.mul_(300)
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    tok.save_pretrained(tmp_path)
+    tiny_bert = tmp_path
     texts = [f"### Text: {p}\n### The tone is:\n" for p, _ in ROWS]
     with torch.no_grad():
         probs = torch.softmax(model(**tok(texts, return_tensors="pt", padding=True)).logits, -1).tolist()
