@@ -111,13 +111,16 @@ def test_python_environment_system_reads_versions_in_its_interpreter(tmp_path: P
     another torch gives another key (a torch upgraded there reruns the passes)."""
     import sys
 
-    from honed.systems.python_env import PythonEnvironmentSystem
+    from honed.systems.python_env import PythonEnvironmentConfig, PythonEnvironmentSystem
 
     fake = tmp_path / "python"
     fake.write_text(f"#!/bin/sh\n{sys.executable} \"$@\" | sed 's/\"torch\": \"[^\"]*\"/\"torch\": \"9.9\"/'\n")
     fake.chmod(0o755)
-    here = PythonEnvironmentSystem(Accelerator(), python=Path(sys.executable)).library_versions(("torch",))
-    there = PythonEnvironmentSystem(Accelerator(), python=fake).library_versions(("torch",))
+    def system(python: str) -> PythonEnvironmentSystem:
+        return PythonEnvironmentSystem(PythonEnvironmentConfig(python_environment_path=python), Accelerator(),
+                                       cache_root=tmp_path)
+
+    here, there = system(sys.executable).environment(("torch",)), system(str(fake)).environment(("torch",))
     assert there["torch"] == "9.9" and here["torch"] != "9.9"
     assert _pass_key(tmp_path, libraries=there) != _pass_key(tmp_path, libraries=here)
 

@@ -161,8 +161,18 @@ def test_azureml_message_recommends_only_systems_honed_has(tmp_path: Path, tiny_
         assert validate(_wf(tiny_phi3, systems={"s": {"type": kind, **extra}})).config.systems["s"].type == kind
 
 
+def test_the_azureml_message_example_is_a_working_ray_system(tiny_phi3: Path) -> None:
+    """The refusal shows a Ray system as JSON: that text, pasted into a workflow, validates as written."""
+    instead = UNSUPPORTED_SYSTEMS["AzureML"][1]
+    example = json.loads(instead[instead.index("{"):instead.index("}}}") + 3])
+    (name, system), = example.items()
+    wf = validate({**_wf(tiny_phi3, systems=example), "engine": {"host": name}})
+    assert wf.config.systems[name].type == "Ray" and wf.config.systems[name].resources.num_gpus == system[
+        "resources"]["num_gpus"]
+
+
 def test_a_system_type_honed_lacks_lists_the_ones_it_has(tmp_path: Path, tiny_phi3: Path, capsys) -> None:
-    assert _run(tmp_path, _wf(tiny_phi3, systems={"r": {"type": "Ray"}}), "--dry-run") == 2
+    assert _run(tmp_path, _wf(tiny_phi3, systems={"r": {"type": "Kubernetes"}}), "--dry-run") == 2
     line = _one_error_line(capsys)
     assert "systems.r.type" in line and all(t in line for t in SYSTEM_TYPES)
 

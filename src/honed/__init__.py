@@ -18,23 +18,26 @@ if TYPE_CHECKING:
 
 def run(config: str | Path | dict[str, Any] | Workflow, *, output_dir: str | Path | None = None,
         cache_dir: str | Path | None = None, dry_run: bool = False, display: Any = None,
-        write_output: bool = True) -> RunResult:
+        write_output: bool = True, ray_address: str | None = None) -> RunResult:
     """Run a workflow (a file path, a dict in any supported schema, or a validated ``Workflow``): the one entry
     point; ``honed run`` and the one-line commands call it.
 
     A workflow with searched parameters runs one trial per point (``honed.search.runner``), Olive's
     ``pass_flows`` one branch per flow, anything else its passes once (``honed.engine.run_workflow``).
     ``output_dir``/``cache_dir`` override the workflow's engine settings; ``dry_run`` only plans;
-    ``write_output`` False leaves the output folder alone. Raises ConfigError for an invalid config and
+    ``write_output`` False leaves the output folder alone; ``ray_address`` runs the passes on that Ray cluster
+    (``honed.config.load.on_ray``). Raises ConfigError for an invalid config and
     UserError for what the user can fix.
     """
-    from honed.config.load import Workflow, load_workflow, validate
+    from honed.config.load import Workflow, load_workflow, on_ray, validate
     from honed.engine.runner import run_flows, run_workflow
 
     if isinstance(config, Workflow):
         wf = config
     else:
         wf = validate(config) if isinstance(config, dict) else load_workflow(config)
+    if ray_address:
+        wf = on_ray(wf, ray_address)
     options = {"output_dir": output_dir, "cache_dir": cache_dir, "dry_run": dry_run, "display": display,
                "write_output": write_output}
     if wf.flows:

@@ -30,6 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output-dir", help="Overrides engine.output_dir.")
     p.add_argument("--cache-dir", help="Overrides engine.cache_dir.")
     p.add_argument("--dry-run", action="store_true", help="Validate and print the resolved plan; run nothing.")
+    p.add_argument("--ray-address", metavar="ADDRESS",
+                   help="Run every pass as a Ray task on this cluster ('auto', 'host:port', 'ray://host:10001' or "
+                   "'local'), without editing the file; the cache must be storage every node reaches.")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                    help="How much to log; 'debug' also shows tracebacks.")
     p.set_defaults(func=_run)
@@ -68,7 +71,8 @@ def print_summary(result: RunResult) -> None:
 def _run(args: argparse.Namespace) -> int:
     wf = load_workflow(args.config)
     display = RunDisplay(quiet=args.dry_run)
-    result = run(wf, output_dir=args.output_dir, cache_dir=args.cache_dir, dry_run=args.dry_run, display=display)
+    result = run(wf, output_dir=args.output_dir, cache_dir=args.cache_dir, dry_run=args.dry_run, display=display,
+                 ray_address=args.ray_address)
     if args.dry_run:
         print_plan(result)
     else:

@@ -12,6 +12,7 @@ import json
 import logging
 import types
 import typing
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,11 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from honed.config.olive import translate
-from honed.config.schema import WorkflowConfig
+from honed.config.schema import SYSTEM_TYPES, WorkflowConfig
 from honed.data.config import DataConfig, data_config_refs
 from honed.errors import ConfigError, ConfigProblem, UserError
 from honed.passes.base import Pass, PassConfig, all_passes, get_pass
+from honed.systems.base import get_system
 
 log = logging.getLogger("honed")
 
@@ -52,6 +54,8 @@ class Workflow:
     flows: list[tuple[str, Workflow]] = field(default_factory=list)
     """With ``pass_flows``: one workflow per flow (its passes in flow order), named by its pass names joined
     with '-'; the engine runs each as its own branch into ``output_dir/<name>/``."""
+    host_label: str | None = None
+    """Where the host system came from when not from the file (``--ray-address``), for messages."""
 
     @property
     def config_dir(self) -> Path | None:
@@ -235,6 +239,13 @@ def _key(loc: tuple[Any, ...]) -> str:
     return out
 
 
+def _system_tag(loc: tuple[Any, ...]) -> str | None:
+    """The system type pydantic puts in an error location under ``systems.<name>`` (the union's tag)."""
+    if len(loc) > 2 and loc[0] == "systems" and loc[2] in SYSTEM_TYPES:
+        return str(loc[2])
+    return None
+
+
 def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
     # Union members show up in the location as their type names ("int", "list[str]"); drop them.
     return tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p in {"str", "int", "float", "bool", "none"})))
@@ -263,12 +274,20 @@ def problems_from(err: ValidationError, model: type[BaseModel], prefix: str = ""
     seen: set[str] = set()
     out = []
     for e in err.errors():
-        loc = _clean_loc(tuple(e["loc"]))
+        raw_loc = tuple(e["loc"])
+        system = _system_tag(raw_loc) if not prefix else None
+        loc = _clean_loc(tuple(p for i, p in enumerate(raw_loc) if not (system and i == 2)))
         key = ".".join(p for p in (prefix, _key(loc)) if p)
         kind = e["type"]
+        if kind == "system_type":
+            given = e.get("input", {}).get("type") if isinstance(e.get("input"), dict) else None
+            out.append(ConfigProblem(f"{key}.type", f"unknown system type{f' {given!r}' if given else ''}",
+                                     f"use one of {', '.join(SYSTEM_TYPES)} (see `honed systems`)"))
+            continue
         if kind == "extra_forbidden":
             name = str(loc[-1])
-            known = _fields_at(model, loc[:-1])
+            system_cls = get_system(system) if system else None
+            known = list(system_cls.config_class.model_fields) if system_cls else _fields_at(model, loc[:-1])
             close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
             fix = f"did you mean '{close[0]}'?" if close else ("known keys: " + ", ".join(known) if known else "remove it")
             problem = ConfigProblem(key, "unknown key", fix)
@@ -417,3 +436,20 @@ def honed_dict(wf: Workflow) -> dict[str, Any]:
     out["passes"] = {s.name: {"type": s.pass_cls.name, **s.config.model_dump(mode="json")} for s in wf.steps}
     order = ["input_model", "systems", "data_configs", "evaluators", "passes", "engine", "search_strategy"]
     return {k: out[k] for k in order if k in out}
+
+
+def on_ray(wf: Workflow, address: str) -> Workflow:
+    """``wf`` with its passes run by a Ray system at ``address`` (``honed run --ray-address``), unedited otherwise:
+    the Ray system keeps the host's accelerators, and the target stays what it was (the host's when unset)."""
+    from honed.systems.ray_system import RayConfig
+
+    cfg = wf.config.model_copy(deep=True)
+    host = cfg.systems.get(cfg.engine.host) if cfg.engine.host else None
+    name = "ray"
+    while name in cfg.systems:
+        name += "_"
+    cfg.systems[name] = RayConfig(address=address, **({"accelerators": host.accelerators} if host else {}))
+    cfg.engine.target = cfg.engine.target or cfg.engine.host
+    cfg.engine.host = name
+    flows = [(n, on_ray(f, address)) for n, f in wf.flows]
+    return dataclasses.replace(wf, config=cfg, flows=flows, host_label="--ray-address")

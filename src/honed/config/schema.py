@@ -7,15 +7,14 @@ pass's own config model (see ``honed.config.load``), so this file knows no pass.
 
 from __future__ import annotations
 
-import typing
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictBool, Tag, field_validator
 from typing_extensions import TypedDict
 
 from honed.data.config import SEED_MAX, DataConfig
 from honed.evaluate.config import EvaluatorConfig
-from honed.util.accelerator import Accelerator
+from honed.systems.base import all_systems
 from honed.util.paths import LocalPath
 
 
@@ -86,55 +85,21 @@ class InputModelConfig(_Strict):
     )
 
 
-SystemType = Literal["LocalSystem", "PythonEnvironment"]
-SYSTEM_TYPES: tuple[str, ...] = typing.get_args(SystemType)
-"""The system types honed has; messages recommend only these."""
+SYSTEM_TYPES: tuple[str, ...] = tuple(all_systems())
+"""The system types honed has (the registry in honed.systems); messages recommend only these."""
 
 
-class SystemConfig(_Strict):
-    """Where passes run (host) or what a model is built for (target)."""
+def _system_tag(v: Any) -> str | None:
+    kind = v.get("type", "LocalSystem") if isinstance(v, dict) else getattr(v, "type", None)
+    return kind if isinstance(kind, str) else None
 
-    type: SystemType = Field(
-        "LocalSystem", description="LocalSystem runs in this process; PythonEnvironment in another interpreter."
-    )
-    accelerators: list[Accelerator] = Field(
-        default_factory=lambda: [Accelerator()], description="Devices and their execution providers."
-    )
-    python_environment_path: LocalPath | None = Field(
-        None, description="PythonEnvironment only: the folder holding the interpreter (a venv's bin/)."
-    )
-    managed_env: StrictBool = Field(
-        False, description="PythonEnvironment only, instead of python_environment_path: honed builds a virtual "
-        "environment under <cache_dir>/envs/ from requirements_file (host packages stay importable; the "
-        "requirements' versions come first) and reuses it while the file is unchanged (Olive's olive_managed_env)."
-    )
-    requirements_file: LocalPath | None = Field(
-        None, description="With managed_env: a pip requirements file installed into the managed environment "
-        "(relative: the working directory, else beside the config). Its content is part of every pass's cache key."
-    )
 
-    @field_validator("managed_env")
-    @classmethod
-    def _managed_python_env(cls, v: bool, info: Any) -> bool:  # info: pydantic.ValidationInfo
-        if v and info.data.get("type") != "PythonEnvironment":
-            raise ValueError("only a PythonEnvironment system can be managed; set type: PythonEnvironment")
-        if v and info.data.get("python_environment_path"):
-            raise ValueError("managed_env and python_environment_path exclude each other; keep one")
-        return v
-
-    @field_validator("requirements_file")
-    @classmethod
-    def _requirements_need_managed(cls, v: str | None, info: Any) -> str | None:  # pydantic.ValidationInfo
-        if v is not None and info.data.get("managed_env") is False:  # absent: managed_env itself is wrong
-            raise ValueError("only read with managed_env: true; set it or remove requirements_file")
-        return v
-
-    @field_validator("accelerators")
-    @classmethod
-    def _at_least_one(cls, v: list[Accelerator]) -> list[Accelerator]:
-        if not v:
-            raise ValueError("needs at least one accelerator, e.g. [{'device': 'cpu'}]")
-        return v
+SystemConfig = Annotated[
+    Union[tuple(Annotated[c.config_class, Tag(n)] for n, c in all_systems().items())],  # noqa: UP007
+    Discriminator(_system_tag, custom_error_type="system_type",
+                  custom_error_message=f"unknown system type; use one of {', '.join(SYSTEM_TYPES)}"),
+]
+"""One system's config: the registered system config class its ``type`` names (LocalSystem when absent)."""
 
 
 class EngineConfig(_Strict):
@@ -176,6 +141,11 @@ class SearchStrategy(_Strict):
     seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed of the sampler (0 to 2**32-1).")
     output_model_num: int | None = Field(
         None, gt=0, description="Copy this many best models to output_dir/<rank>/ (default: every Pareto-optimal one)."
+    )
+    max_concurrent_trials: int = Field(
+        1, gt=0, description="Trials run at once (above 1: each in a worker of the host system, a spawned process "
+        "or a Ray task; a trial whose worker dies is retried once). Another `honed run` of the same search on the "
+        "same cache joins it and runs the trials not taken yet."
     )
 
 

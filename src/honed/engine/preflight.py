@@ -29,6 +29,7 @@ from honed.data.formatting import required_columns
 from honed.data.sources import LOADERS, data_files, is_hub, loader_name
 from honed.errors import ConfigError, ConfigProblem, DataError
 from honed.models.resolve import KIND_BY_TYPE, PKG_SCHEME
+from honed.systems.python_env import PythonEnvironmentConfig
 from honed.util.paths import is_url, resolve_local
 
 log = logging.getLogger("honed")
@@ -63,6 +64,8 @@ def _managed_envs(wf: Workflow) -> list[ConfigProblem]:
     """A managed PythonEnvironment whose requirements file is missing (it is read for the cache key)."""
     out = []
     for name, cfg in wf.config.systems.items():
+        if not isinstance(cfg, PythonEnvironmentConfig):
+            continue
         req = cfg.requirements_file
         found = resolve_local(req, wf.config_dir) if cfg.managed_env and req else None
         if req and cfg.managed_env and (found is None or not found.is_file()):

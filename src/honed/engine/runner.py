@@ -30,13 +30,12 @@ from honed.models.handle import ModelHandle
 from honed.models.loaders import carry_trust
 from honed.models.resolve import resolve_model
 from honed.passes.base import PassContext
-from honed.systems.local import LocalSystem, device_problem
-from honed.systems.python_env import ManagedEnv, PythonEnvironmentSystem, find_python
+from honed.systems.base import PassRequest, System, get_system
+from honed.systems.local import LocalSystem, LocalSystemConfig, device_problem
 from honed.util.accelerator import Accelerator
 from honed.util.fs import user_path
 from honed.util.hashing import hash_json, hash_path, use_memo
 from honed.util.monitor import PeakMemory
-from honed.util.paths import resolve_local
 from honed.util.version import __version__
 
 log = logging.getLogger("honed")
@@ -83,24 +82,24 @@ def _accelerators(wf: Workflow) -> tuple[Accelerator, Accelerator]:
     return host, target
 
 
-def _host_system(wf: Workflow, host: Accelerator, cache_root: Path,
-                 dry_run: bool) -> LocalSystem | PythonEnvironmentSystem:
-    cfg = wf.config.systems.get(wf.engine.host) if wf.engine.host else None
-    if cfg is not None and cfg.type == "PythonEnvironment" and cfg.managed_env:
-        label = f"systems.{wf.engine.host}"
-        req = resolve_local(cfg.requirements_file, wf.config_dir) if cfg.requirements_file else None
-        if cfg.requirements_file and req is None:
-            raise UserError(f"{label}.requirements_file: file not found: '{cfg.requirements_file}'; fix the path")
-        env = ManagedEnv(cache_root, req, label)  # built by the first pass that runs, never in a dry run
-        if dry_run and not env.exists:
-            log.info("%s: a run creates the managed Python environment %s", label, env.path)
-        return PythonEnvironmentSystem(host, env=env)
-    if cfg is not None and cfg.type == "PythonEnvironment":
-        if not cfg.python_environment_path:
-            raise UserError(f"systems.{wf.engine.host}.python_environment_path: required for a PythonEnvironment; "
-                            "give the venv folder")
-        return PythonEnvironmentSystem(host, find_python(cfg.python_environment_path))
-    return LocalSystem(host)
+def host_system(wf: Workflow, cache_root: Path, dry_run: bool = False) -> System:
+    """The system passes run on (``engine.host``; this machine's LocalSystem when unset), from the registry.
+
+    Raises UserError when the system cannot be set up (a missing interpreter, an unreachable cluster)."""
+    host, _ = _accelerators(wf)
+    name = wf.engine.host
+    cfg = wf.config.systems.get(name) if name else None
+    if cfg is None:
+        return LocalSystem(LocalSystemConfig(), host, cache_root=cache_root, config_dir=wf.config_dir,
+                           dry_run=dry_run)
+    cls = get_system(cfg.type)
+    if cls is None:  # validation admits only registered types
+        raise UserError(f"systems.{name}.type: unknown system type '{cfg.type}'")
+    missing = cls.missing_requirements()
+    if missing:
+        raise UserError(f"systems.{name}.type: {cls.name} needs {', '.join(missing)}; {cls.install or 'install it'}")
+    return cls(cfg, host, cache_root=cache_root, config_dir=wf.config_dir, label=wf.host_label or f"systems.{name}",
+               dry_run=dry_run)
 
 
 def _input_handle(wf: Workflow, cache_root: Path, dry_run: bool) -> ModelHandle:
@@ -161,14 +160,14 @@ def run_workflow(
         use_memo(cache_root)  # a dry run reads the cache's remembered hashes, and writes nothing else
     model = _input_handle(wf, cache_root, dry_run)
     input_model = model
-    system = _host_system(wf, host, cache_root, dry_run)
+    system = host_system(wf, cache_root, dry_run)
     result = RunResult(model=None, output_dir=out_dir, dry_run=dry_run)
     data_configs = wf.data_configs
     current_id = model.id
     stages: dict[str, ModelHandle] = {}
     for step in wf.steps:
         key = pass_key(current_id, step.pass_cls, step.config, data_configs, host, target, system.identity,
-                       system.library_versions(step.pass_cls.libraries))
+                       system.environment(step.pass_cls.libraries))
         config_json = step.config.model_dump(mode="json")
         if dry_run:
             cached = (cache_root / "entries" / key / "handle.json").exists()
@@ -319,7 +318,7 @@ def _input_summary(wf: Workflow) -> dict[str, Any]:
 
 
 def _run_step(
-    step: PassStep, model: ModelHandle, key: str, cache: Cache, system: LocalSystem | PythonEnvironmentSystem,
+    step: PassStep, model: ModelHandle, key: str, cache: Cache, system: System,
     host: Accelerator, target: Accelerator, data_configs: dict[str, DataConfig], display: RunDisplay,
     record: StepRecord,
 ) -> Entry:
@@ -335,7 +334,7 @@ def _run_step(
         out = tmp / "model"
         out.mkdir()
         try:
-            handle = system.run_pass(step.pass_cls, model, step.config, out, ctx)
+            answer = system.run_pass(PassRequest.build(step.pass_cls.name, model, step.config, out, ctx))
         except UserError:
             display.end_pass(f"[red]✗[/] {label}")
             raise
@@ -345,6 +344,12 @@ def _run_step(
         except Exception as e:  # a bug or a library failure inside the pass: report it as the pass's
             display.end_pass(f"[red]✗[/] {label}")
             raise PassFailed(step.name, e) from e
+        handle = ModelHandle.model_validate(answer.handle)
+        ctx.metrics.update(answer.metrics)
+        if system.identity != "local":  # where it ran: another interpreter, a cluster node; and any retry
+            ctx.metrics.update(python=answer.python, node=answer.node)
+        if answer.attempt > 1:
+            ctx.metrics["attempts"] = answer.attempt
         wall = time.perf_counter() - start
         record.cached, record.wall_s, record.peak_rss_mb = False, round(wall, 3), mem.peak_mb
         record.metrics = {**ctx.metrics, **step_contents(handle)}

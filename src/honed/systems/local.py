@@ -6,11 +6,11 @@ import ctypes
 import ctypes.util
 import functools
 import gc
-from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from honed.models.handle import ModelHandle
-from honed.passes.base import Pass, PassContext
+from pydantic import Field
+
+from honed.systems.base import PassRequest, PassResponse, System, SystemConfig, register_system
 from honed.util.accelerator import Accelerator
 from honed.util.hashing import library_versions
 
@@ -48,22 +48,29 @@ def release_memory() -> None:
         libc.malloc_trim(0)
 
 
-class LocalSystem:
+class LocalSystemConfig(SystemConfig):
+    """This machine, in the process that runs honed."""
+
+    type: Literal["LocalSystem"] = Field("LocalSystem", description="Runs each pass in this process.")
+
+
+class LocalSystem(System):
     """Runs each pass in-process. The simplest system and the default."""
 
+    name = "LocalSystem"
+    description = "this machine, in the honed process (cpu or a CUDA gpu)"
+    config_class = LocalSystemConfig
     identity = "local"
-    """Enters cache keys: outputs made by another interpreter are other outputs."""
 
-    def __init__(self, accelerator: Accelerator) -> None:
-        self.accelerator = accelerator
-
-    def library_versions(self, distributions: tuple[str, ...]) -> dict[str, str]:
+    def environment(self, distributions: tuple[str, ...]) -> dict[str, str]:
         """Python's and the distributions' versions in this interpreter (they enter the pass keys)."""
         return library_versions(distributions)
 
-    def run_pass(self, pass_cls: type[Pass], model: ModelHandle, config: Any, output_dir: Path,
-                 ctx: PassContext) -> ModelHandle:
+    def run_pass(self, request: PassRequest) -> PassResponse:
         try:
-            return pass_cls().run(model, config, output_dir, ctx)
+            return request.execute()
         finally:
             release_memory()
+
+
+register_system(LocalSystem)

@@ -22,14 +22,16 @@ import site
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from filelock import FileLock
+from pydantic import Field, StrictBool, field_validator
 
 from honed.errors import UserError
-from honed.models.handle import ModelHandle
-from honed.passes.base import Pass, PassContext
+from honed.systems.base import PassRequest, PassResponse, System, SystemConfig, register_system
+from honed.systems.worker import USER_ERROR_PREFIX
 from honed.util.accelerator import Accelerator
+from honed.util.paths import LocalPath, resolve_local
 
 
 def find_python(path: str) -> Path:
@@ -137,20 +139,72 @@ def _run(cmd: list[str], what: str) -> None:
     raise UserError(f"{what} failed: {last}; fix the requirements (or install them) and run again")
 
 
-class PythonEnvironmentSystem:
-    """Runs each pass in a subprocess of another interpreter (with ``env``: a managed one, built on
+class PythonEnvironmentConfig(SystemConfig):
+    """Another Python interpreter on this machine: a venv you give, or one honed builds (managed_env)."""
+
+    type: Literal["PythonEnvironment"] = Field(
+        "PythonEnvironment", description="Runs each pass in a subprocess of another interpreter."
+    )
+    python_environment_path: LocalPath | None = Field(
+        None, description="The folder holding the interpreter (a venv's bin/)."
+    )
+    managed_env: StrictBool = Field(
+        False, description="Instead of python_environment_path: honed builds a virtual environment under "
+        "<cache_dir>/envs/ from requirements_file (host packages stay importable; the requirements' versions come "
+        "first) and reuses it while the file is unchanged (Olive's olive_managed_env)."
+    )
+    requirements_file: LocalPath | None = Field(
+        None, description="With managed_env: a pip requirements file installed into the managed environment "
+        "(relative: the working directory, else beside the config). Its content is part of every pass's cache key."
+    )
+
+    @field_validator("managed_env")
+    @classmethod
+    def _managed_python_env(cls, v: bool, info: Any) -> bool:  # info: pydantic.ValidationInfo
+        if v and info.data.get("python_environment_path"):
+            raise ValueError("managed_env and python_environment_path exclude each other; keep one")
+        return v
+
+    @field_validator("requirements_file")
+    @classmethod
+    def _requirements_need_managed(cls, v: str | None, info: Any) -> str | None:  # pydantic.ValidationInfo
+        if v is not None and info.data.get("managed_env") is False:  # absent: managed_env itself is wrong
+            raise ValueError("only read with managed_env: true; set it or remove requirements_file")
+        return v
+
+
+class PythonEnvironmentSystem(System):
+    """Runs each pass in a subprocess of another interpreter (with ``managed_env``: a managed one, built on
     the first pass that runs, so a dry run or an all-cached run never builds it)."""
 
-    def __init__(self, accelerator: Accelerator, python: Path | None = None, env: ManagedEnv | None = None) -> None:
-        if (python is None) == (env is None):
-            raise TypeError("give python or env")
-        self.accelerator = accelerator
-        self.env = env
-        self._python = python
-        self.identity = f"python-env:{env.key}" if env else f"python:{python}"
+    name = "PythonEnvironment"
+    description = "another interpreter on this machine (a venv you give, or one built from requirements_file)"
+    config_class = PythonEnvironmentConfig
+
+    def __init__(self, config: SystemConfig, accelerator: Accelerator, *, cache_root: Path,
+                 config_dir: Path | None = None, label: str = "systems", dry_run: bool = False) -> None:
+        super().__init__(config, accelerator, cache_root=cache_root, config_dir=config_dir, label=label,
+                         dry_run=dry_run)
+        cfg = cast(PythonEnvironmentConfig, config)
+        self.env: ManagedEnv | None = None
+        self._python: Path | None = None
+        if cfg.managed_env:
+            req = resolve_local(cfg.requirements_file, config_dir) if cfg.requirements_file else None
+            if cfg.requirements_file and req is None:
+                raise UserError(f"{label}.requirements_file: file not found: '{cfg.requirements_file}'; fix the path")
+            self.env = ManagedEnv(cache_root, req, label)  # built by the first pass that runs, never in a dry run
+            if dry_run and not self.env.exists:
+                log.info("%s: a run creates the managed Python environment %s", label, self.env.path)
+            self.identity = f"python-env:{self.env.key}"
+        else:
+            if not cfg.python_environment_path:
+                raise UserError(f"{label}.python_environment_path: required for a PythonEnvironment; "
+                                "give the venv folder (or set managed_env: true with a requirements_file)")
+            self._python = find_python(cfg.python_environment_path)
+            self.identity = f"python:{self._python}"
         self._versions: dict[tuple[str, ...], dict[str, str]] = {}
 
-    def library_versions(self, distributions: tuple[str, ...]) -> dict[str, str]:
+    def environment(self, distributions: tuple[str, ...]) -> dict[str, str]:
         """Python's and the distributions' versions in this system's interpreter, which runs the passes: a
         torch upgraded there changes the pass keys. A managed environment is named by the key of the
         requirements honed builds it from (the same before and after it is built, and no build for a dry run)."""
@@ -175,29 +229,21 @@ class PythonEnvironmentSystem:
             self._python = self.env.ensure()
         return cast(Path, self._python)
 
-    def run_pass(self, pass_cls: type[Pass], model: ModelHandle, config: Any, output_dir: Path,
-                 ctx: PassContext) -> ModelHandle:
-        request = {
-            "pass": pass_cls.name,
-            "config": config.model_dump(mode="json"),
-            "model": model.model_dump(mode="json"),
-            "output_dir": str(output_dir),
-            "context": {
-                "pass_name": ctx.pass_name, "host": ctx.host.model_dump(), "target": ctx.target.model_dump(),
-                "data_configs": {k: v.model_dump(mode="json") for k, v in ctx.data_configs.items()},
-                "work_dir": str(ctx.work_dir), "cache_dir": str(ctx.cache_dir),
-            },
-        }
-        req = output_dir.parent / "request.json"
-        resp = output_dir.parent / "response.json"
-        req.write_text(json.dumps(request))
+    def run_pass(self, request: PassRequest) -> PassResponse:
+        """Send the request to ``python -m honed.systems.worker`` in the other interpreter as a JSON file."""
+        folder = Path(request.output_dir).parent
+        req, resp = folder / "request.json", folder / "response.json"
+        req.write_text(json.dumps(request.to_json()))
         proc = subprocess.run([str(self.python), "-m", "honed.systems.worker", str(req), str(resp)],
                               capture_output=True, text=True)
         if proc.returncode != 0 or not resp.exists():
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+            if proc.returncode == 2 and tail[0].startswith(USER_ERROR_PREFIX):
+                raise UserError(tail[0].removeprefix(USER_ERROR_PREFIX))
             raise RuntimeError(f"worker in {self.python} exited {proc.returncode}: {tail[0]}")
-        answer = json.loads(resp.read_text())
-        ctx.metrics.update(answer.get("metrics", {}))
-        # The worker names the interpreter it ran in (older workers do not: then the one started).
-        ctx.metrics["python"] = answer.get("python") or str(self.python)
-        return ModelHandle.model_validate(answer["handle"])
+        answer = PassResponse.from_json(json.loads(resp.read_text()))
+        answer.python = answer.python or str(self.python)  # older workers do not say: the one started
+        return answer
+
+
+register_system(PythonEnvironmentSystem)

@@ -1,4 +1,9 @@
-"""Entry point of a PythonEnvironment worker: ``python -m honed.systems.worker REQUEST RESPONSE``."""
+"""Entry point of a PythonEnvironment worker: ``python -m honed.systems.worker REQUEST RESPONSE``.
+
+REQUEST is a ``PassRequest`` as JSON; the worker runs the pass in this interpreter and writes the
+``PassResponse`` as JSON to RESPONSE.  A user's error exits 2 with ``USER_ERROR_PREFIX`` and the one line
+on stderr, so the host raises it as the same one-line error.
+"""
 
 from __future__ import annotations
 
@@ -6,29 +11,23 @@ import json
 import sys
 from pathlib import Path
 
-from honed.data.config import DataConfig
-from honed.models.handle import ModelHandle
-from honed.passes.base import PassContext, get_pass
-from honed.util.accelerator import Accelerator
+USER_ERROR_PREFIX = "honed-user-error: "
 
 
 def main(request_path: str, response_path: str) -> int:
-    req = json.loads(Path(request_path).read_text())
-    cls = get_pass(req["pass"])
-    if cls is None:
-        print(f"pass '{req['pass']}' is not registered in this environment", file=sys.stderr)
+    from honed.errors import UserError
+    from honed.systems.base import PassRequest
+
+    request = PassRequest.from_json(json.loads(Path(request_path).read_text()))
+    try:
+        response = request.execute()
+    except LookupError as e:
+        print(str(e), file=sys.stderr)
         return 2
-    c = req["context"]
-    ctx = PassContext(
-        pass_name=c["pass_name"], host=Accelerator(**c["host"]), target=Accelerator(**c["target"]),
-        data_configs={k: DataConfig.model_validate(v) for k, v in c["data_configs"].items()},
-        work_dir=Path(c["work_dir"]), cache_dir=Path(c["cache_dir"]),
-    )
-    config = cls.config_class.model_validate(req["config"])
-    handle = cls().run(ModelHandle.model_validate(req["model"]), config, Path(req["output_dir"]), ctx)
-    out = Path(response_path)
-    out.write_text(json.dumps({"handle": handle.model_dump(mode="json"), "metrics": ctx.metrics,
-                               "python": sys.executable}, default=str))
+    except UserError as e:
+        print(USER_ERROR_PREFIX + str(e).replace("\n", " "), file=sys.stderr)
+        return 2
+    Path(response_path).write_text(json.dumps(response.to_json(), default=str))
     return 0
 
 
