@@ -7,12 +7,12 @@ object.  All problems found are reported together, each naming its key path.
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import difflib
 import json
 import logging
 import types
 import typing
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
