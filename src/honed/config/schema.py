@@ -106,6 +106,13 @@ class EngineConfig(_Strict):
     """How the workflow runs: where outputs and the cache go, which systems to use."""
 
     cache_dir: LocalPath = Field("cache", description="Content-addressed cache of pass outputs; reruns reuse it.")
+    shared_cache: str | None = Field(
+        None, description="An object-store URL every machine reaches (s3://bucket/prefix, gs://, az://): a second "
+        "cache tier, so a pass computed on one machine or Ray node is a hit on every other; commits are atomic and "
+        "a per-key lease keeps two machines from computing the same pass. Credentials and endpoint come from the "
+        "usual environment (AWS_*, AWS_ENDPOINT_URL, GOOGLE_APPLICATION_CREDENTIALS). A folder every machine "
+        "mounts needs no second tier: make it engine.cache_dir."
+    )
     output_dir: LocalPath = Field("models", description="The final model's files, footprints.json and the report.")
     host: str | None = Field(None, description="Name of the system passes run on (default: local CPU).")
     target: str | None = Field(None, description="Name of the system the model is built for (default: host).")

@@ -8,6 +8,7 @@ into the cache and its handle feeds the next pass.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -25,6 +26,7 @@ from honed.engine.keys import pass_key
 from honed.engine.outputs import check_output_dir, write_output_dir
 from honed.engine.preflight import preflight
 from honed.engine.progress import RunDisplay
+from honed.engine.shared_cache import SharedCache
 from honed.errors import PassFailed, UserError
 from honed.models.handle import ModelHandle
 from honed.models.loaders import carry_trust
@@ -154,6 +156,8 @@ def run_workflow(
             if problem:
                 raise UserError(f"engine.{role}: system '{key}' {problem}; set its device to cpu")
     cache = Cache(cache_root) if not dry_run else None
+    shared = (SharedCache(wf.engine.shared_cache, create=not dry_run)
+              if wf.engine.shared_cache else None)
     if cache:
         cache.clean_stale()
     elif (cache_root / MARKER).is_file():
@@ -170,7 +174,7 @@ def run_workflow(
                        system.environment(step.pass_cls.libraries))
         config_json = step.config.model_dump(mode="json")
         if dry_run:
-            cached = (cache_root / "entries" / key / "handle.json").exists()
+            cached = (cache_root / "entries" / key / "handle.json").exists() or bool(shared and shared.has(key))
             result.plan.append(PlannedStep(step.name, step.pass_cls.name, config_json, key, cached))
             current_id = key
             continue
@@ -182,13 +186,18 @@ def run_workflow(
             )
         record = StepRecord(name=step.name, type=step.pass_cls.name, config=config_json, input_id=current_id,
                             output_id=key)
-        entry = cache.get(key)
+        entry = cache.get(key) or (shared.pull(key, cache) if shared else None)
         if entry is None:
-            with cache.lock(key):
+            with cache.lock(key), shared.lock(key) if shared else contextlib.nullcontext():
                 cache.repair(key)  # a damaged entry is set aside and computed again
-                entry = cache.get(key)  # another run may have finished it while we waited
+                # another run (here, or on another machine) may have finished it while we waited
+                entry = cache.get(key) or (shared.pull(key, cache) if shared else None)
                 if entry is None:
                     entry = _run_step(step, model, key, cache, system, host, target, data_configs, display, record)
+                    if shared:
+                        shared.push(entry)
+        elif shared and not shared.has(key):  # made before the shared tier was set up: share it now
+            shared.push(entry)
         if record.cached is None:
             record.cached = True
             record.wall_s = 0.0
