@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import torch
 
 torch.set_num_threads(1)
 
+from tests.helpers import S3_BUCKET  # noqa: E402
 from tests.tiny_models import build_bert_classifier, build_causal_lm  # noqa: E402
 
 
@@ -44,3 +46,24 @@ def genai_fp32(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory):
 def tiny_causal_lm(request: pytest.FixtureRequest) -> Path:
     """Each test using this runs once per architecture."""
     return request.getfixturevalue(f"tiny_{request.param}")
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[str]:
+    """A moto S3 server with an empty bucket; the AWS_* variables point every client (and subprocess) at it."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                     "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}.items():
+            mp.setenv(k, v)
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=S3_BUCKET)
+        try:
+            yield endpoint
+        finally:
+            server.stop()

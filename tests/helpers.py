@@ -71,3 +71,7 @@ def run_pass(kind: str, model: Path | Any, out: Path, **config: Any) -> Any:
                       work_dir=out / "work", cache_dir=out / "cache")
     (out / "model").mkdir(parents=True, exist_ok=True)
     return cls().run(handle, cls.config_class(**config), out / "model", ctx)
+
+
+S3_BUCKET = "honed-shared"
+"""The bucket the ``s3`` fixture (a moto S3 server, tests/conftest.py) creates."""

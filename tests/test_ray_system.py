@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import cli, write_config
+from tests.helpers import S3_BUCKET, cli, write_config
 
 pytest.importorskip("ray")  # a dev dependency: CI installs it; the skip is for a user's bare install
 
@@ -190,3 +190,33 @@ def test_two_nodes_the_passes_run_on_the_node_with_the_resources(tmp_path: Path,
     assert len(seen["nodes"]) == 2
     assert all(n.endswith("/" + seen["worker"][:12]) for n in seen["nodes"]), seen
     assert seen["head"] != seen["worker"]
+
+
+def test_nodes_without_the_driver_cache_folder_go_through_the_shared_cache(
+        tmp_path: Path, tiny_llama: Path, ray_head: str, s3: str) -> None:
+    """Each node has its own cache (HONED_NODE_CACHE_DIR): a node downloads its input entry from the S3 tier,
+    commits its output there, and the driver downloads it; the result equals the local run's."""
+    node_cache = tmp_path / "node-cache"
+    env_vars = {"HONED_NODE_CACHE_DIR": str(node_cache), **{k: os.environ[k] for k in (
+        "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")}}
+    two = {**CAST, "back": {"type": "CastDtype", "dtype": "float32"}}
+    write_config(tmp_path / "wf.yaml", {
+        "input_model": {"model_path": str(tiny_llama)}, "passes": two,
+        "systems": {"cluster": {"type": "Ray", "address": ray_head, "runtime_env": {"env_vars": env_vars}}},
+        "engine": {"cache_dir": "cache", "output_dir": "out", "host": "cluster",
+                   "shared_cache": f"s3://{S3_BUCKET}/ray-{time.time_ns()}"},
+    })
+    proc = _honed(tmp_path, "run", "-c", "wf.yaml")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    steps = _footprints(tmp_path)["steps"]
+    keys = [s["output_id"] for s in steps]
+    assert all(s["cached"] is False for s in steps)
+    # both passes ran and were committed in the node's own cache; the second read its input from there
+    assert sorted(p.name for p in (node_cache / "entries").iterdir()) == sorted(keys)
+    assert all((tmp_path / "cache" / "entries" / k / "meta.json").is_file() for k in keys)  # downloaded
+    local = tmp_path / "local"
+    local.mkdir()
+    _workflow(local, tiny_llama, two)
+    assert cli("run", "-c", str(local / "wf.yaml"), "--output-dir", str(local / "out"),
+               "--cache-dir", str(local / "cache")) == 0
+    assert _digest(local / "out") == _digest(tmp_path / "out") != {}

@@ -26,6 +26,7 @@ from honed.engine.keys import pass_key
 from honed.engine.outputs import check_output_dir, write_output_dir
 from honed.engine.preflight import preflight
 from honed.engine.progress import RunDisplay
+from honed.engine.remote import execute_on_node
 from honed.engine.shared_cache import SharedCache
 from honed.errors import PassFailed, UserError
 from honed.models.handle import ModelHandle
@@ -193,7 +194,8 @@ def run_workflow(
                 # another run (here, or on another machine) may have finished it while we waited
                 entry = cache.get(key) or (shared.pull(key, cache) if shared else None)
                 if entry is None:
-                    entry = _run_step(step, model, key, cache, system, host, target, data_configs, display, record)
+                    entry = _run_step(step, model, key, cache, system, host, target, data_configs, display, record,
+                                      shared)
                     if shared:
                         shared.push(entry)
         elif shared and not shared.has(key):  # made before the shared tier was set up: share it now
@@ -329,7 +331,7 @@ def _input_summary(wf: Workflow) -> dict[str, Any]:
 def _run_step(
     step: PassStep, model: ModelHandle, key: str, cache: Cache, system: System,
     host: Accelerator, target: Accelerator, data_configs: dict[str, DataConfig], display: RunDisplay,
-    record: StepRecord,
+    record: StepRecord, shared: SharedCache | None = None,
 ) -> Entry:
     """Run one pass into a temp folder and commit it; failures propagate and nothing is cached."""
     label = f"{step.name} ({step.pass_cls.name})"
@@ -342,8 +344,12 @@ def _run_step(
     with cache.writing(key) as tmp, PeakMemory() as mem:
         out = tmp / "model"
         out.mkdir()
+        request = PassRequest.build(step.pass_cls.name, model, step.config, out, ctx)
+        request.key, request.shared_cache, request.runner = key, shared.url if shared else None, execute_on_node
+        request.meta = {"pass": step.name, "type": step.pass_cls.name, "config": record.config, "input_id": model.id,
+                        "honed_version": __version__}
         try:
-            answer = system.run_pass(PassRequest.build(step.pass_cls.name, model, step.config, out, ctx))
+            answer = system.run_pass(request)
         except UserError:
             display.end_pass(f"[red]✗[/] {label}")
             raise
@@ -353,7 +359,11 @@ def _run_step(
         except Exception as e:  # a bug or a library failure inside the pass: report it as the pass's
             display.end_pass(f"[red]✗[/] {label}")
             raise PassFailed(step.name, e) from e
-        handle = ModelHandle.model_validate(answer.handle)
+        pulled = shared.pull(key, cache) if answer.committed and shared else None
+        if answer.committed and pulled is None:
+            raise OSError(f"the node that ran {step.name} committed {key} to {shared and shared.url}, but it cannot "
+                          "be read back; check the bucket")
+        handle = pulled.handle if pulled else ModelHandle.model_validate(answer.handle)
         ctx.metrics.update(answer.metrics)
         if system.identity != "local":  # where it ran: another interpreter, a cluster node; and any retry
             ctx.metrics.update(python=answer.python, node=answer.node)
@@ -362,10 +372,9 @@ def _run_step(
         wall = time.perf_counter() - start
         record.cached, record.wall_s, record.peak_rss_mb = False, round(wall, 3), mem.peak_mb
         record.metrics = {**ctx.metrics, **step_contents(handle)}
-        meta = {"pass": step.name, "type": step.pass_cls.name, "config": record.config, "input_id": model.id,
-                "created": time.time(), "wall_s": record.wall_s, "peak_rss_mb": mem.peak_mb,
-                "metrics": record.metrics, "honed_version": __version__, "pid": os.getpid()}
-        entry = cache.commit(key, tmp, handle, meta)
+        meta = {**request.meta, "created": time.time(), "wall_s": record.wall_s, "peak_rss_mb": mem.peak_mb,
+                "metrics": record.metrics, "pid": os.getpid()}
+        entry = pulled or cache.commit(key, tmp, handle, meta)
     display.end_pass(f"[green]✓[/] {label} {wall:.1f}s  peak {mem.peak_mb:.0f} MB")
     return entry
 

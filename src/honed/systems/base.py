@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import concurrent.futures.process
+import importlib
 import importlib.util
 import multiprocessing
 import os
+import pkgutil
 import shutil
 import socket
 import sys
@@ -97,7 +99,16 @@ class PassRequest:
     data_configs: dict[str, dict[str, Any]]
     work_dir: str
     cache_dir: str
+    key: str = ""
+    """The pass's cache key (its output's entry name)."""
+    shared_cache: str | None = None
+    """``engine.shared_cache``: a node that cannot see ``cache_dir`` gets inputs from it and commits there."""
+    meta: dict[str, Any] = field(default_factory=dict)
+    """What the entry's meta.json starts from (pass, type, config, input id), for a commit on a node."""
     progress: Any = field(default=None, compare=False)
+    runner: Any = field(default=None, compare=False)
+    """A remote system runs ``runner(request)`` on the node instead of ``request.execute()`` (the engine's
+    node-side commit, handed down so this layer needs nothing from above it); never serialized."""
 
     @classmethod
     def build(cls, pass_type: str, model: ModelHandle, config: BaseModel, output_dir: Path,
@@ -111,7 +122,7 @@ class PassRequest:
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "progress"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("progress", "runner")}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PassRequest:
@@ -155,6 +166,8 @@ class PassResponse:
     node: str = ""
     pid: int = 0
     attempt: int = 1
+    committed: bool = False
+    """True when the node committed the output to the shared cache itself (the driver then downloads it)."""
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -228,10 +241,19 @@ def register_system(cls: type[System]) -> type[System]:
     return cls
 
 
-def all_systems() -> dict[str, type[System]]:
-    """Every registered system, by type name (the built-in ones are imported by ``honed.systems``)."""
-    import honed.systems  # noqa: F401  (registers the built-in systems)
+_LOADED = False
 
+
+def all_systems() -> dict[str, type[System]]:
+    """Every registered system, by type name: each module of ``honed.systems`` registers its own on import."""
+    global _LOADED
+    if not _LOADED:
+        _LOADED = True
+        import honed.systems as pkg
+
+        for info in pkgutil.iter_modules(pkg.__path__):
+            if info.name not in ("base", "worker"):
+                importlib.import_module(f"honed.systems.{info.name}")
     return dict(_REGISTRY)
 
 

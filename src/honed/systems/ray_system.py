@@ -56,14 +56,16 @@ class RayConfig(SystemConfig):
     max_retries: int = Field(1, ge=0, le=10, description="Times Ray reruns a pass whose worker died.")
 
 
-def _run_request(request: dict[str, Any], threads: int | None) -> dict[str, Any]:
-    """The Ray task: run one pass request in this worker."""
+def _run_request(request: dict[str, Any], threads: int | None, runner: Callable[[PassRequest], PassResponse] | None
+                 ) -> dict[str, Any]:
+    """The Ray task: run one pass request in this worker (through ``runner`` when the engine gives one)."""
     import ray
     import torch
 
     if threads:
         torch.set_num_threads(threads)
-    answer = PassRequest.from_json(request).execute()
+    req = PassRequest.from_json(request)
+    answer = runner(req) if runner else req.execute()
     answer.node = f"{answer.node}/{ray.get_runtime_context().get_node_id()[:12]}"  # hosts may share a name
     answer.metrics["torch_threads"] = torch.get_num_threads()
     return answer.to_json()
@@ -175,7 +177,7 @@ class RaySystem(System):
             max_retries=self.cfg.max_retries, retry_exceptions=False, runtime_env=self.cfg.runtime_env,
         )
         try:
-            answer = ray.get(task.remote(request.to_json(), threads))
+            answer = ray.get(task.remote(request.to_json(), threads, request.runner))
         except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError) as e:
             raise RuntimeError(f"the Ray worker running the pass died {self.cfg.max_retries + 1} times "
                                f"({type(e).__name__}); see `ray logs` on the node") from e
