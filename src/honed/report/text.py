@@ -37,17 +37,34 @@ def metrics_table(evaluation: dict[str, Any]) -> str:
     return _table(["metric", "input", *(f"after {n}" for n in stages), "output", "change", "goal"], rows)
 
 
+def _where(t: dict[str, Any]) -> str:
+    """The node and process that ran a trial ('-' when unknown: its worker died)."""
+    return f"{t['node']}:{t['pid']}" if t.get("node") else "-"
+
+
+def _note(t: dict[str, Any]) -> str:
+    if t.get("state") == "running":
+        return "running elsewhere"
+    note = "error" if t.get("error") else ""
+    if (t.get("attempts") or 1) > 1:
+        note = f"{note} ({t['attempts']} attempts)".strip()
+    return note
+
+
 def trials_table(search: dict[str, Any]) -> str:
-    """One row per trial: rank, Pareto, parameters, objective values."""
+    """One row per trial: rank, Pareto, parameters, objective values; and where it ran when trials ran in more
+    than one node or process (concurrent trials, or several runs joined to one study)."""
     keys = [o["metric"] for o in search.get("objectives", [])]
+    places = {_where(t) for t in search["trials"] if t.get("node")}
     rows = []
     for t in sorted(search["trials"], key=lambda t: t.get("rank") or 10**9):
         params = ", ".join(f"{k.removeprefix('passes.')}={v}" for k, v in t.get("params", {}).items())
         metrics = t.get("metrics") or {}
         rows.append([fmt(t.get("rank")), str(t["index"]), "*" if t.get("pareto") else "",
-                     "yes" if t.get("goals_met") else "no", params,
-                     *(fmt(metrics.get(k)) for k in keys), "error" if t.get("error") else ""])
-    return _table(["rank", "trial", "pareto", "goals", "params", *keys, ""], rows)
+                     "yes" if t.get("goals_met") else "no", params, *(fmt(metrics.get(k)) for k in keys),
+                     *([_where(t)] if len(places) > 1 else []), _note(t)])
+    return _table(["rank", "trial", "pareto", "goals", "params", *keys, *(["node"] if len(places) > 1 else []), ""],
+                  rows)
 
 
 def flows_rows(flows: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
