@@ -220,3 +220,53 @@ def test_nodes_without_the_driver_cache_folder_go_through_the_shared_cache(
     assert cli("run", "-c", str(local / "wf.yaml"), "--output-dir", str(local / "out"),
                "--cache-dir", str(local / "cache")) == 0
     assert _digest(local / "out") == _digest(tmp_path / "out") != {}
+
+
+def _precision_search(folder: Path, model: Path, **strategy: Any) -> Path:
+    """The seed's workflow on a tiny model: LoRA (rank 2 or 4), merge, ModelBuilder int4 or int8, scored by
+    accuracy: four trials.  (fp16 is left out: onnxruntime-genai's CPU provider fails on this tiny model's fp16
+    build with a Cast shape mismatch.)"""
+    from tests.test_search import TEMPLATE, write_rows
+
+    data = write_rows(folder / "rows.jsonl")
+    return write_config(folder / "wf.yaml", {
+        "input_model": {"model_path": str(model)},
+        "data_configs": [{"name": "d", "load_dataset_config": {"data_files": str(data)},
+                          "pre_process_data_config": {"text_template": TEMPLATE, "max_seq_len": 64}}],
+        "evaluators": {"ev": {"metrics": [{"name": "acc", "type": "accuracy", "data_config": "d",
+                                           "sub_types": [{"name": "accuracy_score", "priority": 1}]}]}},
+        "passes": {"lora": {"type": "LoRA", "train_data_config": "d", "r": [2, 4], "alpha": 8,
+                            "training_args": {"max_steps": 2, "per_device_train_batch_size": 4}},
+                   "merge": {"type": "MergeAdapterWeights"},
+                   "mb": {"type": "ModelBuilder", "precision": ["int4", "int8"]}},
+        "engine": {"evaluator": "ev", "output_dir": "out", "cache_dir": "cache"},
+        "search_strategy": {"sampler": "sequential", **strategy},
+    })
+
+
+def test_a_precision_search_on_ray_equals_the_local_search(tmp_path: Path, tiny_llama: Path, ray_head: str) -> None:
+    """Four trials, two at a time as Ray tasks (each trial's passes are Ray tasks too): the same trials and
+    accuracies as the search run here one trial at a time; each LoRA prefix is trained once."""
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    local.mkdir(), remote.mkdir()
+    _precision_search(local, tiny_llama)
+    _precision_search(remote, tiny_llama, max_concurrent_trials=2)
+    for folder, extra in ((local, ()), (remote, ("--ray-address", ray_head))):
+        proc = _honed(folder, "run", "-c", "wf.yaml", *extra)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    here, there = (_footprints(f)["search"]["trials"] for f in (local, remote))
+
+    def acc(trials: list[dict[str, Any]]) -> dict[tuple[int, str], float]:
+        return {(t["params"]["passes.lora.r"], t["params"]["passes.mb.precision"]): t["metrics"]["acc-accuracy_score"]
+                for t in trials}
+
+    assert set(acc(here)) == {(2, "int4"), (2, "int8"), (4, "int4"), (4, "int8")}
+    assert acc(there) == pytest.approx(acc(here), abs=1e-9)
+    def ran_in_the_honed_process(t: dict[str, Any]) -> bool:
+        return t["run"] == f"{t['node']}:{t['pid']}"  # run: the honed process that claimed the trial
+
+    assert not any(map(ran_in_the_honed_process, there))  # each trial ran in a Ray worker ...
+    assert all(map(ran_in_the_honed_process, here))  # ... where the local search ran them itself
+    steps = [s for t in there for s in t["steps"]]
+    assert [s["cached"] for s in steps if s["type"] == "LoRA"].count(False) == 2
+    assert all(s["metrics"]["node"] for s in steps if not s["cached"])  # every pass ran in a Ray worker
