@@ -257,3 +257,21 @@ def test_points_of_a_dead_run_are_run_again(tmp_path: Path) -> None:
 def test_tpe_uses_constant_liar(tmp_path: Path) -> None:
     sampler = make_sampler("tpe", _space(), [("acc", True)], 0, journal=tmp_path / "studies" / "t.journal")
     assert sampler.study.sampler._constant_liar is True
+
+
+def test_a_full_cache_clean_forgets_the_study(tiny_llama: Path, tmp_path: Path) -> None:
+    """After `honed cache clean`, the same search runs its trials again (a study left behind would only report
+    the results of entries that are gone); a clean by age keeps studies."""
+    from tests.helpers import cli
+
+    cfg = config(tiny_llama, tmp_path)
+    cfg["passes"]["append"]["tag"] = TAGS[:2]
+    first = run_workflow(validate(cfg))
+    assert all(t["steps"][-1]["cached"] is False for t in first.search["trials"])
+    assert cli("cache", "clean", "--cache-dir", str(tmp_path / "cache"), "--older-than", "1") == 0
+    assert Path(first.search["study"]).is_file()
+    assert cli("cache", "clean", "--cache-dir", str(tmp_path / "cache")) == 0
+    assert not Path(first.search["study"]).exists()
+    again = run_workflow(validate(cfg))
+    assert len(again.search["trials"]) == 2
+    assert all(t["steps"][-1]["cached"] is False for t in again.search["trials"])

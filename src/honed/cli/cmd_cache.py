@@ -63,5 +63,11 @@ def _clean(args: argparse.Namespace) -> int:
     )
     removed += sum(cache.remove(key) for key in cache.damaged())
     stale = cache.clean_stale()
-    Console().print(f"removed {removed} entries and {stale} unfinished temp folders from {cache.root}")
+    studies = 0
+    if cutoff is None:  # a full clean forgets searches too: their trials' results point at removed entries
+        for journal in sorted((cache.root / "studies").glob("*.journal")):
+            journal.unlink()
+            studies += 1
+    Console().print(f"removed {removed} entries, {studies} search studies and {stale} unfinished temp folders "
+                    f"from {cache.root}")
     return 0

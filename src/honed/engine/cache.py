@@ -46,7 +46,7 @@ MARKER = ".honed-cache"
 CACHE_FORMAT = 1
 _SUBDIRS = ("entries", "tmp", "work", "locks")
 # Every name a honed cache holds at its top level (older versions wrote no marker).
-_KNOWN = {*_SUBDIRS, "gguf", "data", "evals", "hashes.sqlite", "hashes.sqlite-journal", MARKER}
+_KNOWN = {*_SUBDIRS, "gguf", "data", "evals", "studies", "envs", "hashes.sqlite", "hashes.sqlite-journal", MARKER}
 # Temp names honed itself creates under tmp/: "<key>.<pid>.<mkdtemp suffix>" and "<key>.rm.<ns>".
 _TMP_NAME = re.compile(r"^[0-9a-f]{32}\.(\d+\.[A-Za-z0-9_]{8}|rm\.\d+)$")
 _KEY = re.compile(r"^[0-9a-f]{32}$")
