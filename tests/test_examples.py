@@ -10,7 +10,7 @@ from tests.helpers import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted(p for ext in ("json", "yaml", "yml") for p in (ROOT / "examples").rglob(f"*.{ext}")
-                  if p.parent.name != "data")
+                  if p.parent.name not in ("data", "deploy"))  # deploy/: cluster manifests, not workflows
 
 
 def test_examples_exist() -> None:

@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 
 def run(config: str | Path | dict[str, Any] | Workflow, *, output_dir: str | Path | None = None,
         cache_dir: str | Path | None = None, dry_run: bool = False, display: Any = None,
-        write_output: bool = True, ray_address: str | None = None) -> RunResult:
+        write_output: bool = True, ray_address: str | None = None,
+        shared_cache: str | None = None) -> RunResult:
     """Run a workflow (a file path, a dict in any supported schema, or a validated ``Workflow``): the one entry
     point; ``honed run`` and the one-line commands call it.
 
@@ -26,10 +27,10 @@ def run(config: str | Path | dict[str, Any] | Workflow, *, output_dir: str | Pat
     ``pass_flows`` one branch per flow, anything else its passes once (``honed.engine.run_workflow``).
     ``output_dir``/``cache_dir`` override the workflow's engine settings; ``dry_run`` only plans;
     ``write_output`` False leaves the output folder alone; ``ray_address`` runs the passes on that Ray cluster
-    (``honed.config.load.on_ray``). Raises ConfigError for an invalid config and
+    (``honed.config.load.on_ray``); ``shared_cache`` overrides ``engine.shared_cache``. Raises ConfigError for an invalid config and
     UserError for what the user can fix.
     """
-    from honed.config.load import Workflow, load_workflow, on_ray, validate
+    from honed.config.load import Workflow, load_workflow, on_ray, validate, with_shared_cache
     from honed.engine.runner import run_flows, run_workflow
 
     if isinstance(config, Workflow):
@@ -38,6 +39,8 @@ def run(config: str | Path | dict[str, Any] | Workflow, *, output_dir: str | Pat
         wf = validate(config) if isinstance(config, dict) else load_workflow(config)
     if ray_address:
         wf = on_ray(wf, ray_address)
+    if shared_cache:
+        wf = with_shared_cache(wf, shared_cache)
     options = {"output_dir": output_dir, "cache_dir": cache_dir, "dry_run": dry_run, "display": display,
                "write_output": write_output}
     if wf.flows:

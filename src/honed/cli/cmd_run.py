@@ -33,6 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ray-address", metavar="ADDRESS",
                    help="Run every pass as a Ray task on this cluster ('auto', 'host:port', 'ray://host:10001' or "
                    "'local'), without editing the file; the cache must be storage every node reaches.")
+    p.add_argument("--shared-cache", metavar="URL",
+                   help="Overrides engine.shared_cache: an s3:// (gs://, az://) URL every machine reaches, a second "
+                   "cache tier shared by machines that each keep their own --cache-dir.")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                    help="How much to log; 'debug' also shows tracebacks.")
     p.set_defaults(func=_run)
@@ -72,7 +75,7 @@ def _run(args: argparse.Namespace) -> int:
     wf = load_workflow(args.config)
     display = RunDisplay(quiet=args.dry_run)
     result = run(wf, output_dir=args.output_dir, cache_dir=args.cache_dir, dry_run=args.dry_run, display=display,
-                 ray_address=args.ray_address)
+                 ray_address=args.ray_address, shared_cache=args.shared_cache)
     if args.dry_run:
         print_plan(result)
     else:

@@ -453,3 +453,11 @@ def on_ray(wf: Workflow, address: str) -> Workflow:
     cfg.engine.host = name
     flows = [(n, on_ray(f, address)) for n, f in wf.flows]
     return dataclasses.replace(wf, config=cfg, flows=flows, host_label="--ray-address")
+
+
+def with_shared_cache(wf: Workflow, url: str) -> Workflow:
+    """``wf`` with ``engine.shared_cache`` set to ``url`` (``honed run --shared-cache``), in every flow too."""
+    cfg = wf.config.model_copy(deep=True)
+    cfg.engine.shared_cache = url
+    flows = [(n, with_shared_cache(f, url)) for n, f in wf.flows]
+    return dataclasses.replace(wf, config=cfg, flows=flows)

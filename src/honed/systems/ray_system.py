@@ -162,6 +162,13 @@ class RaySystem(System):
     def environment(self, distributions: tuple[str, ...]) -> dict[str, str]:
         """The versions a Ray worker sees (its interpreter and runtime_env), asked once per distribution set."""
         wanted = tuple(sorted(set(distributions)))
+        if wanted not in self._versions and self.dry_run:  # a plan should not need the cluster up
+            try:
+                self.connect()
+            except UserError as e:
+                if not self._versions:
+                    log.warning("%s; the plan's keys assume the cluster has this interpreter's versions", e)
+                self._versions[wanted] = library_versions(wanted)
         if wanted not in self._versions:
             ray = self.connect()
             probe = ray.remote(_versions).options(num_cpus=0, runtime_env=self.cfg.runtime_env)
