@@ -28,6 +28,9 @@ LLAMACPP_PY = BENCH / ".work" / "llamacpp-venv" / "bin" / "python"
 # What each command prints when it ran: text found only in its table(s) (headers and titles).
 TABLES: dict[str, list[str]] = {
     "data_tokenize.py": ["strategy", "cold s", "cached s", "train tokens"],
+    "distributed.py": ["vs sequential", "2 concurrent, processes", "2 concurrent, Ray tasks",
+                       "processes / 1: train time"],
+    "distributed_finetune.py": ["threads each", "adapter diff", "processes / 1: train time"],
     "encoder.py": ["batch 1 ms", "batch 32 ms", "cosine min", "onnx-fused-int8"],
     "fidelity.py": ["KL mean", "KL p99", "top-1", "gptq int4 + int8 head"],
     "finetune.py": ["train tok/s", "peak MB", "honed/hf speed"],

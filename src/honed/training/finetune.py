@@ -1,11 +1,14 @@
 """What the fine-tuning passes do: pick dtype/device, load data and model, train, save.
 
 Kept apart from ``honed.passes`` so the pass modules stay light to import (the registry
-imports every pass module; torch is imported only when a pass runs).
+imports every pass module; torch is imported only when a pass runs).  With
+``training_args.num_processes`` > 1 the pass launches that many processes (``honed.training.distributed``),
+each of which runs these same functions, loading the model and the tokenized data itself; rank 0 saves.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import logging
@@ -16,6 +19,7 @@ from typing import Any
 from honed.errors import UserError
 from honed.models.handle import ModelHandle
 from honed.models.loaders import load_model, load_tokenizer, torch_dtype, trust_kwargs
+from honed.training import distributed as ddp
 from honed.training.loop import Callback, train
 from honed.util.context import PassContext
 
@@ -205,10 +209,15 @@ def finetune_adapter(
     model: ModelHandle, config: Any, output_dir: Path, ctx: PassContext, *, variant: str,
     callbacks: Sequence[Callback] = (),
 ) -> ModelHandle:
-    """Train a LoRA/DoRA/QLoRA/LoftQ adapter; return a ``peft`` handle over ``model``."""
+    """Train a LoRA/DoRA/QLoRA/LoftQ adapter; return a ``peft`` handle over ``model``.
+
+    ``callbacks`` run in every process of a data-parallel run, so there they must pickle.
+    """
     import torch
     from peft import LoraConfig, get_peft_model
 
+    if _launching(config):
+        return _launch("adapter", model, config, output_dir, ctx, variant, callbacks)
     device = training_device(ctx)
     dtype = config.torch_dtype or default_dtype(device)
     args = config.training_args
@@ -251,9 +260,10 @@ def finetune_adapter(
             key=f"passes.{ctx.pass_name}",
         )
     adapter_dir = output_dir / "adapter"
-    peft_model.save_pretrained(str(adapter_dir))
-    sort_adapter_config(adapter_dir, lora)
-    tokenizer.save_pretrained(str(adapter_dir))
+    if ddp.is_main():
+        peft_model.save_pretrained(str(adapter_dir))
+        sort_adapter_config(adapter_dir, lora)
+        tokenizer.save_pretrained(str(adapter_dir))
     ctx.metrics.update(result.metrics)
     ctx.metrics["log_history"] = result.state.log_history
     ctx.metrics["trainable_params"] = trainable
@@ -269,7 +279,12 @@ def finetune_adapter(
 def finetune_full(
     model: ModelHandle, config: Any, output_dir: Path, ctx: PassContext, callbacks: Sequence[Callback] = ()
 ) -> ModelHandle:
-    """Train every weight (optionally not the embeddings); return an ``hf`` handle to the saved model."""
+    """Train every weight (optionally not the embeddings); return an ``hf`` handle to the saved model.
+
+    ``callbacks`` run in every process of a data-parallel run, so there they must pickle.
+    """
+    if _launching(config):
+        return _launch("full", model, config, output_dir, ctx, "full", callbacks)
     device = training_device(ctx)
     dtype = config.torch_dtype or default_dtype(device)
     args = config.training_args
@@ -290,13 +305,58 @@ def finetune_full(
             device=device, progress=_progress(ctx), callbacks=callbacks, run_id=run_id, key=f"passes.{ctx.pass_name}",
         )
     out = output_dir / "model"
-    net.save_pretrained(str(out), safe_serialization=True)
-    tokenizer.save_pretrained(str(out))
+    if ddp.is_main():
+        net.save_pretrained(str(out), safe_serialization=True)
+        tokenizer.save_pretrained(str(out))
     ctx.metrics.update(result.metrics)
     ctx.metrics["log_history"] = result.state.log_history
     return ModelHandle(kind="hf", path=str(out), task=model.task,
                        load_kwargs=trust_kwargs(model),
                        attributes=dict(model.attributes))
+
+
+# ----------------------------------------------------------------------------- several processes
+
+
+def _launching(config: Any) -> bool:
+    """True in the pass's own process when the run asks for several (a launched worker is already in a group)."""
+    return config.training_args.num_processes > 1 and ddp.world_size() == 1
+
+
+def _launch(
+    kind: str, model: ModelHandle, config: Any, output_dir: Path, ctx: PassContext, variant: str,
+    callbacks: Sequence[Callback],
+) -> ModelHandle:
+    """Run the pass in ``num_processes`` processes; the handle rank 0 saved, with the run's metrics in ``ctx``.
+
+    The data is tokenized here first: a data error stops the run in this process, and the workers read the
+    tokenized cache rather than racing to write it.  Workers get no progress bar (rank 0 logs the steps).
+    """
+    args = config.training_args
+    key = f"passes.{ctx.pass_name}.training_args"
+    backend = ddp.backend_for(args.ddp_backend, training_device(ctx), key, args.num_processes)
+    load_splits(config, load_tokenizer(model), ctx)
+    job = (kind, model, config, output_dir, dataclasses.replace(ctx, progress=None, metrics={}), variant,
+           tuple(callbacks))
+    results = ddp.launch(_worker, job, num_processes=args.num_processes, backend=backend,
+                         timeout_s=args.ddp_timeout, key=f"passes.{ctx.pass_name}")
+    handle, metrics = results[0]
+    metrics["peak_memory_mb"] = max(m.get("peak_memory_mb", 0.0) for _, m in results)  # per process
+    metrics["num_processes"] = args.num_processes
+    ctx.metrics.update(metrics)
+    return handle
+
+
+def _worker(
+    kind: str, model: ModelHandle, config: Any, output_dir: Path, ctx: PassContext, variant: str,
+    callbacks: tuple[Callback, ...],
+) -> tuple[ModelHandle, dict[str, Any]]:
+    """One launched process: the pass's own function, inside the process group; its handle and metrics."""
+    if kind == "full":
+        handle = finetune_full(model, config, output_dir, ctx, callbacks=callbacks)
+    else:
+        handle = finetune_adapter(model, config, output_dir, ctx, variant=variant, callbacks=callbacks)
+    return handle, ctx.metrics
 
 
 def _threads() -> Any:

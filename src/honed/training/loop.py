@@ -16,7 +16,12 @@ goes to the output head and padding.  This loop
   ``save_steps`` into the work dir and resumes from the newest one when rerun: with everything the rest of
   the run depends on (the best weights for ``load_best_model_at_end``, early-stopping counters, the
   unlogged part of the train-loss window, every RNG), so a killed and rerun fine-tune ends with the weights
-  and metrics of one that was never interrupted (``tests/test_training_resume.py``).
+  and metrics of one that was never interrupted (``tests/test_training_resume.py``),
+* runs data parallel when launched in several processes (``training_args.num_processes``, see
+  ``honed.training.distributed``): every process sees the same optimizer steps, takes every N-th row of each
+  micro-batch, and the step's label-token count, loss and gradients are summed over the processes, so the update
+  is the one a single process computes (within float rounding of the sums' order).  LoRA dropout masks are drawn
+  per process.
 """
 
 from __future__ import annotations
@@ -37,7 +42,8 @@ from typing import Any
 
 from honed.data.collate import Collator
 from honed.errors import UserError
-from honed.training.args import TrainingArgs
+from honed.training import distributed as ddp
+from honed.training.args import PROCESS_FIELDS, TrainingArgs
 
 log = logging.getLogger("honed")
 
@@ -220,10 +226,11 @@ def canonical(value: Any) -> Any:
 def fingerprint(args: TrainingArgs, extra: Any, rows: Sequence[dict[str, list[int]]]) -> str:
     """Identity of a run: a checkpoint of another run in the same work dir is not resumed.
 
-    The same in every process (no set order, no object addresses), so a rerun resumes.
+    The same in every process (no set order, no object addresses), so a rerun resumes; the same for any
+    ``num_processes`` (``PROCESS_FIELDS`` do not change the result), so a run resumes with another.
     """
     h = hashlib.sha256(f"checkpoint-format-{CHECKPOINT_FORMAT}".encode())
-    h.update(args.model_dump_json().encode())
+    h.update(args.model_dump_json(exclude=set(PROCESS_FIELDS)).encode())
     h.update(json.dumps(extra, sort_keys=True, default=canonical).encode())
     h.update(json.dumps([len(r["input_ids"]) for r in rows]).encode())
     if rows:
@@ -278,14 +285,25 @@ def _write_best(tmp: Path, best: dict[str, Any], state: TrainState, ckpt_root: P
     save_file({n: t.detach().to("cpu").contiguous() for n, t in best.items()}, str(target))
 
 
+def rng_state() -> dict[str, Any]:
+    """This process's torch generators (LoRA dropout draws from them)."""
+    import torch
+
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
 def save_checkpoint(
     ckpt_root: Path, model: Any, optimizer: Any, scheduler: Any, state: TrainState, fp: str, limit: int,
-    best: dict[str, Any] | None = None,
+    best: dict[str, Any] | None = None, rank_rngs: list[dict[str, Any]] | None = None,
 ) -> Path:
     """Write a checkpoint atomically (temp dir, then rename) and prune old ones.
 
     ``best``: the trainable weights of the best evaluation so far (``load_best_model_at_end``), saved beside
-    the current ones so a resumed run ends with them too.
+    the current ones so a resumed run ends with them too.  ``rank_rngs``: every process's ``rng_state()`` in a
+    data-parallel run (written by rank 0 alone), so each rank resumes its own dropout stream.
     """
     import torch
     from safetensors.torch import save_file
@@ -304,8 +322,10 @@ def save_checkpoint(
     rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng},
-               tmp / "optimizer.pt")
+    blob = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng}
+    if rank_rngs is not None:
+        blob["rank_rng"] = rank_rngs
+    torch.save(blob, tmp / "optimizer.pt")
     (tmp / "state.json").write_text(json.dumps({"fingerprint": fp, "state": asdict(state)}, sort_keys=True))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
@@ -318,10 +338,15 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    path: Path, model: Any, optimizer: Any, scheduler: Any
+    path: Path, model: Any, optimizer: Any, scheduler: Any, seed: int = 0
 ) -> tuple[TrainState, dict[str, Any] | None]:
     """Restore weights, optimizer, scheduler and RNG; return the saved state and the best weights, if saved
-    (on the device and in the dtype of the model's parameters)."""
+    (on the device and in the dtype of the model's parameters).
+
+    In a data-parallel run each rank restores its own generators when the checkpoint was written by as many
+    processes; otherwise rank 0 takes the saved one and the others reseed from ``seed`` and the step (their
+    dropout masks then differ from an uninterrupted run's; with no dropout the run is the same).
+    """
     import torch
     from safetensors.torch import load_file
 
@@ -348,6 +373,13 @@ def load_checkpoint(
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
     saved = json.loads((path / "state.json").read_text())["state"]
+    per_rank = blob.get("rank_rng")
+    if per_rank is not None and len(per_rank) == ddp.world_size():
+        torch.set_rng_state(per_rank[ddp.rank()]["torch"])
+        if "cuda" in per_rank[ddp.rank()] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(per_rank[ddp.rank()]["cuda"])
+    elif ddp.rank() > 0:
+        torch.manual_seed(ddp.seed_for_rank(seed) + 7919 * int(saved["global_step"]))
     return TrainState(**saved), best
 
 
@@ -440,6 +472,10 @@ def train(
     ``progress(total_steps)`` opens a progress bar (``advance(n, **fields)``, ``close()``); ``run_id`` is anything that
     identifies the model and adapter setup, mixed into the checkpoint fingerprint.  A NaN or infinite loss stops
     the run with a UserError naming ``key`` (e.g. ``passes.lora``) and the step, before the optimizer applies it.
+
+    Inside a process group (``honed.training.distributed.launch``) every process runs this with the same rows and
+    args; the processes split each micro-batch's rows, sum the step's label tokens, losses and gradients, and
+    only rank 0 writes checkpoints.  Logged and returned losses are those of all the processes' rows.
     """
     import torch
 
@@ -477,16 +513,31 @@ def train(
     fp = fingerprint(args, run_id, rows)
     state = TrainState()
     best_weights: dict[str, Any] | None = None
-    last = latest_checkpoint(ckpt_root, fp)
+    rank, world = ddp.rank(), ddp.world_size()
+    if world > 1:
+        log.info("data parallel in %d processes: each optimizer step's %d rows (per_device_train_batch_size %d x "
+                 "gradient_accumulation_steps %d) are split between them; steps, schedule and updates are those "
+                 "of one process", world, bs * ga, bs, ga)
+        if bs < world:
+            log.warning("%s: per_device_train_batch_size %d is below num_processes %d: each micro-batch's rows are "
+                        "split between the processes, so %d of them idle; raise the batch or lower num_processes",
+                        key, bs, world, world - bs)
+    last = ddp.broadcast_object(latest_checkpoint(ckpt_root, fp))  # rank 0's choice: every rank resumes the same
     if last is not None:
-        state, best_weights = load_checkpoint(last, model, optimizer, scheduler)
+        state, best_weights = load_checkpoint(last, model, optimizer, scheduler, seed=args.seed)
         if args.load_best_model_at_end and state.best_step is not None and best_weights is None:
             raise RuntimeError(f"checkpoint {last} lacks the weights of its best evaluation ({BEST_FILE})")
         state.resumed_from = state.global_step
         log.info("resuming from %s (step %d of %d)", last, state.global_step, total_steps)
     else:
-        torch.manual_seed(args.seed)
+        torch.manual_seed(ddp.seed_for_rank(args.seed))
         random.seed(args.seed)
+
+    if world > 1:  # processes that disagree on the run would wait for each other until ddp_timeout: fail now
+        views = ddp.all_gather_object((fp, state.global_step, total_steps))
+        if len(set(views)) > 1:
+            raise RuntimeError(f"{key}: the training processes disagree on the run (fingerprint, resumed step, "
+                               f"steps by rank: {views})")
 
     task = progress(total_steps) if progress is not None else None
     if task is not None and state.global_step:
@@ -511,13 +562,14 @@ def train(
         ebs = args.per_device_eval_batch_size
         order = sorted(range(len(eval_rows)), key=lambda i: len(eval_rows[i]["input_ids"]))
         with torch.no_grad(), autocast:
-            for i in range(0, len(order), ebs):
+            for i in range(rank * ebs, len(order), ebs * world):  # each process its share of the batches
                 batch = collate([eval_rows[j] for j in order[i : i + ebs]], pad_token_id)
                 batch = {k: v.to(device) for k, v in batch.items()}
                 s, n = loss_sum(model, batch, parts)
                 tot += float(s)
                 cnt += n
         model.train()
+        tot, cnt = ddp.all_reduce_sum([tot, cnt])  # the same loss, so the same decisions, on every rank
         return tot / max(cnt, 1)
 
     def after_eval(loss: float) -> None:
@@ -555,19 +607,26 @@ def train(
             batches = epoch_batches(lengths, bs, data_seed, state.epoch, args.group_by_length)
             while state.micro_in_epoch < len(batches) and state.global_step < total_steps:
                 group = batches[state.micro_in_epoch : state.micro_in_epoch + ga]
-                micro = [collate([rows[i] for i in b], pad_token_id) for b in group]
-                micro_tokens = [sum(len(rows[i]["input_ids"]) for i in b) for b in group]
-                n_label = sum(int((m["labels"][:, 1:] != IGNORE_INDEX).sum()) for m in micro)
+                # This process's rows: every world-th row of each micro-batch (all of them in one process).
+                micro = [collate([rows[i] for i in b[rank::world]], pad_token_id) if b[rank::world] else None
+                         for b in group]
+                micro_tokens = [sum(len(rows[i]["input_ids"]) for i in b) for b in group]  # all processes' rows
+                n_label = sum(int((m["labels"][:, 1:] != IGNORE_INDEX).sum()) for m in micro if m is not None)
+                n_label = int(ddp.all_reduce_sum([n_label])[0])  # the step's label tokens over every process
                 step_loss = 0.0
                 for m, ntok in zip(micro, micro_tokens, strict=True):
+                    window_tokens += ntok
+                    run_tokens += ntok
+                    state.tokens_seen += ntok
+                    if m is None:  # a last micro-batch with fewer rows than processes
+                        continue
                     m = {k: v.to(device, non_blocking=True) for k, v in m.items()}
                     with autocast:
                         s, _ = loss_sum(model, m, parts)
                     (s / max(n_label, 1)).backward()
                     step_loss += float(s.detach())
-                    window_tokens += ntok
-                    run_tokens += ntok
-                    state.tokens_seen += ntok
+                ddp.all_reduce_grads(params)
+                step_loss = ddp.all_reduce_sum([step_loss])[0]
                 _check_loss(step_loss, key, state.global_step + 1)
                 if args.max_grad_norm > 0:
                     torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
@@ -616,8 +675,11 @@ def train(
                     task.advance(1, **fields)
                 state.train_seconds = seconds_before + time.perf_counter() - t_start
                 if state.global_step % args.save_steps == 0 and not done and not state.should_stop:
-                    save_checkpoint(ckpt_root, model, optimizer, scheduler, state, fp, args.save_total_limit,
-                                    best=best_weights)
+                    rank_rngs = ddp.all_gather_object(rng_state()) if world > 1 else None
+                    if rank == 0:
+                        save_checkpoint(ckpt_root, model, optimizer, scheduler, state, fp, args.save_total_limit,
+                                        best=best_weights, rank_rngs=rank_rngs)
+                    ddp.barrier()  # a rank killed after this step finds the checkpoint written
                 for cb in callbacks:
                     cb.on_step_end(state, args)
                 if state.should_stop:
