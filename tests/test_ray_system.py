@@ -36,7 +36,8 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real Ray head on this machine (2 CPUs) for the module; its address, stopped at the end."""
+    """A real Ray head on this machine for the module; its address, stopped at the end.  It offers 4 logical CPUs
+    on 2 cores: a 2-process fine-tune's pass task and its two Ray Train workers reserve 3."""
     port = _free_port()
     temp = tmp_path_factory.mktemp("ray")
     ray = str(Path(sys.executable).parent / "ray")
@@ -44,7 +45,7 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         # Ray >= 2.50 asks clients for a token by default; this cluster lives for the module, on localhost.
         mp.setenv("RAY_AUTH_MODE", "disabled")
         mp.setenv("RAY_USAGE_STATS_ENABLED", "0")
-        subprocess.run([ray, "start", "--head", "--num-cpus", "2", "--port", str(port), "--node-ip-address",
+        subprocess.run([ray, "start", "--head", "--num-cpus", "4", "--port", str(port), "--node-ip-address",
                         "127.0.0.1", "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"],
                        check=True, capture_output=True)
         try:
@@ -92,7 +93,7 @@ def test_a_workflow_on_ray_equals_the_local_run(tmp_path: Path, tiny_llama: Path
     assert here["metrics"]["model_contents"] == there["metrics"]["model_contents"]  # ... the result is not
     assert "node" not in here["metrics"]
     assert there["metrics"]["node"].startswith(socket.gethostname() + "/")  # host/Ray node id
-    assert there["metrics"]["torch_threads"] == 1  # the task's default num_cpus
+    assert there["metrics"]["torch_threads"] == 1  # the task's default num_cpus (1)
     # a rerun on the cluster is all cached; the same file run locally again is too (its own key)
     again = _honed(remote, "run", "-c", "wf.yaml", "--ray-address", ray_head)
     assert again.returncode == 0 and _footprints(remote)["steps"][0]["cached"] is True
@@ -270,3 +271,33 @@ def test_a_precision_search_on_ray_equals_the_local_search(tmp_path: Path, tiny_
     steps = [s for t in there for s in t["steps"]]
     assert [s["cached"] for s in steps if s["type"] == "LoRA"].count(False) == 2
     assert all(s["metrics"]["node"] for s in steps if not s["cached"])  # every pass ran in a Ray worker
+
+
+def test_a_two_process_fine_tune_on_ray_runs_through_ray_train(tmp_path: Path, tiny_llama: Path,
+                                                               ray_head: str) -> None:
+    """num_processes 2 on a Ray system whose nodes see the cache: the pass's task starts two Ray Train workers
+    (TorchTrainer, gloo); the adapter equals a 1-process local run's (tolerance: tests/test_distributed_training)."""
+    from safetensors.torch import load_file
+
+    from tests.test_distributed_training import LORA, LORA_ARGS, WEIGHT_TOL
+    from tests.test_finetune import EXAMPLES
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"phrase": f"{t} {i}", "tone": tone}) + "\n"
+                            for i in range(5) for t, tone in EXAMPLES[:5]))
+    data = [{"name": "train", "load_dataset_config": {"data_files": str(rows)},
+             "pre_process_data_config": {"text_template": "### Text: {phrase}\n### The tone is:\n{tone}"}}]
+    adapters = {}
+    for n, extra in ((1, ()), (2, ("--ray-address", ray_head))):
+        folder = tmp_path / f"p{n}"
+        folder.mkdir()
+        lora = {"type": "LoRA", "train_data_config": "train", **LORA,
+                "training_args": {**LORA_ARGS, "num_processes": n}}
+        _workflow(folder, tiny_llama, {"lora": lora}, data_configs=data)
+        proc = _honed(folder, "run", "-c", "wf.yaml", *extra)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        adapters[n] = load_file(str(folder / "out" / "adapter_model.safetensors"))
+        metrics = _footprints(folder)["steps"][0]["metrics"]
+    assert metrics["num_processes"] == 2 and metrics["launcher"] == "ray"
+    assert adapters[1].keys() == adapters[2].keys()
+    assert max(float((adapters[1][k] - adapters[2][k]).abs().max()) for k in adapters[1]) < WEIGHT_TOL

@@ -30,7 +30,9 @@ def execute_on_node(request: PassRequest) -> PassResponse:
     """Run ``request`` on this node; commit through the shared cache when the node has its own cache."""
     node_root = os.environ.get(NODE_CACHE_ENV)
     if node_root is None and Path(request.output_dir).parent.is_dir():
-        return request.execute()  # the driver's cache folder is visible here
+        # the driver's cache folder is visible here, so on every node: a multi-process fine-tune may spread its
+        # processes over the cluster (Ray Train); with a node's own cache they stay on this node
+        return dataclasses.replace(request, launcher="ray").execute()
     if not request.shared_cache:
         raise UserError(f"the node {os.uname().nodename} cannot see engine.cache_dir {request.cache_dir}; mount it "
                         "on every node, or set engine.shared_cache to an s3:// (gs://, az://) URL every node reaches")

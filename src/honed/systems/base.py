@@ -105,6 +105,8 @@ class PassRequest:
     """``engine.shared_cache``: a node that cannot see ``cache_dir`` gets inputs from it and commits there."""
     meta: dict[str, Any] = field(default_factory=dict)
     """What the entry's meta.json starts from (pass, type, config, input id), for a commit on a node."""
+    launcher: str = "local"
+    """``PassContext.launcher``: ``ray`` when the pass runs on a Ray node that sees the shared cache folder."""
     progress: Any = field(default=None, compare=False)
     runner: Any = field(default=None, compare=False)
     """A remote system runs ``runner(request)`` on the node instead of ``request.execute()`` (the engine's
@@ -148,7 +150,7 @@ class PassRequest:
         ctx = PassContext(
             pass_name=self.pass_name, host=Accelerator(**self.host), target=Accelerator(**self.target),
             data_configs={k: DataConfig.model_validate(v) for k, v in self.data_configs.items()},
-            work_dir=work, cache_dir=Path(self.cache_dir), progress=self.progress,
+            work_dir=work, cache_dir=Path(self.cache_dir), progress=self.progress, launcher=self.launcher,
         )
         config = cls.config_class.model_validate(self.config)
         handle = cls().run(ModelHandle.model_validate(self.model), config, out, ctx)

@@ -265,6 +265,67 @@ def launch(
     return [results[r] for r in range(num_processes)]
 
 
+def launch_ray(
+    fn: Callable[..., Any], args: tuple[Any, ...], *, num_processes: int, backend: str, timeout_s: float, key: str,
+    scratch_root: Path,
+) -> list[Any]:
+    """``launch`` over a Ray cluster: ``fn(*args)`` in ``num_processes`` Ray Train workers (``TorchTrainer``, which
+    places them on the nodes with the resources and forms the process group), their results by rank.
+
+    Called inside a Ray task (the pass, on a node that sees the shared cache folder, where rank 0 writes the
+    output).  ``fn`` returns JSON-able data; each rank writes it under ``scratch_root`` (a folder on that shared
+    storage: Ray Train returns nothing from a worker).  Each worker reserves ``threads_per_process`` CPUs (and one
+    GPU with nccl).  Raises one line, as ``launch`` does, when a worker fails.
+    """
+    import ray.train
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    threads = threads_per_process(num_processes)
+    scratch_root.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="ray-train-", dir=scratch_root))
+    trainer = TorchTrainer(
+        _ray_train_worker,
+        train_loop_config={"fn": fn, "args": args, "threads": threads, "scratch": str(scratch),
+                           "log_level": log.getEffectiveLevel()},
+        torch_config=TorchConfig(backend=backend, timeout_s=int(timeout_s)),
+        scaling_config=ScalingConfig(num_workers=num_processes, use_gpu=backend == "nccl",
+                                     resources_per_worker={"CPU": threads, **({"GPU": 1} if backend == "nccl" else {})}),
+        run_config=RunConfig(name=f"honed-{uuid.uuid4().hex[:8]}", storage_path=str(scratch / "ray"),
+                             failure_config=FailureConfig(max_failures=0)),
+    )
+    try:
+        trainer.fit()
+        return [json.loads((scratch / f"result-rank{r}.json").read_text()) for r in range(num_processes)]
+    except ray.train.TrainingFailedError as e:
+        failures = sorted(getattr(e, "worker_failures", {}).items())  # WorkerGroupError: {rank: exception}
+        causes = [(r, getattr(x, "cause", None) or x) for r, x in failures]
+        user = [x for _, x in causes if isinstance(x, UserError)]
+        if user:
+            raise UserError(str(user[0])) from e
+        if causes:
+            r, x = causes[0]
+            lines = [ln for ln in str(x).strip().splitlines() if ln.strip()] or [type(x).__name__]
+            raise RuntimeError(f"{key}: training process rank {r} (Ray Train) failed: {lines[-1]}") from e
+        raise RuntimeError(f"{key}: Ray Train failed: {str(e).strip().splitlines()[-1]}") from e
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _ray_train_worker(config: dict[str, Any]) -> None:
+    """The body of every Ray Train worker: threads and logging around ``fn(*args)``, whose result it writes as
+    JSON (the process group is Ray Train's)."""
+    import ray.train
+    import torch
+
+    rank_ = ray.train.get_context().get_world_rank()
+    os.environ["OMP_NUM_THREADS"] = str(config["threads"])
+    torch.set_num_threads(config["threads"])
+    log.setLevel(config["log_level"] if rank_ == 0 else max(config["log_level"], logging.ERROR))
+    out = config["fn"](*config["args"])
+    Path(config["scratch"], f"result-rank{rank_}.json").write_text(json.dumps(out))
+
+
 def _worker_error(scratch: Path, failed: Any, key: str) -> Exception:
     """One exception for a failed launch: a worker's UserError first, else the first failure in time."""
     records = []

@@ -338,11 +338,17 @@ def _launch(
     load_splits(config, load_tokenizer(model), ctx)
     job = (kind, model, config, output_dir, dataclasses.replace(ctx, progress=None, metrics={}), variant,
            tuple(callbacks))
-    results = ddp.launch(_worker, job, num_processes=args.num_processes, backend=backend,
-                         timeout_s=args.ddp_timeout, key=f"passes.{ctx.pass_name}")
+    options = {"num_processes": args.num_processes, "backend": backend, "timeout_s": args.ddp_timeout,
+               "key": f"passes.{ctx.pass_name}"}
+    if ctx.launcher == "ray":  # Ray Train over the cluster; results come back as JSON files on the shared cache
+        raw = ddp.launch_ray(_json_worker, job, scratch_root=ctx.work_dir, **options)
+        results = [(ModelHandle.model_validate(h), m) for h, m in raw]
+    else:
+        results = ddp.launch(_worker, job, **options)
     handle, metrics = results[0]
     metrics["peak_memory_mb"] = max(m.get("peak_memory_mb", 0.0) for _, m in results)  # per process
     metrics["num_processes"] = args.num_processes
+    metrics["launcher"] = ctx.launcher  # local: torch's elastic launcher; ray: Ray Train over the cluster
     ctx.metrics.update(metrics)
     return handle
 
@@ -357,6 +363,12 @@ def _worker(
     else:
         handle = finetune_adapter(model, config, output_dir, ctx, variant=variant, callbacks=callbacks)
     return handle, ctx.metrics
+
+
+def _json_worker(*job: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``_worker`` with a JSON-able result, for Ray Train workers."""
+    handle, metrics = _worker(*job)
+    return handle.model_dump(mode="json"), metrics
 
 
 def _threads() -> Any:

@@ -39,6 +39,9 @@ class PassContext:
     progress: Any = None
     """Callable ``(description, total) -> ProgressTask``."""
     metrics: dict[str, Any] = field(default_factory=dict)
+    launcher: str = "local"
+    """How a multi-process fine-tune starts its processes: ``local`` (torch's elastic launcher, on this machine)
+    or ``ray`` (Ray Train's TorchTrainer, over the Ray cluster this pass runs in)."""
     """Numbers the pass wants in its footprint (train loss, tokens/s, max abs diff)."""
 
     def task(self, description: str, total: float | None) -> ProgressTask:
