@@ -1,6 +1,6 @@
 """One-line faults the tests must catch (a small, hand-picked mutation test).
 
-    python scripts/mutants.py            # every fault; about 3-4 minutes on 2 cores
+    python scripts/mutants.py            # every fault; about 4-5 minutes on 2 cores
     python scripts/mutants.py --list     # the faults, one line each
     python scripts/mutants.py key-code   # only the named ones
 
@@ -76,6 +76,18 @@ MUTANTS = [
     Mutant("resume-forgets-best", "src/honed/training/loop.py",
            "best = read(BEST_FILE) if (path / BEST_FILE).is_file() else None", "best = None",
            ("tests/test_training_resume.py",), "a resumed run ends with its last weights, not its best"),
+    Mutant("ddp-averaged-grads", "src/honed/training/distributed.py",
+           "dist.all_reduce(flat, op=dist.ReduceOp.SUM)", "dist.all_reduce(flat, op=dist.ReduceOp.SUM); flat /= world_size()",
+           ("tests/test_distributed_training.py::test_lora_in_two_processes_trains_what_one_process_trains",),
+           "data-parallel fine-tuning averages the processes' gradients instead of summing them"),
+    Mutant("shared-commit-overwrites", "src/honed/engine/shared_cache.py",
+           'json.dumps(record).encode(), mode="create")', "json.dumps(record).encode())",
+           ("tests/test_shared_cache.py::test_commit_is_exclusive_and_a_damaged_upload_is_a_miss",),
+           "a second machine's commit replaces the first one's in the shared cache"),
+    Mutant("shared-no-lease", "src/honed/engine/shared_cache.py",
+           "while not self._try_acquire(path, owner):", "while False:",
+           ("tests/test_shared_cache.py::test_two_machines_at_once_compute_a_pass_once",),
+           "two machines compute the same pass at once (no lease across machines)"),
     Mutant("upward-import", "src/honed/data/formatting.py",
            "from __future__ import annotations\n", "from __future__ import annotations\nimport honed.engine.runner  # noqa\n",
            ("tests/test_layers.py",), "the data layer imports the engine"),

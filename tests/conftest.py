@@ -48,9 +48,12 @@ def tiny_causal_lm(request: pytest.FixtureRequest) -> Path:
     return request.getfixturevalue(f"tiny_{request.param}")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def s3() -> Iterator[str]:
-    """A moto S3 server with an empty bucket; the AWS_* variables point every client (and subprocess) at it."""
+    """A moto S3 server with an empty bucket; the AWS_* variables point every client (and subprocess) at it.
+
+    One per session: fsspec keeps one S3 filesystem per set of arguments, with the endpoint it saw first, so a
+    second server on another port would be unreachable through it."""
     import boto3
     from moto.server import ThreadedMotoServer
 

@@ -7,7 +7,6 @@ mode is about the hub, not the user's bucket.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 
@@ -27,37 +26,18 @@ def _own_datasets_cache(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    import os
+def s3_endpoint(s3: str) -> str:
+    """The moto S3 server of conftest's ``s3`` fixture, with a bucket of this module's files."""
+    import boto3
 
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
-                                            "AWS_ENDPOINT_URL")}
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
-                      AWS_ENDPOINT_URL=endpoint)
-    try:
-        import boto3
-
-        s3 = boto3.client("s3", endpoint_url=endpoint)
-        s3.create_bucket(Bucket=BUCKET)
-        body = "".join(json.dumps(r) + "\n" for r in ROWS).encode()
-        s3.put_object(Bucket=BUCKET, Key="rows.jsonl", Body=body)
-        s3.put_object(Bucket=BUCKET, Key="parts/one.jsonl", Body=body[: body.index(b"\n") + 1])
-        s3.put_object(Bucket=BUCKET, Key="parts/two.jsonl", Body=body[body.index(b"\n") + 1:])
-        s3.put_object(Bucket=BUCKET, Key="bad.jsonl", Body=b'{"q": "fine", "a": "x"}\n{"q": broken}\n')
-        yield endpoint
-    finally:
-        server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    client = boto3.client("s3", endpoint_url=s3)
+    client.create_bucket(Bucket=BUCKET)
+    body = "".join(json.dumps(r) + "\n" for r in ROWS).encode()
+    client.put_object(Bucket=BUCKET, Key="rows.jsonl", Body=body)
+    client.put_object(Bucket=BUCKET, Key="parts/one.jsonl", Body=body[: body.index(b"\n") + 1])
+    client.put_object(Bucket=BUCKET, Key="parts/two.jsonl", Body=body[body.index(b"\n") + 1:])
+    client.put_object(Bucket=BUCKET, Key="bad.jsonl", Body=b'{"q": "fine", "a": "x"}\n{"q": broken}\n')
+    return s3
 
 
 def cfg(url: str) -> DataConfig:

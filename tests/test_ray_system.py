@@ -26,6 +26,8 @@ from tests.helpers import S3_BUCKET, cli, write_config
 pytest.importorskip("ray")  # a dev dependency: CI installs it; the skip is for a user's bare install
 
 REPO = Path(__file__).resolve().parent.parent
+PYTHONPATH = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+"""Subprocesses import tests/ from here, and honed from where this process does (scripts/mutants.py's copy)."""
 
 
 def _free_port() -> int:
@@ -63,7 +65,7 @@ def _workflow(folder: Path, model: Path, passes: dict[str, Any], host: str | Non
 def _honed(folder: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """The CLI in a fresh process (the Ray driver connects once per process)."""
     return subprocess.run([sys.executable, "-m", "honed.cli.main", *args], cwd=folder, capture_output=True,
-                          text=True, env={**os.environ, **(env or {}), "PYTHONPATH": str(REPO)}, timeout=600)
+                          text=True, env={**os.environ, **(env or {}), "PYTHONPATH": PYTHONPATH}, timeout=600)
 
 
 def _footprints(folder: Path) -> dict[str, Any]:
@@ -129,7 +131,7 @@ def test_a_worker_killed_mid_pass_is_retried(tmp_path: Path, tiny_llama: Path, r
                       "pre_process_data_config": {"text_template": "{text}", "max_seq_len": 32}}])
     proc = subprocess.Popen([sys.executable, "-m", "honed.cli.main", "run", "-c", "wf.yaml", "--ray-address",
                              ray_head], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+                            env={**os.environ, "PYTHONPATH": PYTHONPATH})
     deadline = time.time() + 300
     marker = None
     while time.time() < deadline and marker is None and proc.poll() is None:
@@ -184,7 +186,7 @@ def test_two_nodes_the_passes_run_on_the_node_with_the_resources(tmp_path: Path,
     (tmp_path / "two_nodes.py").write_text(TWO_NODES)
     proc = subprocess.run([sys.executable, "two_nodes.py", "wf.yaml", "out/footprints.json"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0",
+                          env={**os.environ, "PYTHONPATH": PYTHONPATH, "RAY_USAGE_STATS_ENABLED": "0",
                                "RAY_AUTH_MODE": "disabled"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     seen = json.loads(proc.stdout.strip().splitlines()[-1])

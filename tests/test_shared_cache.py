@@ -20,6 +20,8 @@ from tests.helpers import S3_BUCKET as BUCKET
 from tests.helpers import cli, write_config
 
 REPO = Path(__file__).resolve().parent.parent
+PYTHONPATH = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+"""Subprocesses import tests/ from here, and honed from where this process does (scripts/mutants.py's copy)."""
 
 
 @pytest.fixture
@@ -148,7 +150,7 @@ def test_two_machines_at_once_compute_a_pass_once(tmp_path: Path, tiny_llama: Pa
             "pre_process_data_config": {"text_template": "{text}", "max_seq_len": 32}}])
         procs.append(subprocess.Popen([sys.executable, "-m", "honed.cli.main", "run", "-c", "wf.yaml"], cwd=m,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                      env={**os.environ, "PYTHONPATH": str(REPO)}))
+                                      env={**os.environ, "PYTHONPATH": PYTHONPATH}))
     for p in procs:
         _, err = p.communicate(timeout=600)
         assert p.returncode == 0, err[-2000:]
