@@ -275,3 +275,21 @@ def test_a_full_cache_clean_forgets_the_study(tiny_llama: Path, tmp_path: Path) 
     again = run_workflow(validate(cfg))
     assert len(again.search["trials"]) == 2
     assert all(t["steps"][-1]["cached"] is False for t in again.search["trials"])
+
+
+def test_a_changed_library_starts_a_new_study(tiny_llama: Path, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The study's key holds the first trial's pass keys: after torch changes (here, as the interpreter reports
+    it), a rerun does not report the old results from the study; it starts a new one and runs the trials again."""
+    import honed.systems.local as local
+
+    cfg = config(tiny_llama, tmp_path)
+    cfg["passes"]["append"]["tag"] = TAGS[:2]
+    first = run_workflow(validate(cfg))
+    again = run_workflow(validate(cfg))
+    assert again.search["study"] == first.search["study"]  # nothing changed: joined, nothing ran
+    real = local.library_versions
+    monkeypatch.setattr(local, "library_versions", lambda names: {**real(names), "torch": "99.0"})
+    changed = run_workflow(validate(cfg))
+    assert changed.search["study"] != first.search["study"]
+    assert all(t["steps"][-1]["cached"] is False for t in changed.search["trials"])  # every trial ran again

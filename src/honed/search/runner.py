@@ -30,7 +30,7 @@ from honed.config.space import SearchSpace
 from honed.engine.cache import Cache
 from honed.engine.outputs import MANIFEST, check_output_dir, remove_output, write_output_dir
 from honed.engine.progress import RunDisplay
-from honed.engine.runner import RunResult, footprints_for, host_system, html_report
+from honed.engine.runner import RunResult, footprints_for, host_system, html_report, run_workflow
 from honed.errors import ConfigError, HonedError, UserError
 from honed.evaluate.config import EvaluatorConfig
 from honed.passes.base import get_pass
@@ -38,7 +38,7 @@ from honed.search.pareto import Objective, pareto_front, rank
 from honed.search.samplers import Claim, Sampler, make_sampler
 from honed.search.trials import execute, result_of, run_trial, where
 from honed.util.fs import user_path
-from honed.util.hashing import cache_key
+from honed.util.hashing import cache_key, code_fingerprint
 from honed.util.version import __version__
 
 
@@ -77,10 +77,18 @@ def _finite(d: dict[str, Any] | None) -> dict[str, float] | None:
 def study_journal(wf: Workflow, space: SearchSpace, objectives: list[Objective], cache_root: Path) -> Path:
     """``<cache>/studies/<key>.journal``: the key hashes what defines the search (space, objectives, sampler,
     seed, and the input model, data, evaluators and systems by content), not how long it runs or where its
-    output goes, so every run of the same search on this cache joins the same study."""
+    output goes, so every run of the same search on this cache joins the same study.
+
+    It also holds the cache keys of the first trial's passes (a dry run: the input model's and the data's
+    content, the passes' code, the library versions of the interpreter that runs them) and the scoring code's
+    fingerprint, so a study whose recorded results a changed input, pass, library or metric would change is
+    never joined: the search starts a new one and runs its trials again."""
     strategy = wf.config.search_strategy
     assert strategy is not None
+    first = trial_workflow(wf, space, next(iter(space.points())))
+    plan = run_workflow(first, cache_dir=cache_root, dry_run=True, write_output=False).plan
     config = {
+        "first_trial": [s.key for s in plan], "scoring": code_fingerprint("honed.evaluate.evaluator"),
         "dimensions": [[d.key, d.values] for d in space.dimensions], "passes": space.raw_passes,
         "objectives": [[k, h] for k, h in objectives], "sampler": strategy.sampler, "seed": strategy.seed,
         "workflow": wf.config.model_dump(mode="json", exclude={"passes", "search_strategy", "engine"}),

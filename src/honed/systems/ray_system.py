@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import os
 import socket
+import tempfile
 from collections.abc import Callable
 from typing import Any, Literal, cast
 
@@ -133,9 +135,14 @@ class RaySystem(System):
         address = None if self.cfg.address == "local" else self.cfg.address
         if address and address != "auto":
             self._check_reachable(address)
+        extra: dict[str, Any] = {}
+        if address is None and len(tempfile.gettempdir()) > 40 and os.path.isdir("/tmp"):
+            # A Ray started here puts unix sockets under its temp folder, and a socket path has at most 107 bytes:
+            # under a long TMPDIR (a test's or a job scheduler's folder) it could not start.
+            extra["_temp_dir"] = "/tmp/ray"
         try:
             ray.init(address=address, runtime_env=self.cfg.runtime_env, log_to_driver=False,
-                     logging_level=logging.WARNING, include_dashboard=False if address is None else None)
+                     logging_level=logging.WARNING, include_dashboard=False if address is None else None, **extra)
         except ConnectionError as e:
             raise UserError(f"{self._address_key}: no Ray cluster at '{self.cfg.address}' ({e}); start one with "
                             "`ray start --head`, or set address to 'local' to start Ray in this process") from e
