@@ -293,3 +293,25 @@ def test_a_changed_library_starts_a_new_study(tiny_llama: Path, tmp_path: Path,
     changed = run_workflow(validate(cfg))
     assert changed.search["study"] != first.search["study"]
     assert all(t["steps"][-1]["cached"] is False for t in changed.search["trials"])  # every trial ran again
+
+
+def test_a_trial_whose_evaluation_fails_is_recorded_and_the_search_goes_on(tiny_llama: Path, tmp_path: Path) -> None:
+    """A runtime that cannot score one trial's model (here a custom metric raising, as onnxruntime-genai does on
+    some fp16 CPU builds) fails that trial in one line; the other trials are ranked."""
+    script = tmp_path / "metric.py"
+    script.write_text("from pathlib import Path\n\ndef score(model, rows):\n"
+                      "    tag = (Path(model.path) / 'tag.txt').read_text()\n"
+                      "    if tag.startswith('b'):\n        raise RuntimeError('this runtime cannot run the model')\n"
+                      "    return {'len': len(tag)}\n")
+    cfg = config(tiny_llama, tmp_path)
+    cfg["passes"]["append"]["tag"] = TAGS[:3]
+    cfg["evaluators"]["ev"]["metrics"] = [{"name": "mine", "type": "custom",
+                                           "user_config": {"user_script": str(script), "evaluate_func": "score"},
+                                           "sub_types": [{"name": "len", "priority": 1, "higher_is_better": True}]}]
+    cfg["engine"]["evaluate_input_model"] = False
+    result = run_workflow(validate(cfg))
+    trials = by_tag(result.search["trials"])
+    assert "evaluating the output model (ev) failed: RuntimeError: this runtime cannot run the model" in \
+        trials[TAGS[1]]["error"]
+    assert trials[TAGS[0]]["metrics"]["mine-len"] == 1 and trials[TAGS[2]]["metrics"]["mine-len"] == len(TAGS[2])
+    assert result.search["chosen"] == trials[TAGS[2]]["index"]

@@ -61,3 +61,12 @@ class PassFailed(HonedError):
         super().__init__(f"pass '{pass_name}' failed: {type(cause).__name__}: {cause}")
         self.pass_name = pass_name
         self.cause = cause
+
+
+class EvaluationFailed(HonedError):
+    """An internal failure while scoring a model (a runtime that cannot run it). Exit code 1; never cached; a
+    search records the trial as failed and goes on."""
+
+    def __init__(self, what: str, cause: BaseException) -> None:
+        super().__init__(f"evaluating {what} failed: {type(cause).__name__}: {cause}")
+        self.cause = cause

@@ -28,7 +28,7 @@ from honed.engine.preflight import preflight
 from honed.engine.progress import RunDisplay
 from honed.engine.remote import execute_on_node
 from honed.engine.shared_cache import SharedCache
-from honed.errors import PassFailed, UserError
+from honed.errors import EvaluationFailed, HonedError, PassFailed, UserError
 from honed.models.handle import ModelHandle
 from honed.models.loaders import carry_trust
 from honed.models.resolve import resolve_model
@@ -306,7 +306,13 @@ def _evaluate(wf: Workflow, input_model: ModelHandle, stages: dict[str, ModelHan
     todo.append(("output", model))
     for role, handle in todo:
         start = time.perf_counter()
-        results, cached = evaluate_cached(handle, cfg, wf.data_configs, target, cache_root)
+        what = f"the {role} model" if role in ("input", "output") else f"the output of {role}"
+        try:
+            results, cached = evaluate_cached(handle, cfg, wf.data_configs, target, cache_root)
+        except (HonedError, KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as e:  # a runtime that fails on this model: one line naming it (a search goes on)
+            raise EvaluationFailed(f"{what} ({name})", e) from e
         if role in ("input", "output"):
             evaluation[role] = results
         else:
