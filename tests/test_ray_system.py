@@ -303,3 +303,14 @@ def test_a_two_process_fine_tune_on_ray_runs_through_ray_train(tmp_path: Path, t
     assert metrics["num_processes"] == 2 and metrics["launcher"] == "ray"
     assert adapters[1].keys() == adapters[2].keys()
     assert max(float((adapters[1][k] - adapters[2][k]).abs().max()) for k in adapters[1]) < WEIGHT_TOL
+
+
+def test_a_pass_asking_for_more_than_any_node_has_stops_in_one_line(tmp_path: Path, tiny_llama: Path,
+                                                                   ray_head: str) -> None:
+    """Ray would queue the task forever; honed says which key asks for what, and what the nodes have."""
+    _workflow(tmp_path, tiny_llama, CAST, host="cluster",
+              systems={"cluster": {"type": "Ray", "address": ray_head, "resources": {"num_cpus": 64}}})
+    proc = _honed(tmp_path, "run", "-c", "wf.yaml")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    [line] = [ln for ln in proc.stderr.splitlines() if ln.startswith("error")]
+    assert "systems.cluster.resources: each pass asks for 64 CPU / 0 GPU" in line and "4 CPU / 0 GPU" in line

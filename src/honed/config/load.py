@@ -287,7 +287,7 @@ def problems_from(err: ValidationError, model: type[BaseModel], prefix: str = ""
         if kind == "extra_forbidden":
             name = str(loc[-1])
             system_cls = get_system(system) if system else None
-            known = list(system_cls.config_class.model_fields) if system_cls else _fields_at(model, loc[:-1])
+            known = _fields_at(system_cls.config_class, loc[2:-1]) if system_cls else _fields_at(model, loc[:-1])
             close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
             fix = f"did you mean '{close[0]}'?" if close else ("known keys: " + ", ".join(known) if known else "remove it")
             problem = ConfigProblem(key, "unknown key", fix)
@@ -440,11 +440,16 @@ def honed_dict(wf: Workflow) -> dict[str, Any]:
 
 def on_ray(wf: Workflow, address: str) -> Workflow:
     """``wf`` with its passes run by a Ray system at ``address`` (``honed run --ray-address``), unedited otherwise:
-    the Ray system keeps the host's accelerators, and the target stays what it was (the host's when unset)."""
+    a Ray host system keeps its resources and runtime_env (only its address changes); any other host becomes a
+    Ray system with the host's accelerators, and the target stays what it was (the host's when unset)."""
     from honed.systems.ray_system import RayConfig
 
     cfg = wf.config.model_copy(deep=True)
     host = cfg.systems.get(cfg.engine.host) if cfg.engine.host else None
+    if isinstance(host, RayConfig):  # the file's Ray system, with only its address replaced
+        cfg.systems[cfg.engine.host] = host.model_copy(update={"address": address})
+        flows = [(n, on_ray(f, address)) for n, f in wf.flows]
+        return dataclasses.replace(wf, config=cfg, flows=flows, host_label="--ray-address")
     name = "ray"
     while name in cfg.systems:
         name += "_"

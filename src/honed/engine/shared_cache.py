@@ -65,10 +65,12 @@ class SharedCache:
             raise UserError(f"{key}: cannot open '{url}' ({e}); install the fsspec package of that protocol "
                             "(s3fs, gcsfs, adlfs)") from e
         try:
-            if create and not self.fs.exists(f"{self.root}/.honed-cache"):  # a dry run writes nothing
+            if not self.fs.exists(f"{self.root}/.honed-cache") and create:  # a dry run writes nothing
                 self.fs.pipe_file(f"{self.root}/.honed-cache", b'{"format": 1}\n')
-        except (OSError, PermissionError) as e:
-            raise UserError(f"{key}: cannot write to '{url}' ({e}); check the bucket and credentials") from e
+        except Exception as e:  # the storage client's own errors (credentials, endpoint, bucket): one line
+            why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"{key}: cannot use '{url}' ({type(e).__name__}: {why}); check the bucket, the "
+                            "credentials (AWS_* or a profile) and the endpoint (AWS_ENDPOINT_URL)") from e
 
     # -- entries -------------------------------------------------------------------------------------
 

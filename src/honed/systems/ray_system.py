@@ -145,9 +145,13 @@ class RaySystem(System):
                      logging_level=logging.WARNING, include_dashboard=False if address is None else None, **extra)
         except ConnectionError as e:
             raise UserError(f"{self._address_key}: no Ray cluster at '{self.cfg.address}' ({e}); start one with "
-                            "`ray start --head`, or set address to 'local' to start Ray in this process") from e
+                            f"`ray start --head`, or {self._local_hint} to start Ray in this process") from e
         log.info("%s: connected to Ray (%s)", self.label, self.cfg.address)
         return ray
+
+    @property
+    def _local_hint(self) -> str:
+        return "use --ray-address local" if self.label.startswith("--") else "set address to 'local'"
 
     @property
     def _address_key(self) -> str:
@@ -182,8 +186,20 @@ class RaySystem(System):
             self._versions[wanted] = ray.get(probe.remote(wanted))
         return self._versions[wanted]
 
+    def _check_fits(self, ray: Any) -> None:
+        """A pass asking for more CPUs or GPUs than any node has would wait forever: say so in one line."""
+        res = self.cfg.resources
+        want = {"CPU": res.num_cpus or 1, "GPU": res.num_gpus}
+        nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+        if nodes and not any(all(node.get(k, 0) >= v for k, v in want.items() if v) for node in nodes):
+            have = ", ".join(f"{node.get('CPU', 0):g} CPU / {node.get('GPU', 0):g} GPU" for node in nodes)
+            key = "resources" if self.label.startswith("--") else f"{self.label}.resources"
+            raise UserError(f"{key}: each pass asks for {want['CPU']:g} CPU / {want['GPU']:g} GPU but no node of "
+                            f"the cluster has that (nodes: {have}); ask for less or add a node that has it")
+
     def run_pass(self, request: PassRequest) -> PassResponse:
         ray = self.connect()
+        self._check_fits(ray)
         res = self.cfg.resources
         threads = max(1, int(res.num_cpus)) if res.num_cpus else None
         task = ray.remote(_run_request).options(

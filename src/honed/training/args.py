@@ -77,11 +77,14 @@ class TrainingArgs(BaseModel):
     )
     num_processes: int = Field(
         1, gt=0, le=1024,
-        description="Data-parallel processes honed launches on this machine (torch elastic; accelerate's name), "
-        "each with max(1, cores // num_processes) torch threads, or one GPU each on CUDA. The global batch stays "
-        "per_device_train_batch_size x gradient_accumulation_steps rows per optimizer step whatever this is: each "
-        "step's rows are split between the processes, so steps, schedule, checkpoints and updates are those of one "
-        "process (LoRA dropout masks are drawn per process).",
+        description="Data-parallel processes honed launches (accelerate's name): on this machine through torch's "
+        "elastic launcher, or as Ray Train workers across the nodes when the pass runs on a Ray system whose nodes "
+        "see the cache; each with max(1, cores // num_processes) torch threads, or one GPU each on CUDA. The global "
+        "batch stays per_device_train_batch_size x gradient_accumulation_steps rows per optimizer step whatever "
+        "this is: each step's rows are split between the processes, so steps, schedule, checkpoints and updates are "
+        "those of one process, within float rounding (in float32 about 1e-7 relative; in bf16 each process's "
+        "shorter padding rounds differently, about 1e-3; LoRA dropout masks are drawn per process). Part of the "
+        "pass's cache key: a killed run resumes from its checkpoints when rerun with the same value.",
     )
     ddp_backend: Literal["gloo", "nccl"] | None = Field(
         None, description="Process-group backend when num_processes > 1; unset: gloo on CPU, nccl on CUDA."

@@ -249,6 +249,7 @@ def launch(
     env_before = os.environ.get("TORCHELASTIC_SIGNALS_TO_HANDLE")
     # The agent logs its settings, each worker's exit and a failed worker's traceback; the failure is raised below.
     quiet.setLevel(logging.CRITICAL)
+    os.environ[PARENT_ENV] = str(os.getpid())
     try:
         results = elastic_launch(config, _run_worker)(*worker_args)
     except ChildFailedError as e:
@@ -353,6 +354,7 @@ def _run_worker(
     import torch.distributed as dist
 
     rank_ = int(os.environ["RANK"])
+    _die_with_parent()
     os.environ["OMP_NUM_THREADS"] = str(threads)  # honed's thread rule reads it (see physical_core_threads)
     torch.set_num_threads(threads)
     handler = logging.StreamHandler(sys.stderr)
@@ -374,6 +376,30 @@ def _run_worker(
     finally:
         with contextlib.suppress(RuntimeError, ValueError):
             dist.destroy_process_group()
+
+
+PARENT_ENV = "HONED_DDP_PARENT"
+"""The launching process's pid, inherited by the workers (see ``_die_with_parent``)."""
+
+
+def _die_with_parent() -> None:
+    """On Linux, have the kernel kill this worker when the process that launched it dies (a SIGKILLed honed run
+    would otherwise leave its training processes running, holding memory)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return
+    if libc is not None and hasattr(libc, "prctl"):
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        parent = os.environ.get(PARENT_ENV)
+        if parent and os.getppid() != int(parent):  # the launcher died before the call
+            os._exit(1)
 
 
 def seed_for_rank(seed: int) -> int:
