@@ -254,6 +254,26 @@ def test_points_of_a_dead_run_are_run_again(tmp_path: Path) -> None:
     assert claim.index == 1  # the dead run's trial keeps its place; its point is run again
 
 
+def test_points_of_a_run_gone_on_another_node_are_run_again(tmp_path: Path) -> None:
+    """A run on another machine (a restarted pod) is judged by its heartbeat file beside the journal: while it is
+    fresh the point stays taken; once stale (or missing) the point is claimed again."""
+    from honed.search.samplers import STALE_S
+
+    journal = tmp_path / "studies" / "s.journal"
+    first = make_sampler("sequential", _space(), [("acc", True)], 0, journal=journal)
+    claim = first.claim()
+    assert claim is not None
+    claim.trial.set_user_attr("owner", {"node": "pod-a", "pid": 7})  # as if pod-a claimed it
+    beat = tmp_path / "studies" / "s.runs" / "pod-a-7"
+    beat.touch()
+    other = make_sampler("sequential", _space(), [("acc", True)], 0, journal=journal)
+    assert other.claim().point != claim.point  # pod-a is alive: its point is taken
+    old = time.time() - STALE_S - 1
+    os.utime(beat, (old, old))
+    again = make_sampler("sequential", _space(), [("acc", True)], 0, journal=journal).claim()
+    assert again is not None and again.point == claim.point  # pod-a is gone: its point runs again
+
+
 def test_tpe_uses_constant_liar(tmp_path: Path) -> None:
     sampler = make_sampler("tpe", _space(), [("acc", True)], 0, journal=tmp_path / "studies" / "t.journal")
     assert sampler.study.sampler._constant_liar is True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 from pathlib import Path
 
@@ -67,6 +68,7 @@ def _clean(args: argparse.Namespace) -> int:
     if cutoff is None:  # a full clean forgets searches too: their trials' results point at removed entries
         for journal in sorted((cache.root / "studies").glob("*.journal")):
             journal.unlink()
+            shutil.rmtree(journal.with_suffix(".runs"), ignore_errors=True)  # its runs' heartbeat files
             studies += 1
     Console().print(f"removed {removed} entries, {studies} search studies and {stale} unfinished temp folders "
                     f"from {cache.root}")

@@ -16,6 +16,8 @@ import math
 import os
 import random
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,11 +32,25 @@ def _key(point: dict[str, Any]) -> str:
     return json.dumps(point, sort_keys=True, default=str)
 
 
-def _alive(owner: dict[str, Any] | None) -> bool:
-    """Whether the run that registered a trial may still finish it.  Only a process on this node can be
-    checked (its pid); one on another node is assumed alive."""
-    if not isinstance(owner, dict) or owner.get("node") != socket.gethostname():
+HEARTBEAT_S = 30.0
+"""A run that joined a study on disk touches ``<journal>.runs/<node>-<pid>`` this often while it lives."""
+STALE_S = 180.0
+"""A run on another node whose heartbeat file is older than this (or absent) is gone: its running trials are
+claimed again (generous: the clocks of two machines may differ)."""
+
+
+def _alive(owner: dict[str, Any] | None, beats: Path | None = None) -> bool:
+    """Whether the run that registered a trial may still finish it: a process on this node by its pid, one on
+    another node by its heartbeat file under ``beats`` (without a folder of heartbeats, assumed alive)."""
+    if not isinstance(owner, dict):
         return True
+    if owner.get("node") != socket.gethostname():
+        if beats is None:
+            return True
+        try:
+            return time.time() - (beats / f"{owner.get('node')}-{owner.get('pid')}").stat().st_mtime < STALE_S
+        except OSError:
+            return False
     pid = owner.get("pid")
     if not isinstance(pid, int) or pid == os.getpid():
         return True
@@ -45,6 +61,14 @@ def _alive(owner: dict[str, Any] | None) -> bool:
     except PermissionError:  # another user's live process
         return True
     return True
+
+
+def _beat(path: Path) -> None:
+    """Touch this run's heartbeat file until the process ends (a daemon thread)."""
+    while True:
+        time.sleep(HEARTBEAT_S)
+        with contextlib.suppress(OSError):
+            path.touch()
 
 
 @dataclass
@@ -74,6 +98,12 @@ class Sampler:
         self.optuna = optuna
         self.space, self.objectives, self.seed = space, objectives, seed
         self._lock_path = lock_path
+        self._beats = lock_path.parent / (lock_path.name.split(".")[0] + ".runs") if lock_path else None
+        if self._beats is not None:
+            self._beats.mkdir(parents=True, exist_ok=True)
+            me = self._beats / f"{socket.gethostname()}-{os.getpid()}"
+            me.touch()
+            threading.Thread(target=_beat, args=(me,), daemon=True).start()
         self._distinct = len({_key(space.active(p)) for p in space.points()})
         self._mine: dict[str, Claim] = {}
         directions = ["maximize" if higher else "minimize" for _, higher in objectives] or ["minimize"]
@@ -108,7 +138,7 @@ class Sampler:
         process of this node that is gone.  Its point may be run again."""
         state = self.optuna.trial.TrialState
         if t.state == state.RUNNING:
-            return not _alive(t.user_attrs.get("owner"))
+            return not _alive(t.user_attrs.get("owner"), self._beats)
         return t.state == state.FAIL and "record" not in t.user_attrs
 
     def taken(self) -> dict[str, Any]:
