@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +162,8 @@ def run_workflow(
               if wf.engine.shared_cache else None)
     if cache:
         cache.clean_stale()
+        # the local cache, else (downloaded into it) the shared tier's entry
+        lookup = partial(shared.pull, cache=cache) if shared else cache.get
     elif (cache_root / MARKER).is_file():
         use_memo(cache_root)  # a dry run reads the cache's remembered hashes, and writes nothing else
     model = _input_handle(wf, cache_root, dry_run)
@@ -187,12 +190,11 @@ def run_workflow(
             )
         record = StepRecord(name=step.name, type=step.pass_cls.name, config=config_json, input_id=current_id,
                             output_id=key)
-        entry = cache.get(key) or (shared.pull(key, cache) if shared else None)
+        entry = lookup(key)
         if entry is None:
             with cache.lock(key), shared.lock(key) if shared else contextlib.nullcontext():
                 cache.repair(key)  # a damaged entry is set aside and computed again
-                # another run (here, or on another machine) may have finished it while we waited
-                entry = cache.get(key) or (shared.pull(key, cache) if shared else None)
+                entry = lookup(key)  # another run (here, or on another machine) may have finished it meanwhile
                 if entry is None:
                     entry = _run_step(step, model, key, cache, system, host, target, data_configs, display, record,
                                       shared)

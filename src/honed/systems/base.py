@@ -12,7 +12,8 @@ systems only through this contract:
 * ``trial_executor(max_workers)``: a ``concurrent.futures.Executor`` running search trials at once
   (local processes, or Ray tasks).
 
-Adding a system touches no engine code: write the file, register it, import it in ``honed/systems/__init__``.
+Adding a system touches no engine code: write the file and register it (``all_systems`` imports every module
+of ``honed/systems/``).
 """
 
 from __future__ import annotations
