@@ -106,6 +106,24 @@ def test_pass_key_ignores_where_the_data_lies(tmp_path: Path) -> None:
     assert _pass_key(tmp_path, data=_rows(tmp_path / "moved")) == _pass_key(tmp_path)
 
 
+@pytest.mark.parametrize(("config", "follows"), [
+    ({"precision": "int4", "matmul_mixed_precision": "measured", "fidelity_samples": 0}, True),
+    ({"precision": "int4"}, True),  # the fidelity check reads it
+    ({"precision": "int4", "fidelity_samples": 0}, False),
+    ({"precision": "fp32"}, False),
+])
+def test_a_default_data_config_is_in_the_key(config: dict[str, Any], follows: bool, tmp_path: Path) -> None:
+    """A pass that falls back to the workflow's first data config (ModelBuilder's measured mix and fidelity
+    check) reruns when that data changes; one that does not read it keeps its key."""
+    from honed.engine.keys import pass_key
+
+    mb = get_pass("ModelBuilder")
+    cfg = mb.config_class(**config)
+    keys = [pass_key("m1", mb, cfg, {"d": _rows(tmp_path / text, text)}, Accelerator(), Accelerator(), "local",
+                     {"python": "3.11"}) for text in ("a", "b")]
+    assert (keys[0] != keys[1]) is follows
+
+
 def test_python_environment_system_reads_versions_in_its_interpreter(tmp_path: Path) -> None:
     """A PythonEnvironment system's key holds what *its* interpreter has: a fake interpreter that reports
     another torch gives another key (a torch upgraded there reruns the passes)."""

@@ -28,7 +28,7 @@ from honed.evaluate.metrics import (
 from honed.models.handle import ModelHandle
 
 ROOT = Path(__file__).resolve().parent.parent
-BUILTIN = ["accuracy", "perplexity", "latency", "throughput", "size_on_disk", "memory", "custom"]
+BUILTIN = ["accuracy", "perplexity", "latency", "throughput", "size_on_disk", "memory", "custom", "fidelity"]
 
 
 def _metric(mtype: str, sub: str | None = None) -> dict[str, Any]:

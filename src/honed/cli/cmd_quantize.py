@@ -44,6 +44,8 @@ DATA_FLAGS = [
     FieldFlag("--max-seq-len", PreProcessDataConfig, "max_seq_len", "data_options"),
 ]
 FLAGS = PASS_FLAGS + CONVERSION_FLAGS + DATA_FLAGS
+AWQ_RENAMES = {"group_size": "q_group_size"}
+"""Gptq field names the shared flags set -> the Awq field of the same meaning (Olive's AutoAWQQuantizer names)."""
 
 EPILOG = """examples:
   honed quantize -m models/bert-onnx --algorithm dynamic --precision int8 -o models/bert-int8
@@ -52,10 +54,13 @@ EPILOG = """examples:
       --text-template '{text}' -o models/bert-static
   honed quantize -m HuggingFaceTB/SmolLM2-135M-Instruct --algorithm gptq --precision int4 --group-size 64 \\
       --data calib.jsonl --text-template '{text}' -o models/smol-gptq4
+  honed quantize -m HuggingFaceTB/SmolLM2-135M-Instruct --algorithm awq --precision int4 --group-size 64 \\
+      --data calib.jsonl --text-template '{text}' -o models/smol-awq4
 
 algorithm/precision pairs: rtn int4|int8 (OnnxBlockWiseRtnQuantization), hqq int4 (OnnxHqqQuantization),
 dynamic int8 (OnnxDynamicQuantization), static int8 (OnnxStaticQuantization, calibrated on --data),
-gptq int4|int8 (Gptq on the Hugging Face model, calibrated on --data, then ModelBuilder: a genai folder).
+gptq int4|int8 (Gptq on the Hugging Face model, calibrated on --data, then ModelBuilder: a genai folder),
+awq int4 (Awq on a Llama-architecture Hugging Face model, calibrated on --data, then ModelBuilder).
 """
 
 
@@ -68,10 +73,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_common(p)
     p.add_argument("--algorithm", choices=sorted({a for a, _ in QUANTIZERS}), default="rtn",
                    help="rtn (round to nearest, blockwise), hqq (half-quadratic, blockwise), dynamic "
-                   "(int8 weights, activations at run time), static (calibrated int8) or gptq (calibrated int4/int8 "
-                   "weights of a Hugging Face LM, built with ModelBuilder) (default: rtn).")
+                   "(int8 weights, activations at run time), static (calibrated int8), gptq (calibrated int4/int8 "
+                   "weights of a Hugging Face LM, built with ModelBuilder) or awq (activation-aware int4 weights "
+                   "of a Llama-architecture LM, built with ModelBuilder) (default: rtn).")
     p.add_argument("--precision", choices=["int4", "int8"], default="int4", help="Bits per weight (default: int4).")
-    p.add_argument("-d", "--data", help="Calibration rows for --algorithm static or gptq: a local "
+    p.add_argument("-d", "--data", help="Calibration rows for --algorithm static, gptq or awq: a local "
                    "json/jsonl/csv/parquet file.")
     add_field_flags(p.add_argument_group("quantizer (pass fields)"), PASS_FLAGS)
     add_field_flags(p.add_argument_group("conversion of an HF model (OnnxConversion fields)"), CONVERSION_FLAGS)
@@ -85,6 +91,8 @@ def _quantize(args: argparse.Namespace) -> int:
     values = collect(args, FLAGS)
     quantizer = QUANTIZERS.get((args.algorithm, args.precision))
     pass_options = values.get("pass_options", {})
+    if args.algorithm == "awq":
+        pass_options = {AWQ_RENAMES.get(k, k): v for k, v in pass_options.items()}
     if quantizer is not None:
         check_applies(pass_options, FLAGS, get_pass(quantizer["type"]).config_class, "pass_options",
                       f"to --algorithm {args.algorithm} ({quantizer['type']})")

@@ -58,6 +58,14 @@ IGNORED_PASS_KEYS_BY_TYPE: dict[str, dict[str, str]] = {
     "GptqQuantizer": {k: "honed finds the decoder layers and their linears itself" for k in (
         "layers_block_name", "outside_layer_modules", "inside_layer_modules")}
     | {"static_groups": "it matters only with desc_act, which honed's Gptq does not take"},
+    "AutoAWQQuantizer": {
+        "version": "it picks AutoAWQ's CUDA kernel layout (gemm/gemv); honed writes Olive's quantized format, which "
+                   "ModelBuilder builds into MatMulNBits",
+        "pack_model_for_onnx_conversion": "honed's Awq output is always the format ModelBuilder builds",
+        "export_compatible": "honed's Awq always writes the quantized codes (not the scaled float model)",
+        "input_model_dtype": "honed calibrates in float32",
+        "modules_to_not_convert": "honed's Awq quantizes every linear of the decoder layers and never the LM head",
+    },
 }
 """Olive pass options that change nothing in honed's output, by pass type: a warning each."""
 PRECISION_TO_QTYPE = {"int8": "QInt8", "uint8": "QUInt8"}
@@ -107,6 +115,8 @@ RUNS_AS = {
                                             "same inputs and outputs"),
     "GptqModel": ("Gptq", "honed quantizes with its own GPTQ, not the gptqmodel library; the algorithm and the "
                           "output format are the same"),
+    "AutoAWQQuantizer": ("Awq", "honed quantizes with its own AWQ, not the autoawq library; the algorithm is the "
+                                "same and the output is Olive's quantized format, which ModelBuilder builds"),
 }
 """Olive pass types honed runs with a different implementation of the same step; a warning says so."""
 IGNORED_OPTIMUM_KEYS = {

@@ -20,9 +20,13 @@ from honed.util.hashing import cache_key, code_fingerprint, environment, library
 
 
 def data_refs(config: PassConfig, data_configs: dict[str, DataConfig]) -> dict[str, Any]:
-    """The data configs a pass config names (fields ending in ``data_config``), with file contents hashed."""
-    return {key: with_content_hashes(data_configs[name].model_dump(mode="json"))
+    """The data configs a pass config names (fields ending in ``data_config``), and the workflow's first one when
+    the pass falls back to it (``PassConfig.uses_first_data_config``), with file contents hashed."""
+    refs = {key: with_content_hashes(data_configs[name].model_dump(mode="json"))
             for key, name in data_config_refs(config.model_dump()) if name in data_configs}
+    if data_configs and config.uses_first_data_config():
+        refs["(first data config)"] = with_content_hashes(next(iter(data_configs.values())).model_dump(mode="json"))
+    return refs
 
 
 def pass_key(

@@ -306,11 +306,14 @@ def _evaluate(wf: Workflow, input_model: ModelHandle, stages: dict[str, ModelHan
     todo = [("input", input_model)] if wf.engine.evaluate_input_model is not False else []
     todo += [(n, h) for n, h in stages.items() if n != last and (wanted is True or (wanted and n in wanted))]
     todo.append(("output", model))
+    chain = [input_model, *stages.values()]  # a fidelity metric compares a model with the input of its pass
+    parent = {id(h): chain[max(i - 1, 0)] for i, h in enumerate(chain)}
     for role, handle in todo:
         start = time.perf_counter()
         what = f"the {role} model" if role in ("input", "output") else f"the output of {role}"
         try:
-            results, cached = evaluate_cached(handle, cfg, wf.data_configs, target, cache_root)
+            results, cached = evaluate_cached(handle, cfg, wf.data_configs, target, cache_root,
+                                              reference=parent.get(id(handle), input_model))
         except (HonedError, KeyboardInterrupt, SystemExit):
             raise
         except Exception as e:  # a runtime that fails on this model: one line naming it (a search goes on)

@@ -130,6 +130,11 @@ class MetricUserConfig(_Strict):
     )
     prompt: str = Field("The quick brown fox jumps over the lazy dog", description="Latency/throughput input "
                         "when the metric has no data_config.")
+    reference_model: str | None = Field(
+        None, description="fidelity: the model the candidate is compared with (a folder, hub id, .gguf, pkg:// file, "
+        "ONNX or genai folder). Default: in a workflow, the input of the pass that made the candidate (the "
+        "input model for itself); for honed evaluate, required."
+    )
 
 
 def _metric_json_schema(schema: dict[str, Any]) -> None:

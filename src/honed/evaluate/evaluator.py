@@ -65,8 +65,10 @@ class _Session:
     """Lazily opened backend and loaded rows shared by the metrics of one evaluation."""
 
     def __init__(self, handle: ModelHandle, data_configs: dict[str, DataConfig], target: Accelerator,
-                 cache_dir: Path | None, clock: Callable[[], float]) -> None:
+                 cache_dir: Path | None, clock: Callable[[], float], reference: ModelHandle | None = None) -> None:
         self.handle, self.data_configs, self.target, self.cache_dir = handle, data_configs, target, cache_dir
+        self.reference = reference
+        """The model fidelity metrics compare with when their config names none."""
         self.clock = clock
         self._backend: Backend | None = None
         self._rows: dict[str, Any] = {}
@@ -271,6 +273,56 @@ def _perplexity(s: _Session, metric: MetricConfig) -> Results:
     return perplexity(total, count)
 
 
+def reference_handle(path: str, cache_dir: Path | None) -> ModelHandle:
+    """The handle of a fidelity metric's ``user_config.reference_model``: an ONNX or genai model on disk by its
+    files, anything else as ``model_path`` resolves (a GGUF file converted once, into the cache)."""
+    from honed.models.onnx_runtime import model_kind
+    from honed.models.resolve import resolve_model
+
+    local = Path(path).expanduser()
+    if local.exists() and model_kind(local) in ("genai", "onnx"):
+        return ModelHandle(kind=model_kind(local), path=str(local))  # type: ignore[arg-type]
+    handle = resolve_model(path)
+    gguf = handle.attributes.get("gguf_file")
+    if gguf:
+        if cache_dir is None:
+            raise UserError(f"user_config.reference_model '{path}' is a GGUF file, which needs a cache to convert "
+                            "into; give its Hugging Face folder instead")
+        from honed.models.gguf import gguf_to_hf
+
+        handle = handle.model_copy(update={"path": str(gguf_to_hf(Path(gguf), cache_dir))})
+    return handle
+
+
+def _reference_of(s: _Session, metric: MetricConfig) -> ModelHandle:
+    path = metric.user_config.reference_model
+    if path is not None:
+        return reference_handle(path, s.cache_dir)
+    if s.reference is None:
+        raise UserError(f"metric '{metric.name}': no model to compare with; set user_config.reference_model to its "
+                        "path (e.g. the workflow's input model)")
+    return s.reference
+
+
+def _fidelity(s: _Session, metric: MetricConfig) -> Results:
+    """The candidate's next-token distributions against the reference's on the data's formatted rows, tokenized
+    by the candidate's tokenizer as the perplexity metric does (``honed.models.fidelity``)."""
+    from honed.models.fidelity import compare_runtimes
+    from honed.models.runtime import open_runtime
+
+    cfg, _, examples = s.examples(metric, completion=False)
+    pp = cfg.pre_process_data_config
+    add_special = pp.add_special_tokens and not pp.chat_template
+    seqs = [_tokens(s.backend, "", ex.text, add_special, pp.append_eos)[0] for ex in examples]
+    reference = open_runtime(_reference_of(s, metric), s.target)  # an HF model in its stored dtype
+    try:
+        result = compare_runtimes(reference, s.backend, seqs)
+    finally:
+        reference.close()
+    return {"kl_mean": result.kl_mean, "kl_p99": result.kl_p99, "top1_agreement": result.top1_agreement,
+            "perplexity": result.perplexity, "reference_perplexity": result.reference_perplexity}
+
+
 def _timing_input(s: _Session, metric: MetricConfig) -> list[list[int]]:
     """A batch of equal-length prompts: from the data when given, else the configured prompt."""
     uc = metric.user_config
@@ -383,9 +435,10 @@ def _keyed(metric: MetricConfig, values: Results) -> Results:
 
 def evaluate_model(handle: ModelHandle, cfg: EvaluatorConfig, data_configs: dict[str, DataConfig] | None = None,
                    target: Accelerator | None = None, cache_dir: Path | None = None,
-                   clock: Callable[[], float] = time.perf_counter) -> Results:
-    """Every metric of ``cfg`` on ``handle``, keyed '<metric>-<sub type>'."""
-    s = _Session(handle, data_configs or {}, target or Accelerator(), cache_dir, clock)
+                   clock: Callable[[], float] = time.perf_counter, reference: ModelHandle | None = None) -> Results:
+    """Every metric of ``cfg`` on ``handle``, keyed '<metric>-<sub type>'; ``reference`` is the model fidelity
+    metrics compare with when they name none (``user_config.reference_model``)."""
+    s = _Session(handle, data_configs or {}, target or Accelerator(), cache_dir, clock, reference)
     results: Results = {}
     defs = {m.type: get_metric(m.type) for m in cfg.metrics}
     unknown = sorted(t for t, d in defs.items() if d is None)
@@ -421,10 +474,29 @@ EVAL_LIBRARIES = ("torch", "transformers", "peft", "tokenizers", "onnxruntime", 
 """Libraries whose versions enter the evaluation key (they load and run the models being scored)."""
 
 
-def eval_key(model_id: str, cfg: EvaluatorConfig, data_configs: dict[str, DataConfig], target: Accelerator) -> str:
+def _reference_ids(cfg: EvaluatorConfig, reference: ModelHandle | None) -> list[str]:
+    """Identity of each fidelity metric's reference: a local reference_model by content, else its name (hub id),
+    else the handed reference's id."""
+    from honed.util.hashing import hash_path
+
+    out = []
+    for m in cfg.metrics:
+        if m.type != "fidelity":
+            continue
+        path = m.user_config.reference_model
+        if path is None:
+            out.append((reference.id or reference.path) if reference is not None else "")
+        else:
+            local = Path(path).expanduser()
+            out.append(hash_path(local) if local.exists() else path)
+    return out
+
+
+def eval_key(model_id: str, cfg: EvaluatorConfig, data_configs: dict[str, DataConfig], target: Accelerator,
+             reference: ModelHandle | None = None) -> str:
     """Key of the evaluation cache (``util.hashing.cache_key``): the model and the data it reads by content,
     the evaluator config and target, this module's code with all it imports (backends, runtimes, data
-    formatting: the template and label code) and the libraries' versions."""
+    formatting: the template and label code), the libraries' versions, and a fidelity metric's reference."""
     from honed.data.build import fingerprint
 
     used = {m.data_config for m in cfg.metrics if m.data_config}
@@ -434,15 +506,18 @@ def eval_key(model_id: str, cfg: EvaluatorConfig, data_configs: dict[str, DataCo
         from honed.evaluate.lmeval import fingerprint as lm_fingerprint
 
         inputs["lm_eval"] = lm_fingerprint(cfg)
+    references = _reference_ids(cfg, reference)
+    if references:  # only then: other evaluations keep their keys
+        inputs["references"] = references
     return cache_key("evaluation", inputs=inputs,
                      config={"evaluator": cfg.model_dump(mode="json"), "target": target.model_dump()},
                      code=code_fingerprint(__name__), environment=environment(library_versions(EVAL_LIBRARIES)))
 
 
 def evaluate_cached(handle: ModelHandle, cfg: EvaluatorConfig, data_configs: dict[str, DataConfig],
-                    target: Accelerator, cache_root: Path) -> tuple[Results, bool]:
+                    target: Accelerator, cache_root: Path, reference: ModelHandle | None = None) -> tuple[Results, bool]:
     """``evaluate_model`` through ``cache_root/evals/<key>.json``; (results, was cached)."""
-    key = eval_key(handle.id or handle.path, cfg, data_configs, target)
+    key = eval_key(handle.id or handle.path, cfg, data_configs, target, reference)
     path = Path(cache_root) / "evals" / f"{key}.json"
     if path.is_file():
         try:
@@ -451,7 +526,7 @@ def evaluate_cached(handle: ModelHandle, cfg: EvaluatorConfig, data_configs: dic
             stored = None  # damaged: a miss, computed again below
         if isinstance(stored, dict) and isinstance(stored.get("results"), dict):
             return stored["results"], True
-    results = evaluate_model(handle, cfg, data_configs, target, cache_dir=Path(cache_root))
+    results = evaluate_model(handle, cfg, data_configs, target, cache_dir=Path(cache_root), reference=reference)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps({"model": handle.id, "results": results, "created": time.time()}, indent=2,
                                        sort_keys=True))
@@ -550,4 +625,18 @@ register_metric(MetricDef(
     name="custom", compute=_custom, open_sub_types=True, check=_check_custom,
     description="user_config.evaluate_func(model, rows, **evaluate_func_kwargs) in user_config.user_script: a "
     "number or a dict of numbers; sub_types name them, each with higher_is_better.",
+))
+
+register_metric(MetricDef(
+    name="fidelity", compute=_fidelity, needs_data=True,
+    description="The model's next-token distributions against a reference model's (user_config.reference_model), "
+    "teacher-forced at every position of the data's formatted rows (llama.cpp's perplexity --kl-divergence "
+    "statistics).",
+    sub_types=(SubType("kl_mean", False, "nats/token", "mean KL(reference || model) per position", default=True),
+               SubType("kl_p99", False, "nats/token", "99th percentile of the per-position KL", default=True),
+               SubType("top1_agreement", True, _FRACTION, "share of positions whose most likely token is the "
+                       "reference's", default=True),
+               SubType("perplexity", False, "exp(nats/token)", "the model's perplexity on the same rows"),
+               SubType("reference_perplexity", False, "exp(nats/token)", "the reference's perplexity on the same "
+                       "rows")),
 ))

@@ -65,6 +65,31 @@ def dequantize(qweight: Any, scales: Any, qzeros: Any, bits: int, group_size: in
                             unpack_codes(qzeros, bits, groups), group_size)
 
 
+def quant_params(w: Any, bits: int, sym: bool) -> tuple[Any, Any]:
+    """Scale and zero point per row of ``w`` (rows, group): min/max of the group with 0 included (asymmetric),
+    or +-max|w| around a fixed zero point 2**(bits-1) (symmetric), as in GPTQ's reference quantizer."""
+    import torch
+
+    maxq = 2**bits - 1
+    lo = torch.clamp(w.min(dim=1).values, max=0)
+    hi = torch.clamp(w.max(dim=1).values, min=0)
+    if sym:
+        hi = torch.maximum(lo.abs(), hi)
+        lo = -hi
+    span = hi - lo
+    span[span == 0] = 1.0  # an all-zero group: any scale represents it
+    scale = span / maxq
+    zero = torch.full_like(scale, (maxq + 1) / 2) if sym else torch.round(-lo / scale)
+    return scale, zero
+
+
+def quantize_codes(w: Any, scale: Any, zero: Any, bits: int) -> Any:
+    """Codes of ``w`` (rows, n) with per-row ``scale``/``zero`` (rows,): ``clamp(round(w / scale) + zero)``."""
+    import torch
+
+    return torch.clamp(torch.round(w / scale[:, None]) + zero[:, None], 0, 2**bits - 1)
+
+
 def has_fused_projections(folder: str | Path) -> bool:
     """Whether the checkpoint in ``folder`` holds a quantized fused projection (see ``split_fused``); reads only
     the safetensors headers."""

@@ -29,6 +29,11 @@ class PassConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
+    def uses_first_data_config(self) -> bool:
+        """True when the pass reads the workflow's first data config without a field naming it (a default);
+        the cache key then hashes that data config too, as it does every data config a field names."""
+        return False
+
 
 class Pass:
     """Base class of a pass. Subclasses set the class variables and implement ``run``."""

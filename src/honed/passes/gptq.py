@@ -30,13 +30,14 @@ from pydantic import Field, StrictBool, field_validator
 from honed.errors import UserError
 from honed.models.handle import ModelHandle
 from honed.models.loaders import load_model, load_tokenizer, trust_kwargs
-from honed.models.quantized import QUANT_METHOD, dequantize_codes, pack_codes
-from honed.passes.base import Pass, PassConfig, PassContext, register_pass
+from honed.models.quantized import QUANT_METHOD, dequantize_codes, pack_codes, quant_params, quantize_codes
+from honed.passes._fidelity import FidelityOptions, record_fidelity
+from honed.passes.base import Pass, PassContext, register_pass
 
 log = logging.getLogger("honed")
 
 
-class GptqConfig(PassConfig):
+class GptqConfig(FidelityOptions):
     """GPTQ options (Olive's Gptq names and defaults)."""
 
     bits: Literal[4, 8] = Field(4, description="Bits per weight.")
@@ -82,31 +83,6 @@ class QuantizedLinear:
     codes: Any
     scales: Any
     zeros: Any
-
-
-def quant_params(w: Any, bits: int, sym: bool) -> tuple[Any, Any]:
-    """Scale and zero point per row of ``w`` (rows, group): min/max of the group with 0 included (asymmetric),
-    or +-max|w| around a fixed zero point 2**(bits-1) (symmetric), as in GPTQ's reference quantizer."""
-    import torch
-
-    maxq = 2**bits - 1
-    lo = torch.clamp(w.min(dim=1).values, max=0)
-    hi = torch.clamp(w.max(dim=1).values, min=0)
-    if sym:
-        hi = torch.maximum(lo.abs(), hi)
-        lo = -hi
-    span = hi - lo
-    span[span == 0] = 1.0  # an all-zero group: any scale represents it
-    scale = span / maxq
-    zero = torch.full_like(scale, (maxq + 1) / 2) if sym else torch.round(-lo / scale)
-    return scale, zero
-
-
-def quantize_codes(w: Any, scale: Any, zero: Any, bits: int) -> Any:
-    """Codes of ``w`` (rows, n) with per-row ``scale``/``zero`` (rows,): ``clamp(round(w / scale) + zero)``."""
-    import torch
-
-    return torch.clamp(torch.round(w / scale[:, None]) + zero[:, None], 0, 2**bits - 1)
 
 
 def gptq_linear(weight: Any, hessian: Any, cfg: GptqConfig) -> QuantizedLinear:
@@ -366,8 +342,11 @@ class Gptq(Pass):
             gen.save_pretrained(output_dir)
         ctx.metrics["calibration_samples"] = len(samples)
         ctx.metrics["quantized_linears"] = len(quantized)
-        return ModelHandle(kind="hf", path=str(output_dir), task=model.task, load_kwargs=trust_kwargs(model),
-                           attributes={**model.attributes, "quantization": f"int{config.bits}-gptq"})
+        out = ModelHandle(kind="hf", path=str(output_dir), task=model.task, load_kwargs=trust_kwargs(model),
+                          attributes={**model.attributes, "quantization": f"int{config.bits}-gptq"})
+        del net, state, quantized  # free the fp32 working copy before both models load to be compared
+        record_fidelity(model, out, config, ctx)
+        return out
 
 
 register_pass(Gptq)

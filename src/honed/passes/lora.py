@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, StrictBool, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 from honed.models.handle import ModelHandle
 from honed.passes.base import Pass, PassConfig, PassContext, register_pass
@@ -52,6 +52,20 @@ class FineTuneConfig(PassConfig):
         return v
 
 
+class QuantizationAwareConfig(BaseModel):
+    """The int4 grid a quantization-aware adapter trains against (and ModelBuilder then ships unchanged)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bits: Literal[4, 8] = Field(4, description="Bits per weight of the decoder layers' linears.")
+    group_size: Literal[16, 32, 64, 128, 256] = Field(
+        32, description="Inputs per group sharing a scale and zero point (MatMulNBits block size)."
+    )
+    sym: StrictBool = Field(False, description="Symmetric codes (zero point fixed at 2**(bits-1)); false: a zero "
+                                               "point per group, which rounds closer.")
+    lm_head_bits: Literal[4, 8] = Field(8, description="Bits of the LM head (the most output-sensitive matrix).")
+
+
 class LoRAConfig(FineTuneConfig):
     """Low-rank adapters on the model's linear layers."""
 
@@ -67,6 +81,20 @@ class LoRAConfig(FineTuneConfig):
         None, description="Modules trained in full and saved with the adapter (e.g. lm_head)."
     )
     use_rslora: StrictBool = Field(False, description="Rank-stabilised scaling alpha / sqrt(r).")
+    quantization_aware: QuantizationAwareConfig | None = Field(
+        None, description="Train the adapter against the base rounded to this int4/int8 grid and keep it "
+        "unmerged: the pass writes the rounded base beside the adapter, and ModelBuilder (straight after this "
+        "pass) ships those codes with the adapter as float MatMuls, so the model evaluated after training is "
+        "the one that ships. LoRA only; not with DoRA, QLoRA or LoftQ. {} takes the defaults."
+    )
+
+
+    @model_validator(mode="after")
+    def _quantization_aware_is_lora_only(self) -> LoRAConfig:
+        if self.quantization_aware is not None and type(self) is not LoRAConfig:
+            raise ValueError("quantization_aware is for the LoRA pass only (a DoRA magnitude or a bitsandbytes "
+                             "base would not ship as trained); use type LoRA or remove quantization_aware")
+        return self
 
 
 class DoRAConfig(LoRAConfig):

@@ -22,6 +22,7 @@ from pydantic import Field, StrictBool, field_validator, model_validator
 from honed.errors import UserError
 from honed.models.handle import ModelHandle
 from honed.models.loaders import custom_code_errors, trust_kwargs, trusts_remote_code
+from honed.passes._fidelity import fidelity_data_config_field, fidelity_samples_field, record_fidelity
 from honed.passes._onnx_common import quiet_quantizer_logs
 from honed.passes.base import Pass, PassConfig, PassContext, register_pass
 from honed.util.offline import local_only
@@ -59,8 +60,38 @@ class ModelBuilderConfig(PassConfig):
         "'mixed_layers:int8' (llama.cpp's sensitive layers), comma-separated; 'none' for no exception. Unset "
         "with int4 and no int4_algo_config: both. On two fine-tuned SmolLM2s (181 held-out rows) that scored "
         "0.912 and 0.906 against fp32's 0.928, plain RTN 0.840, k_quant_mixed 0.912 and 0.923 in a build 3x "
-        "longer (31 s vs 9 s): choose k_quant_mixed when the last point matters more than build time."
+        "longer (31 s vs 9 s): choose k_quant_mixed when the last point matters more than build time. "
+        "'measured' (int4, RTN): keep at int8 the MatMuls whose int4 rounding moves the model most on "
+        "sensitivity_data_config, within mixed_precision_budget; the choice goes to sensitivity.json."
     )
+    mixed_precision_budget: float = Field(
+        5.44, ge=4, le=8, description="With matmul_mixed_precision 'measured': average code bits per "
+        "quantized MatMul weight (4: all int4, 8: all int8; block scales excluded, they cost the same). The default "
+        "spends what the fixed default mix spends on SmolLM2-135M (23.1 MiB over all-int4)."
+    )
+    sensitivity_data_config: str | None = Field(
+        None, description="With matmul_mixed_precision 'measured': the data config whose rows measure each "
+        "MatMul's int4 sensitivity (default: the workflow's first data config)."
+    )
+    sensitivity_method: Literal["kl", "imatrix"] = Field(
+        "kl", description="With 'measured': 'kl' ranks MatMuls by the mean next-token KL divergence to the float "
+        "model with that MatMul alone at int4 (one partial forward per MatMul); 'imatrix' by the squared output "
+        "error weighted by the inputs' second moments (one forward in all: for big models)."
+    )
+    sensitivity_samples: int = Field(
+        16, ge=1, le=4096, description="With 'measured': calibration rows (each up to the data config's max_seq_len)."
+    )
+
+    @model_validator(mode="after")
+    def _measured_needs_rtn_int4(self) -> ModelBuilderConfig:
+        if self.matmul_mixed_precision == "measured":
+            if self.precision != "int4":
+                raise ValueError("matmul_mixed_precision 'measured' needs precision int4")
+            if self.int4_algo_config not in (None, "rtn"):
+                raise ValueError("matmul_mixed_precision 'measured' measures RTN rounding; set int4_algo_config "
+                                 "to 'rtn' or leave it unset")
+        return self
+
     exclude_embeds: StrictBool = Field(False, description="Leave the embedding out; the model takes inputs_embeds.")
     exclude_lm_head: StrictBool = Field(False, description="Leave the LM head out; the model returns hidden states.")
     enable_cuda_graph: StrictBool | None = Field(None, description="Let the CUDA EP capture a CUDA graph.")
@@ -92,6 +123,13 @@ class ModelBuilderConfig(PassConfig):
     check_tolerance: float | None = Field(
         None, gt=0, description="Fail when the max abs logit difference exceeds this (default: only record it)."
     )
+    fidelity_data_config: str | None = fidelity_data_config_field()
+    fidelity_samples: int = fidelity_samples_field()
+
+    def uses_first_data_config(self) -> bool:
+        measured = self.matmul_mixed_precision == "measured" and self.sensitivity_data_config is None
+        quantized = self.precision in ("int4", "int8") and not self.metadata_only
+        return measured or (quantized and self.fidelity_samples > 0 and self.fidelity_data_config is None)
 
     @field_validator("extra_options")
     @classmethod
@@ -248,16 +286,19 @@ def _staged_source(src: Path, work: Path) -> Path:
 
 
 def build_genai(
-    src: Path, out: Path, precision: str, ep: str, cache_dir: Path, options: dict[str, Any]
+    src: Path, out: Path, precision: str, ep: str, cache_dir: Path, options: dict[str, Any],
+    target_options: dict[str, Any] | None = None,
 ) -> None:
-    """Run the builder on the local HF folder ``src`` into ``out``; its chatter goes to the debug log."""
+    """Run the builder on the local HF folder ``src`` into ``out``; its chatter goes to the debug log.
+    ``target_options``: the builder's structured target policy (e.g. per-node weight overrides)."""
     builder = _builder()
     quiet_quantizer_logs()
     kv = [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in options.items()]
     buf = io.StringIO()
     # A local folder: the builder's transformers calls stay off the network.
     with local_only(), custom_code_errors(src), contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
-        extra = builder.parse_extra_options("", str(src), str(out), precision, ep, str(cache_dir), kv)
+        extra = builder.parse_extra_options("", str(src), str(out), precision, ep, str(cache_dir), kv,
+                                            target_options=target_options)
         builder.create_model("", str(src), str(out), precision, ep, str(cache_dir), **extra)
     log.debug("model builder output:\n%s", buf.getvalue())
 
@@ -283,12 +324,18 @@ class ModelBuilder(Pass):
     def run(self, model: ModelHandle, config: ModelBuilderConfig, output_dir: Path, ctx: PassContext) -> ModelHandle:
         if config.metadata_only or model.kind == "onnx":  # write_metadata names a mismatch in one line
             return write_metadata(model, config, output_dir, ctx)
+        from honed.models.quantized import quantization_config
+
         src = Path(model.path)
         options: dict[str, Any] = {}
+        unmerged: Path | None = None  # a quantization-aware adapter, added beside its base's codes after the build
         if model.kind == "peft":
             if model.base is None or not Path(model.base.path).is_dir():
                 raise UserError(f"ModelBuilder: adapter {model.path} needs a local base model folder")
-            options["adapter_path"] = str(src)
+            if quantization_config(model.base.path) is not None:
+                unmerged = src
+            else:
+                options["adapter_path"] = str(src)
             src = Path(model.base.path)
         if not src.is_dir():
             raise UserError(f"ModelBuilder: {src} is not a local model folder")
@@ -300,13 +347,12 @@ class ModelBuilder(Pass):
                 f"{', '.join(supported)}; use the OnnxConversion pass for other models"
             )
         ep = config.execution_provider or ctx.target.ep_short
-        from honed.models.quantized import quantization_config
-
         qc = quantization_config(src)
         if qc is not None and config.precision not in ("int4", "int8"):
             raise UserError(f"ModelBuilder: {src} is already quantized to int{qc.get('bits')} "
                             f"({qc.get('algorithm', 'Olive format')}); set precision: int4 (its codes are kept as "
                             "they are)")
+        target_options: dict[str, Any] | None = None
         if config.precision in ("int4", "int8"):
             # The builder reads the unprefixed names; its `int4_*` spellings are silently ignored.
             options["block_size"] = config.int4_block_size
@@ -314,6 +360,11 @@ class ModelBuilder(Pass):
             algo, mixed = config.int4_algo_config, config.matmul_mixed_precision
             if algo is None and model.kind != "peft":
                 algo, mixed = "rtn", mixed or DEFAULT_MIXED_PRECISION
+            if mixed == "measured":  # per-node int8 overrides from measured sensitivity (passes/_sensitivity.py)
+                from honed.passes._sensitivity import measured_target_options
+
+                algo, mixed = "rtn", None
+                target_options = measured_target_options(model, config, ep, output_dir / "model", ctx)
             if algo not in (None, "default"):
                 options["algo_config"] = algo
             if mixed not in (None, "none"):
@@ -333,13 +384,21 @@ class ModelBuilder(Pass):
         out = output_dir / "model"
         cache = ctx.work_dir / "builder_cache"
         try:
-            build_genai(_staged_source(src, ctx.work_dir), out, config.precision, ep, cache, options)
+            build_genai(_staged_source(src, ctx.work_dir), out, config.precision, ep, cache, options, target_options)
         except NotImplementedError as e:  # the builder's "not currently supported"
             raise UserError(f"ModelBuilder: {e}; use the OnnxConversion pass for this model") from e
         finally:
             shutil.rmtree(cache, ignore_errors=True)
         if not (out / "genai_config.json").is_file():
             raise RuntimeError(f"the model builder wrote no genai_config.json into {out}")
+        if unmerged is not None:
+            from honed.passes._lora_graph import add_adapter
+            from honed.passes._onnx_common import genai_decoder
+
+            decoder = genai_decoder(out)
+            if decoder is None:
+                raise RuntimeError(f"the model builder wrote no decoder model into {out}")
+            ctx.metrics["adapter_branches"] = add_adapter(decoder, unmerged, json.loads((src / "config.json").read_text()))
         merge_search(out / "genai_config.json", config.search)
         # The builder copies the tokenizer; chat templates and generation config ride along too.
         from honed.passes._onnx_common import copy_side_files
@@ -349,7 +408,7 @@ class ModelBuilder(Pass):
             kind="genai", path=str(out), task="text-generation", load_kwargs=trust_kwargs(model),
             attributes={**model.attributes, "precision": config.precision, "execution_provider": ep},
         )
-        if model.kind == "peft":
+        if model.kind == "peft" and unmerged is None:
             # The recipe ExtractAdapters replays to lay out further adapters exactly like this one.
             handle.attributes["model_builder"] = {
                 "source": str(src), "precision": config.precision, "execution_provider": ep,
@@ -361,6 +420,7 @@ class ModelBuilder(Pass):
             from honed.passes._onnx_common import check_against_source
 
             check_against_source(model, handle, ctx, config.check_tolerance)
+        record_fidelity(model, handle, config, ctx, quantized=config.precision in ("int4", "int8"))
         return handle
 
 

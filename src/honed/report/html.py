@@ -11,7 +11,7 @@ import time
 from html import escape
 from typing import Any
 
-from honed.report.text import flows_rows, fmt
+from honed.report.text import fidelity_rows, flows_rows, fmt
 
 LOSS_KEYS = ("log_history", "loss_history")
 """Step metric keys holding a list of {step, loss | eval_loss} dicts (the training loop's log history)."""
@@ -285,6 +285,12 @@ def build_html(fp: dict[str, Any], title: str = "honed report") -> str:
             f"<p>Input model: <code>{escape(str(im.get('model_path')))}</code> ({escape(str(im.get('type')))}, "
             f"{escape(str(im.get('task')))})</p>",
             _steps_section(steps)]
+    header, rows = fidelity_rows(steps)
+    if rows:
+        body += ["<h2>Fidelity to the pass input</h2>", "<p>Next-token distributions of each quantized output against "
+                 "its input's, teacher-forced on the same rows: KL(input || output), top-1 agreement, perplexities."
+                 "</p>", _table(header, [[f"<td>{escape(r[0])}</td>", *(f'<td class="num">{escape(c)}</td>'
+                                                                         for c in r[1:])] for r in rows])]
     losses = _loss_section(steps)
     if losses:
         body += ["<h2>Training loss</h2>", losses]

@@ -67,6 +67,19 @@ def trials_table(search: dict[str, Any]) -> str:
                   rows)
 
 
+FIDELITY_COLUMNS = (("kl_mean", "KL mean (nats)"), ("kl_p99", "KL p99 (nats)"), ("top1_agreement", "top-1 agreement"),
+                    ("perplexity", "perplexity"), ("source_perplexity", "input perplexity"))
+"""Step metrics a quantizing pass records about its output against its input (``honed.passes._fidelity``)."""
+
+
+def fidelity_rows(steps: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: pass | KL mean | KL p99 | top-1 agreement | perplexity | input perplexity, one row per step
+    that measured its output's fidelity to its input (no rows when none did)."""
+    rows = [[str(s.get("name")), *(fmt((s.get("metrics") or {}).get(k)) for k, _ in FIDELITY_COLUMNS)]
+            for s in steps if "kl_mean" in (s.get("metrics") or {})]
+    return ["pass", *(label for _, label in FIDELITY_COLUMNS)], rows
+
+
 def flows_rows(flows: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Header and rows comparing pass flows: flow | model kind | output metrics (one column per metric)."""
     keys = list(dict.fromkeys(k for f in flows.values() for k in ((f.get("evaluation") or {}).get("output") or {})))
@@ -88,6 +101,9 @@ def summary_text(footprints_path: Path) -> str:
         s = fp["search"]
         parts.append(f"search: {len(s['trials'])} trials ({s['sampler']}), chosen trial {s['chosen']}")
         parts.append(trials_table(s))
+    header, rows = fidelity_rows(fp.get("steps") or [])
+    if rows:
+        parts.append("fidelity of each quantized output to its pass input:\n" + _table(header, rows))
     if fp.get("evaluation"):
         parts.append(metrics_table(fp["evaluation"]))
     return "\n\n".join(parts)

@@ -230,9 +230,20 @@ def finetune_adapter(
             "use QLoRA on this host, or set the host device to gpu"
         )
 
+    qa = getattr(config, "quantization_aware", None)
+    if qa is not None and config.torch_dtype is None:
+        dtype = "float32"  # the int4 kernels ship fp32 activations; train what they compute
     with _threads():
         base = _load_for_training(model, dtype, device, _bnb_config(config, dtype) if quantized else None)
         targets = resolve_target_modules(base, config.target_modules, f"passes.{ctx.pass_name}.target_modules")
+        if qa is not None:
+            from honed.training.quantization_aware import quantize_base, save_quantized_base
+
+            rounded = quantize_base(base, qa, f"passes.{ctx.pass_name}.quantization_aware")
+            quantized_base = output_dir / "base"
+            if ddp.is_main():
+                save_quantized_base(base, rounded, qa, tokenizer, quantized_base)
+            del rounded
         if quantized:
             from peft import prepare_model_for_kbit_training
 
@@ -272,6 +283,10 @@ def finetune_adapter(
     if quantized:
         attributes["base_quantization"] = f"bnb-4bit-{config.quant_type}" + ("-dq" if config.double_quant else "")
     del peft_model, base
+    if qa is not None:  # the adapter's base is the rounded one it trained on
+        attributes["base_quantization"] = f"int{qa.bits}-rtn-g{qa.group_size}" + ("-sym" if qa.sym else "")
+        model = ModelHandle(kind="hf", path=str(quantized_base), task=model.task, load_kwargs=trust_kwargs(model),
+                            attributes={**model.attributes, "quantization": f"int{qa.bits}-rtn"})
     return ModelHandle(kind="peft", path=str(adapter_dir), base=model, task=model.task,
                        load_kwargs=trust_kwargs(model), attributes=attributes)
 

@@ -58,6 +58,13 @@ def merge_adapter(handle: ModelHandle, config: Any, output_dir: Path, ctx: PassC
                                                                                  "load_in_4bit", "load_in_8bit")}
     base_handle = base_handle.model_copy(update={"load_kwargs": load_kwargs})
     out_dtype = config.torch_dtype or base_dtype(base_handle)
+    from honed.models.quantized import quantization_config
+
+    if quantization_config(base_handle.path) is not None:
+        log.warning("%s: the adapter %s was trained against the quantized base %s; the merged float model is "
+                    "that model, but quantizing it again rounds the merged weights off the grid the adapter "
+                    "learned. To ship what was trained, put ModelBuilder straight after the LoRA pass",
+                    ctx.pass_name, handle.path, base_handle.path)
     base = load_model(base_handle, dtype="float32")
     with local_only(), custom_code_errors(handle.path):
         model = PeftModel.from_pretrained(base, handle.path, is_trainable=False).eval()

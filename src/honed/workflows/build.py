@@ -17,7 +17,7 @@ from honed.workflows.inputs import CAUSAL_LM, input_model, is_onnx
 
 FineTuneMethod = Literal["lora", "qlora", "dora"]
 Precision = Literal["int4", "int8", "fp16", "fp32"]
-Algorithm = Literal["rtn", "hqq", "dynamic", "static", "gptq"]
+Algorithm = Literal["rtn", "hqq", "dynamic", "static", "gptq", "awq"]
 Device = Literal["cpu", "gpu"]
 
 FINETUNE_PASSES = {"lora": "LoRA", "qlora": "QLoRA", "dora": "DoRA"}
@@ -154,10 +154,13 @@ QUANTIZERS: dict[tuple[str, str], dict[str, Any]] = {
     ("static", "int8"): {"type": "OnnxStaticQuantization", "data_config": "calibration"},
     ("gptq", "int4"): {"type": "Gptq", "bits": 4, "data_config": "calibration"},
     ("gptq", "int8"): {"type": "Gptq", "bits": 8, "data_config": "calibration"},
+    ("awq", "int4"): {"type": "Awq", "w_bit": 4, "data_config": "calibration"},
 }
 """(algorithm, precision) -> the pass that does it. GPTQ works on the Hugging Face model and ModelBuilder then
 builds the onnxruntime-genai folder from its codes; the others quantize an ONNX model."""
-CALIBRATED = ("static", "gptq")
+CALIBRATED = ("static", "gptq", "awq")
+HF_QUANTIZERS = ("gptq", "awq")
+"""Algorithms that quantize the Hugging Face model, which ModelBuilder then builds."""
 """Algorithms that read calibration rows (--data)."""
 
 
@@ -180,16 +183,16 @@ def quantize(
     if algorithm in CALIBRATED and not data:
         raise UserError(f"--algorithm {algorithm} calibrates on data: give --data FILE (and --text-template)")
     if data and algorithm not in CALIBRATED:
-        raise UserError(f"--data is used only by --algorithm static or gptq; {algorithm} needs no calibration data")
+        raise UserError(f"--data is used only by --algorithm static, gptq or awq; {algorithm} needs no calibration data")
     section = input_model(model, adapter_path=adapter_path, task=task, load_kwargs=load_kwargs)
     passes: dict[str, Any] = {}
     calibration = [data_config("calibration", data, data_options=data_options)] if data else None
-    if algorithm == "gptq":
+    if algorithm in HF_QUANTIZERS:
         if section.get("type") == "OnnxModel":
-            raise UserError(f"-m {model} is an ONNX model; --algorithm gptq quantizes the Hugging Face model "
+            raise UserError(f"-m {model} is an ONNX model; --algorithm {algorithm} quantizes the Hugging Face model "
                             "(give that), or use rtn/hqq on ONNX")
         if conversion_options:
-            raise UserError("--algorithm gptq builds with ModelBuilder, not OnnxConversion: drop "
+            raise UserError(f"--algorithm {algorithm} builds with ModelBuilder, not OnnxConversion: drop "
                             f"{', '.join(conversion_options)}")
         passes["quantization"] = {**quantizer, **(pass_options or {})}
         passes["builder"] = {"type": "ModelBuilder", "precision": precision}
