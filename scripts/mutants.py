@@ -91,6 +91,19 @@ MUTANTS = [
     Mutant("upward-import", "src/honed/data/formatting.py",
            "from __future__ import annotations\n", "from __future__ import annotations\nimport honed.engine.runner  # noqa\n",
            ("tests/test_layers.py",), "the data layer imports the engine"),
+    Mutant("qa-lora-unscaled", "src/honed/passes/_lora_graph.py",
+           "b_all[lo:hi, col:col + a.shape[0]] = b * scale", "b_all[lo:hi, col:col + a.shape[0]] = b",
+           ("tests/test_quantization_aware.py",), "the shipped adapter branch drops peft's alpha/r"),
+    Mutant("fidelity-kl-reversed", "src/honed/models/fidelity.py",
+           "kl = (np.exp(lp_ref) * (lp_ref - lp_cand)).sum(axis=-1)",
+           "kl = (np.exp(lp_cand) * (lp_cand - lp_ref)).sum(axis=-1)",
+           ("tests/test_fidelity.py",), "the KL divergence is taken the wrong way round"),
+    Mutant("sensitivity-least-first", "src/honed/passes/_sensitivity.py",
+           "key=lambda g: g.score / g.extra_bytes, reverse=True)", "key=lambda g: g.score / g.extra_bytes)",
+           ("tests/test_sensitivity.py",), "the measured mix keeps the least sensitive MatMuls at int8"),
+    Mutant("awq-fold-multiplies", "src/honed/passes/awq.py",
+           "        prev.weight.div_(s)\n", "        prev.weight.mul_(s)\n",
+           ("tests/test_awq.py",), "AWQ folds its scales into the norm the wrong way"),
 ]
 
 

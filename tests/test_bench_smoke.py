@@ -32,7 +32,7 @@ TABLES: dict[str, list[str]] = {
                        "processes / 1: train time"],
     "distributed_finetune.py": ["threads each", "adapter diff", "processes / 1: train time"],
     "encoder.py": ["batch 1 ms", "batch 32 ms", "cosine min", "onnx-fused-int8"],
-    "fidelity.py": ["KL mean", "KL p99", "top-1", "gptq int4 + int8 head"],
+    "fidelity.py": ["KL mean", "KL p99", "top-1", "gptq + int8 head", "quantization-aware LoRA"],
     "finetune.py": ["train tok/s", "peak MB", "honed/hf speed"],
     "inference.py": ["tokens/s", "prefill ms", "genai-int4", "pytorch-fp32"],
     "llamacpp.py": ['"decode_tokens_per_s"'],  # JSON lines, its only output
@@ -190,7 +190,7 @@ def test_fidelity_never_deletes_a_cache_folder_it_did_not_make(tmp_path: Path) -
     mine = tmp_path / "cache" / "mine.txt"
     mine.parent.mkdir()
     mine.write_text("user data")
-    proc = subprocess.run([sys.executable, str(BENCH / "fidelity.py"), "--work", str(tmp_path), "--rows", "2"],
+    proc = subprocess.run([sys.executable, str(BENCH / "fidelity.py"), "--work", str(tmp_path)],
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode != 0 and "is not a honed cache" in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr

@@ -60,11 +60,23 @@ def test_rtn_codes_match_the_grid_formula() -> None:
     assert torch.equal(codes.reshape(6, 32).float(), torch.clamp(torch.round(g / s[:, None]) + 8, 0, 15))
 
 
-@pytest.mark.parametrize("arch", ["llama", "phi3"])
+def _tied(model_dir: Path, out: Path) -> Path:
+    """A copy of ``model_dir`` whose LM head is its embedding (as SmolLM2's is)."""
+    import shutil
+
+    shutil.copytree(model_dir, out)
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["tie_word_embeddings"] = True
+    (out / "config.json").write_text(json.dumps(cfg))
+    return out
+
+
+@pytest.mark.parametrize("arch", ["llama", "phi3", "llama-tied"])
 def test_shipped_int4_model_is_the_trained_model(arch: str, tiny_llama: Path, tiny_phi3: Path, tmp_path: Path) -> None:
     """The genai folder computes the logits the trained adapter computes over the rounded base (fp32 kernels:
-    accuracy_level 1), the adapter changes them, and the base checkpoint holds exactly the rounded weights."""
-    model_dir = tiny_llama if arch == "llama" else tiny_phi3
+    accuracy_level 1), the adapter changes them, and the base checkpoint holds exactly the rounded weights; a
+    tied embedding is untied (it stays float, the head is rounded) in training and in the shipped graph alike."""
+    model_dir = {"llama": tiny_llama, "phi3": tiny_phi3}.get(arch) or _tied(tiny_llama, tmp_path / "tied")
     handle = _train(model_dir, tmp_path)
     qc = json.loads((Path(handle.base.path) / "config.json").read_text())["quantization_config"]
     assert (qc["bits"], qc["group_size"], qc["overrides"]) == (4, 32, {"lm_head": {"bits": 8}})

@@ -428,8 +428,10 @@ def _flag(options: dict[str, Any], key: str, default: bool) -> bool:
 
 
 def measured_target_options(model: Any, config: Any, ep: str, out: Any, ctx: Any) -> dict[str, Any]:
-    """The builder's ``target_options`` for ``matmul_mixed_precision: measured``: one exact-name int8 override per
-    chosen node (the others stay int4), after the nodes_to_exclude of ``config.extra_options`` (structured
+    """The builder's ``target_options`` for ``matmul_mixed_precision: measured``: the LM head at int8 (as the fixed
+    mix keeps it: the builder then reads the embedding from its int8 weights, where an int4 head would leave a
+    float embedding of vocab x hidden beside it), and one exact-name int8 override per chosen decoder node (the
+    others stay int4), after the nodes_to_exclude of ``config.extra_options`` (structured
     overrides replace the builder's legacy exclusion list, so they are carried over here). Writes
     ``sensitivity.json`` into ``out`` (the genai folder) and the figures into ``ctx.metrics``.
 
@@ -466,7 +468,7 @@ def measured_target_options(model: Any, config: Any, ep: str, out: Any, ctx: Any
             symmetric=config.int4_is_symmetric, budget_bits=config.mixed_precision_budget,
             method=config.sensitivity_method, num_samples=config.sensitivity_samples,
             fuse_gate_up=_flag(extra, "fuse_mlp_gate_up", False), pack_qkv=pack_qkv, progress=ctx.task,
-            skip={*excluded, *(["/lm_head/MatMul"] if config.exclude_lm_head else [])})
+            skip={*excluded, "/lm_head/MatMul"})
     finally:
         del net
         gc.collect()
@@ -477,5 +479,7 @@ def measured_target_options(model: Any, config: Any, ep: str, out: Any, ctx: Any
     ctx.metrics["sensitivity_int8_nodes"] = len(nodes)
     ctx.metrics["sensitivity_int8_extra_mib"] = info["spent_extra_mib"]
     overrides = [{"match": {"name": n}, "exclude": True} for n in excluded]
+    if not config.exclude_lm_head:  # the LM head at int8, which the builder then shares with the embedding
+        overrides.append({"match": {"preset": "last_matmul"}, "type": "int8"})
     overrides += [{"match": {"name": n}, "type": "int8"} for n in nodes]
     return {"quant_config": {"weights": {"overrides": overrides}}}

@@ -65,9 +65,10 @@ class ModelBuilderConfig(PassConfig):
         "sensitivity_data_config, within mixed_precision_budget; the choice goes to sensitivity.json."
     )
     mixed_precision_budget: float = Field(
-        5.44, ge=4, le=8, description="With matmul_mixed_precision 'measured': average code bits per "
-        "quantized MatMul weight (4: all int4, 8: all int8; block scales excluded, they cost the same). The default "
-        "spends what the fixed default mix spends on SmolLM2-135M (23.1 MiB over all-int4)."
+        4.75, ge=4, le=8, description="With matmul_mixed_precision 'measured': average code bits per weight "
+        "of the decoder layers' MatMuls (4: all int4, 8: all int8; block scales excluded, they cost the same); the "
+        "LM head is int8 besides. The default spends what llama.cpp's fixed layers (mixed_layers:int8) spend on "
+        "SmolLM2-135M (9.6 MiB over all-int4)."
     )
     sensitivity_data_config: str | None = Field(
         None, description="With matmul_mixed_precision 'measured': the data config whose rows measure each "

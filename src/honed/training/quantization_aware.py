@@ -45,9 +45,9 @@ def quantize_base(model: Any, config: Any, key: str) -> dict[str, tuple[Any, Any
     """Round every linear of ``model``'s decoder layers to ``config.bits`` and the LM head to
     ``config.lm_head_bits`` in place: each weight becomes the float values its codes stand for.
 
-    Returns {module name: (codes, scales, zeros, bits)} for :func:`save_quantized_base`. The LM head gets its
-    own copy of the weights (a tied embedding stays float). Raises UserError when ``config.group_size`` does
-    not divide a linear's input size.
+    Returns {module name: (codes, scales, zeros, bits)} for :func:`save_quantized_base`. An embedding tied to
+    the LM head is untied and stays float. Raises UserError when
+    ``config.group_size`` does not divide a linear's input size.
     """
     import torch
 
@@ -64,6 +64,9 @@ def quantize_base(model: Any, config: Any, key: str) -> dict[str, tuple[Any, Any
             codes, scales, zeros = rtn_codes(mod.weight, bits, config.group_size, config.sym)
             deq = dequantize_codes(codes.float(), scales, zeros.float(), config.group_size)
             if mod is head and head.weight is model.get_input_embeddings().weight:
+                # Untied: the embedding stays float. (Tied to the head's int8 codes, onnxruntime-genai 0.18's
+                # builder writes a GatherBlockQuantized that onnxruntime refuses: "scales must have the same
+                # rank as data".)
                 mod.weight = torch.nn.Parameter(deq.to(mod.weight.dtype), requires_grad=False)
                 model.config.tie_word_embeddings = False
             else:
