@@ -148,6 +148,9 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=ROOT / "bench" / ".work" / "fidelity")
     ap.add_argument("--model", default=MODEL, help="model path for the workflows (default: SmolLM2's GGUF)")
     ap.add_argument("--out", type=Path, default=benchlib.RESULTS / "fidelity.json", help="results JSON")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep --work's cache and add the builds --out lacks to it (a run stopped part way: "
+                         "the builds already measured are not rerun; builds not yet run start from the same cache)")
     ap.add_argument("--smoke", action="store_true", help=benchlib.SMOKE_HELP)
     args = ap.parse_args()
     if args.smoke:
@@ -162,13 +165,18 @@ def main() -> None:
     cache = args.work / "cache"  # build times are measured, never read from a cache: start it empty
     if cache.exists() and not (cache / MARKER).is_file():
         raise SystemExit(f"{cache} exists and is not a honed cache; give another --work folder")
-    shutil.rmtree(cache, ignore_errors=True)  # a honed cache this bench made: nothing else is deleted
+    if not args.resume:
+        shutil.rmtree(cache, ignore_errors=True)  # a honed cache this bench made: nothing else is deleted
     data = args.data.resolve()
     only = {s.strip() for s in args.only.split(",") if s.strip()}
     unknown = only - set(BUILDS)
     if unknown:
         raise SystemExit(f"--only: unknown build(s) {sorted(unknown)}; builds: {', '.join(BUILDS)}")
     results: dict[str, dict[str, Any]] = {}
+    if args.resume and args.out.is_file():
+        results = json.loads(args.out.read_text())["results"]
+    meta = {"machine": cpu_name(), "model": benchlib.shown(args.model), "data": benchlib.shown(args.data),
+            "calibration_samples": args.samples}
     for source in [s.strip() for s in args.sources.split(",") if s.strip()]:
         if source not in ("base", "finetuned"):
             raise SystemExit(f"--sources: unknown source '{source}'; give base and/or finetuned")
@@ -178,10 +186,12 @@ def main() -> None:
             src = str(Path(tuned.model.path).resolve())
         else:
             src = str(benchlib.smollm2_folder()) if args.model == MODEL else args.model
-        results[source] = {}
+        results.setdefault(source, {})
         for name, passes in BUILDS.items():
             if (only and name not in only) or (name in FINETUNED_ONLY and source != "finetuned"):
                 continue
+            if name in results[source]:
+                continue  # measured by the run --resume continues
             passes = json.loads(json.dumps(passes))
             model = args.model if "lora" in passes else src
             evaluate_passes = ["lora"] if "lora" in passes else None
@@ -194,6 +204,7 @@ def main() -> None:
                 row["trained_accuracy"] = result.evaluation["passes"]["lora"].get("tone-accuracy_score")
             results[source][name] = row
             print(source, name, row, flush=True)
+            write(args.out, meta, results)  # after every build: a run stopped part way keeps what it measured
     header = (f"{'source':10s} {'build':44s} {'acc':>6s} {'KL mean':>8s} {'KL p99':>8s} {'top-1':>6s} {'MiB':>6s} "
               f"{'build s':>8s} {'tok/s':>6s}")
     print("\n" + header)
@@ -202,12 +213,15 @@ def main() -> None:
             print(f"{source:10s} {name:44s} {fmt(r['accuracy'], '6.3f')} {fmt(r['kl_mean'], '8.4f')} "
                   f"{fmt(r['kl_p99'], '8.4f')} {fmt(r['top1_agreement'], '6.3f')} {r['size_mib']:6.1f} "
                   f"{r['build_s']:8.1f} {fmt(r['tokens_per_s'], '6.1f')}")
-    out = args.out
+    write(args.out, meta, results)
+    print(f"wrote {args.out}")
+
+
+def write(out: Path, meta: dict[str, Any], results: dict[str, Any]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": cpu_name(), "model": benchlib.shown(args.model),
-                               "data": benchlib.shown(args.data), "calibration_samples": args.samples,
-                               "results": results}, indent=2))
-    print(f"wrote {out}")
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps({**meta, "results": results}, indent=2))
+    tmp.replace(out)
 
 
 if __name__ == "__main__":

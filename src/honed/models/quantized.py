@@ -90,6 +90,50 @@ def quantize_codes(w: Any, scale: Any, zero: Any, bits: int) -> Any:
     return torch.clamp(torch.round(w / scale[:, None]) + zero[:, None], 0, 2**bits - 1)
 
 
+def save_checkpoint(model: Any, tokenizer: Any, quantized: dict[str, tuple[Any, Any, Any, int]], *, bits: int,
+                    group_size: int, sym: bool, algorithm: str, out: Path) -> None:
+    """Write ``model`` in Olive's format into ``out``: for each module of ``quantized`` ({name: (codes (out, in),
+    scales and zeros (out, in / group_size), bits)}) its packed codes, scales and zero points instead of its
+    weight, every other tensor once (a tied copy is left to tying), config.json with a ``quantization_config``
+    (``bits`` the common width; a module of another width listed in ``overrides``), the tokenizer and the
+    generation config. What Gptq, Awq and quantization-aware LoRA write, and ModelBuilder builds unchanged."""
+    from safetensors.torch import save_file
+
+    state: dict[str, Any] = {}
+    seen: set[int] = set()
+    for key, tensor in model.state_dict().items():
+        module = key.rsplit(".", 1)[0]
+        if (module in quantized and key.endswith(".weight")) or tensor.data_ptr() in seen:
+            continue  # quantized, or a tied copy (the embedding's lm_head)
+        seen.add(tensor.data_ptr())
+        state[key] = tensor.detach().contiguous()
+    for module, (codes, scales, zeros, width) in quantized.items():
+        state[f"{module}.qweight"] = pack_codes(codes, width)
+        state[f"{module}.scales"] = scales.contiguous()
+        state[f"{module}.qzeros"] = pack_codes(zeros, width)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    model.config.save_pretrained(out)
+    head = model.get_output_embeddings()
+    head_name = next((n for n, m in model.named_modules() if m is head), None)
+    overrides = {n: {"bits": w} for n, (_, _, _, w) in quantized.items() if w != bits}
+    cfg_file = out / "config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg["quantization_config"] = {
+        "quant_method": QUANT_METHOD, "bits": bits, "group_size": group_size, "symmetric": sym,
+        "lm_head": head_name in quantized, "embeds": False, "overrides": overrides or None,
+        "modules_to_not_convert": [], "algorithm": algorithm,
+    }
+    cfg["dtype"] = "float32"
+    if head_name in quantized:
+        cfg["tie_word_embeddings"] = False
+    cfg_file.write_text(json.dumps(cfg, indent=2))
+    tokenizer.save_pretrained(out)
+    gen = getattr(model, "generation_config", None)
+    if gen is not None:
+        gen.save_pretrained(out)
+
+
 def has_fused_projections(folder: str | Path) -> bool:
     """Whether the checkpoint in ``folder`` holds a quantized fused projection (see ``split_fused``); reads only
     the safetensors headers."""

@@ -27,7 +27,6 @@ RTN stage, not the grid Gptq's checkpoints use); AutoAWQ itself is archived.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -37,7 +36,7 @@ from pydantic import Field, StrictBool
 from honed.errors import UserError
 from honed.models.handle import ModelHandle
 from honed.models.loaders import load_model, load_tokenizer, trust_kwargs
-from honed.models.quantized import QUANT_METHOD, pack_codes
+from honed.models.quantized import save_checkpoint
 from honed.passes.base import Pass, PassConfig, PassContext, register_pass
 from honed.passes.gptq import (
     QuantizedLinear,
@@ -305,47 +304,13 @@ class Awq(Pass):
             quantized = awq_model(net, samples, config, bar)
         finally:
             bar.close()
-        save_quantized(net, tok, quantized, config, output_dir)
+        save_checkpoint(net, tok, {m: (q.codes, q.scales, q.zeros, config.w_bit) for m, q in quantized.items()},
+                        bits=config.w_bit, group_size=config.q_group_size, sym=not config.zero_point,
+                        algorithm="awq", out=output_dir)
         ctx.metrics["calibration_samples"] = len(samples)
         ctx.metrics["quantized_linears"] = len(quantized)
         return ModelHandle(kind="hf", path=str(output_dir), task=model.task, load_kwargs=trust_kwargs(model),
                            attributes={**model.attributes, "quantization": f"int{config.w_bit}-awq"})
-
-
-def save_quantized(net: Any, tok: Any, quantized: dict[str, QuantizedLinear], config: AwqConfig,
-                   output_dir: Path) -> None:
-    """Write ``net`` (its scaled norms and unquantized tensors) with the codes ``quantized`` in Olive's format,
-    as Gptq.run writes it (quantization_config's algorithm: awq)."""
-    from safetensors.torch import save_file
-
-    state = {}
-    seen: set[int] = set()
-    for key, tensor in net.state_dict().items():
-        module = key.rsplit(".", 1)[0]
-        if (module in quantized and key.endswith(".weight")) or tensor.data_ptr() in seen:
-            continue  # quantized, or a tied copy (the embedding's lm_head)
-        seen.add(tensor.data_ptr())
-        state[key] = tensor.contiguous()
-    for module, q in quantized.items():
-        state[f"{module}.qweight"] = pack_codes(q.codes, config.w_bit)
-        state[f"{module}.scales"] = q.scales.contiguous()
-        state[f"{module}.qzeros"] = pack_codes(q.zeros, config.w_bit)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(output_dir / "model.safetensors"), metadata={"format": "pt"})
-    net.config.save_pretrained(output_dir)
-    cfg_file = output_dir / "config.json"
-    cfg = json.loads(cfg_file.read_text())
-    cfg["quantization_config"] = {
-        "quant_method": QUANT_METHOD, "bits": config.w_bit, "group_size": config.q_group_size,
-        "symmetric": not config.zero_point, "lm_head": False, "embeds": False, "overrides": None,
-        "modules_to_not_convert": [], "algorithm": "awq",
-    }
-    cfg["dtype"] = "float32"
-    cfg_file.write_text(json.dumps(cfg, indent=2))
-    tok.save_pretrained(output_dir)
-    gen = getattr(net, "generation_config", None)
-    if gen is not None:
-        gen.save_pretrained(output_dir)
 
 
 register_pass(Awq)

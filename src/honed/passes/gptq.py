@@ -18,7 +18,6 @@ quantize (gptqmodel, auto-gptq, which is archived), or write formats the onnxrun
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from pydantic import Field, StrictBool, field_validator
 from honed.errors import UserError
 from honed.models.handle import ModelHandle
 from honed.models.loaders import load_model, load_tokenizer, trust_kwargs
-from honed.models.quantized import QUANT_METHOD, dequantize_codes, pack_codes, quant_params, quantize_codes
+from honed.models.quantized import dequantize_codes, quant_params, quantize_codes, save_checkpoint
 from honed.passes._fidelity import FidelityOptions, record_fidelity
 from honed.passes.base import Pass, PassContext, register_pass
 
@@ -296,8 +295,6 @@ class Gptq(Pass):
     produces: ClassVar[tuple[str, ...]] = ("hf",)
 
     def run(self, model: ModelHandle, config: GptqConfig, output_dir: Path, ctx: PassContext) -> ModelHandle:
-        from safetensors.torch import save_file
-
         if config.data_config not in ctx.data_configs:
             raise UserError(f"{ctx.pass_name}: data_config '{config.data_config}' is not defined; define it under "
                             f"data_configs (defined: {', '.join(ctx.data_configs) or 'none'})")
@@ -310,41 +307,14 @@ class Gptq(Pass):
             quantized = gptq_model(net, samples, config, bar)
         finally:
             bar.close()
-        state = {}
-        seen: set[int] = set()
-        for key, tensor in net.state_dict().items():
-            module = key.rsplit(".", 1)[0]
-            if (module in quantized and key.endswith(".weight")) or tensor.data_ptr() in seen:
-                continue  # quantized, or a tied copy (the embedding's lm_head)
-            seen.add(tensor.data_ptr())
-            state[key] = tensor.contiguous()
-        for module, q in quantized.items():
-            state[f"{module}.qweight"] = pack_codes(q.codes, config.bits)
-            state[f"{module}.scales"] = q.scales.contiguous()
-            state[f"{module}.qzeros"] = pack_codes(q.zeros, config.bits)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        save_file(state, str(output_dir / "model.safetensors"), metadata={"format": "pt"})
-        net.config.save_pretrained(output_dir)
-        cfg_file = output_dir / "config.json"
-        cfg = json.loads(cfg_file.read_text())
-        cfg["quantization_config"] = {
-            "quant_method": QUANT_METHOD, "bits": config.bits, "group_size": config.group_size,
-            "symmetric": config.sym, "lm_head": config.lm_head, "embeds": False, "overrides": None,
-            "modules_to_not_convert": [], "algorithm": "gptq",
-        }
-        cfg["dtype"] = "float32"
-        if config.lm_head:
-            cfg["tie_word_embeddings"] = False
-        cfg_file.write_text(json.dumps(cfg, indent=2))
-        tok.save_pretrained(output_dir)
-        gen = getattr(net, "generation_config", None)
-        if gen is not None:
-            gen.save_pretrained(output_dir)
+        save_checkpoint(net, tok, {m: (q.codes, q.scales, q.zeros, config.bits) for m, q in quantized.items()},
+                        bits=config.bits, group_size=config.group_size, sym=config.sym, algorithm="gptq",
+                        out=output_dir)
         ctx.metrics["calibration_samples"] = len(samples)
         ctx.metrics["quantized_linears"] = len(quantized)
         out = ModelHandle(kind="hf", path=str(output_dir), task=model.task, load_kwargs=trust_kwargs(model),
                           attributes={**model.attributes, "quantization": f"int{config.bits}-gptq"})
-        del net, state, quantized  # free the fp32 working copy before both models load to be compared
+        del net, quantized  # free the fp32 working copy before both models load to be compared
         record_fidelity(model, out, config, ctx)
         return out
 

@@ -16,13 +16,12 @@ QA-LoRA, the adapter is not merged into the zero points, which MatMulNBits store
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 from honed.errors import UserError
-from honed.models.quantized import QUANT_METHOD, dequantize_codes, pack_codes, quant_params, quantize_codes
+from honed.models.quantized import dequantize_codes, quant_params, quantize_codes, save_checkpoint
 
 log = logging.getLogger("honed")
 
@@ -79,35 +78,7 @@ def quantize_base(model: Any, config: Any, key: str) -> dict[str, tuple[Any, Any
 
 def save_quantized_base(model: Any, quantized: dict[str, tuple[Any, Any, Any, int]], config: Any,
                         tokenizer: Any, out: Path) -> None:
-    """Write ``model`` (after :func:`quantize_base`) as a quantized checkpoint in Olive's format: packed codes,
-    scales and zero points for the rounded linears, every other tensor as it is, and a ``quantization_config``
-    whose ``overrides`` give the LM head its width."""
-    from safetensors.torch import save_file
-
-    state: dict[str, Any] = {}
-    for k, t in model.state_dict().items():
-        if k.endswith(".weight") and k[: -len(".weight")] in quantized:
-            continue
-        state[k] = t.detach().contiguous()
-    for name, (codes, scales, zeros, bits) in quantized.items():
-        state[f"{name}.qweight"] = pack_codes(codes, bits)
-        state[f"{name}.scales"] = scales.contiguous()
-        state[f"{name}.qzeros"] = pack_codes(zeros, bits)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
-    model.config.save_pretrained(out)
-    overrides = {n: {"bits": b} for n, (_, _, _, b) in quantized.items() if b != config.bits}
-    cfg_file = out / "config.json"
-    cfg = json.loads(cfg_file.read_text())
-    cfg["quantization_config"] = {
-        "quant_method": QUANT_METHOD, "bits": config.bits, "group_size": config.group_size,
-        "symmetric": config.sym, "lm_head": True, "embeds": False, "overrides": overrides or None,
-        "modules_to_not_convert": [], "algorithm": "rtn",
-    }
-    cfg["dtype"] = "float32"
-    cfg["tie_word_embeddings"] = False
-    cfg_file.write_text(json.dumps(cfg, indent=2))
-    tokenizer.save_pretrained(out)
-    gen = getattr(model, "generation_config", None)
-    if gen is not None:
-        gen.save_pretrained(out)
+    """Write ``model`` (after :func:`quantize_base`) as a quantized checkpoint in Olive's format
+    (``honed.models.quantized.save_checkpoint``; the LM head's width in its ``overrides``)."""
+    save_checkpoint(model, tokenizer, quantized, bits=config.bits, group_size=config.group_size, sym=config.sym,
+                    algorithm="rtn", out=out)
