@@ -35,15 +35,12 @@ from pydantic import Field, StrictBool
 
 from honed.errors import UserError
 from honed.models.handle import ModelHandle
-from honed.models.loaders import load_model, load_tokenizer, trust_kwargs
-from honed.models.quantized import save_checkpoint
 from honed.passes.base import Pass, PassConfig, PassContext, register_pass
 from honed.passes.gptq import (
     QuantizedLinear,
     _Captured,
-    _check_group_size,
     _layer_output,
-    calibration_samples,
+    calibrate_and_save,
     decoder_layers,
     dequantized,
     quant_params,
@@ -292,25 +289,9 @@ class Awq(Pass):
     produces: ClassVar[tuple[str, ...]] = ("hf",)
 
     def run(self, model: ModelHandle, config: AwqConfig, output_dir: Path, ctx: PassContext) -> ModelHandle:
-        if config.data_config not in ctx.data_configs:
-            raise UserError(f"{ctx.pass_name}: data_config '{config.data_config}' is not defined; define it under "
-                            f"data_configs (defined: {', '.join(ctx.data_configs) or 'none'})")
-        _check_group_size(model, config.q_group_size, ctx.pass_name)
-        tok = load_tokenizer(model)
-        net = load_model(model, dtype="float32")
-        samples = calibration_samples(ctx.data_configs[config.data_config], tok, config.num_samples)
-        bar = ctx.task("AWQ layers", len(decoder_layers(net)[1]))
-        try:
-            quantized = awq_model(net, samples, config, bar)
-        finally:
-            bar.close()
-        save_checkpoint(net, tok, {m: (q.codes, q.scales, q.zeros, config.w_bit) for m, q in quantized.items()},
-                        bits=config.w_bit, group_size=config.q_group_size, sym=not config.zero_point,
-                        algorithm="awq", out=output_dir)
-        ctx.metrics["calibration_samples"] = len(samples)
-        ctx.metrics["quantized_linears"] = len(quantized)
-        return ModelHandle(kind="hf", path=str(output_dir), task=model.task, load_kwargs=trust_kwargs(model),
-                           attributes={**model.attributes, "quantization": f"int{config.w_bit}-awq"})
+        return calibrate_and_save(model, config.data_config, config.num_samples, config.q_group_size, ctx, "AWQ",
+                                  lambda net, samples, bar: awq_model(net, samples, config, bar),
+                                  bits=config.w_bit, sym=not config.zero_point, output_dir=output_dir)
 
 
 register_pass(Awq)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -295,28 +296,38 @@ class Gptq(Pass):
     produces: ClassVar[tuple[str, ...]] = ("hf",)
 
     def run(self, model: ModelHandle, config: GptqConfig, output_dir: Path, ctx: PassContext) -> ModelHandle:
-        if config.data_config not in ctx.data_configs:
-            raise UserError(f"{ctx.pass_name}: data_config '{config.data_config}' is not defined; define it under "
-                            f"data_configs (defined: {', '.join(ctx.data_configs) or 'none'})")
-        _check_group_size(model, config.group_size, ctx.pass_name)
-        tok = load_tokenizer(model)
-        net = load_model(model, dtype="float32")
-        samples = calibration_samples(ctx.data_configs[config.data_config], tok, config.num_samples)
-        bar = ctx.task("GPTQ layers", len(decoder_layers(net)[1]))
-        try:
-            quantized = gptq_model(net, samples, config, bar)
-        finally:
-            bar.close()
-        save_checkpoint(net, tok, {m: (q.codes, q.scales, q.zeros, config.bits) for m, q in quantized.items()},
-                        bits=config.bits, group_size=config.group_size, sym=config.sym, algorithm="gptq",
-                        out=output_dir)
-        ctx.metrics["calibration_samples"] = len(samples)
-        ctx.metrics["quantized_linears"] = len(quantized)
-        out = ModelHandle(kind="hf", path=str(output_dir), task=model.task, load_kwargs=trust_kwargs(model),
-                          attributes={**model.attributes, "quantization": f"int{config.bits}-gptq"})
-        del net, quantized  # free the fp32 working copy before both models load to be compared
-        record_fidelity(model, out, config, ctx)
+        out = calibrate_and_save(model, config.data_config, config.num_samples, config.group_size, ctx, "GPTQ",
+                                 lambda net, samples, bar: gptq_model(net, samples, config, bar),
+                                 bits=config.bits, sym=config.sym, output_dir=output_dir)
+        record_fidelity(model, out, config, ctx)  # the fp32 working copy is freed: both models load to compare
         return out
+
+
+def calibrate_and_save(model: ModelHandle, data_config: str, num_samples: int, group_size: int, ctx: PassContext,
+                       label: str, quantize: Callable[[Any, list[Any], Any], dict[str, QuantizedLinear]], *,
+                       bits: int, sym: bool, output_dir: Path) -> ModelHandle:
+    """What Gptq and Awq share: check the data config and group size, load the fp32 model and ``num_samples``
+    calibration rows, ``quantize(model, samples, progress bar)`` it layer by layer, and write the codes as a
+    quantized checkpoint; the handle of ``output_dir``. Raises UserError for an undefined data config or a
+    group size that does not divide the linears."""
+    if data_config not in ctx.data_configs:
+        raise UserError(f"{ctx.pass_name}: data_config '{data_config}' is not defined; define it under "
+                        f"data_configs (defined: {', '.join(ctx.data_configs) or 'none'})")
+    _check_group_size(model, group_size, ctx.pass_name)
+    tok = load_tokenizer(model)
+    net = load_model(model, dtype="float32")
+    samples = calibration_samples(ctx.data_configs[data_config], tok, num_samples)
+    bar = ctx.task(f"{label} layers", len(decoder_layers(net)[1]))
+    try:
+        quantized = quantize(net, samples, bar)
+    finally:
+        bar.close()
+    save_checkpoint(net, tok, {m: (q.codes, q.scales, q.zeros, bits) for m, q in quantized.items()},
+                    bits=bits, group_size=group_size, sym=sym, algorithm=label.lower(), out=output_dir)
+    ctx.metrics["calibration_samples"] = len(samples)
+    ctx.metrics["quantized_linears"] = len(quantized)
+    return ModelHandle(kind="hf", path=str(output_dir), task=model.task, load_kwargs=trust_kwargs(model),
+                       attributes={**model.attributes, "quantization": f"int{bits}-{label.lower()}"})
 
 
 register_pass(Gptq)
