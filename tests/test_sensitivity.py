@@ -224,3 +224,19 @@ def test_bad_options_are_one_line(tiny_llama: Path, tmp_path: Path, capsys: pyte
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
     assert "Traceback" not in err and len(lines) == 1 and expected in lines[0], err
+
+
+def test_tied_model_shares_the_int8_head_with_its_embedding(tiny_llama: Path, tmp_path: Path) -> None:
+    """A tied model (SmolLM2) keeps one int8 matrix for the head and the embedding, as the fixed mix does: no
+    float vocab x hidden embedding beside it (which doubled SmolLM2's folder to 217 MiB)."""
+    import shutil
+
+    tied = tmp_path / "tied"
+    shutil.copytree(tiny_llama, tied)
+    cfg = json.loads((tied / "config.json").read_text())
+    (tied / "config.json").write_text(json.dumps({**cfg, "tie_word_embeddings": True}))
+    built = _build(tied, tmp_path / "out", _rows(tmp_path), precision="int4", matmul_mixed_precision="measured",
+                   mixed_precision_budget=5.0)
+    ops = {n.name: n.op_type for n in _graph(built).graph.node}
+    assert ops.get("/model/embed_tokens/GatherBlockQuantized") == "GatherBlockQuantized"
+    assert "/model/embed_tokens/Gather" not in ops

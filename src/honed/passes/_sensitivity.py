@@ -462,6 +462,7 @@ def measured_target_options(model: Any, config: Any, ep: str, out: Any, ctx: Any
     excluded = [n for n in str(extra.get("nodes_to_exclude", "")).split(",") if n]
     pack_qkv = (ep != "dml" and _flag(extra, "fuse_qkv", not _flag(extra, "disable_qkv_fusion", False)))
     net = load_model(model, dtype="float32")
+    net_config = net.config
     try:
         nodes, info = select_int8_nodes(
             net, load_tokenizer(model), ctx.data_configs[name], block_size=config.int4_block_size,
@@ -482,4 +483,10 @@ def measured_target_options(model: Any, config: Any, ep: str, out: Any, ctx: Any
     if not config.exclude_lm_head:  # the LM head at int8, which the builder then shares with the embedding
         overrides.append({"match": {"preset": "last_matmul"}, "type": "int8"})
     overrides += [{"match": {"name": n}, "type": "int8"} for n in nodes]
-    return {"quant_config": {"weights": {"overrides": overrides}}}
+    weights: dict[str, Any] = {"overrides": overrides}
+    if getattr(net_config, "tie_word_embeddings", False) and not config.exclude_lm_head:
+        # The builder adds Gather to the legacy op types for a tied model, not to structured ones: without it
+        # the embedding would stay a float copy beside the int8 head (vocab x hidden x 4 bytes).
+        weights["op_types"] = sorted({*str(extra.get("op_types_to_quantize", "MatMul")).split("/"), "MatMul",
+                                      "Gather"})
+    return {"quant_config": {"weights": weights}}
