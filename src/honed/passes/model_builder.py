@@ -58,11 +58,12 @@ class ModelBuilderConfig(PassConfig):
     matmul_mixed_precision: str | None = Field(
         None, description="MatMul groups kept at another width: 'last_matmul:int8' (the LM head), "
         "'mixed_layers:int8' (llama.cpp's sensitive layers), comma-separated; 'none' for no exception. Unset "
-        "with int4 and no int4_algo_config: both. On two fine-tuned SmolLM2s (181 held-out rows) that scored "
-        "0.912 and 0.906 against fp32's 0.928, plain RTN 0.840, k_quant_mixed 0.912 and 0.923 in a build 3x "
-        "longer (31 s vs 9 s): choose k_quant_mixed when the last point matters more than build time. "
-        "'measured' (int4, RTN): keep at int8 the MatMuls whose int4 rounding moves the model most on "
-        "sensitivity_data_config, within mixed_precision_budget; the choice goes to sensitivity.json."
+        "with int4 and no int4_algo_config: both (the default: the fastest build of those measured below). 'measured' (int4, RTN): the LM head and the MatMuls whose "
+        "int4 rounding moves the model most on sensitivity_data_config at int8, within mixed_precision_budget; "
+        "the choice goes to sensitivity.json. bench/fidelity.py on the emotion demo's fine-tuned SmolLM2 (fp32: "
+        "0.928 on 181 held-out rows): default 0.917, KL 0.52, 10 s; k_quant_mixed 0.912, KL 0.36, 49 s; "
+        "measured 0.928, KL 0.31, 258 s (pick it for the accuracy); a Gptq pass first 0.912, KL 0.15, 81 s "
+        "(pick it for the closest distribution); LoRA with quantization_aware trains against the int4 base and ships what it trained."
     )
     mixed_precision_budget: float = Field(
         4.75, ge=4, le=8, description="With matmul_mixed_precision 'measured': average code bits per weight "
