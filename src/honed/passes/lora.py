@@ -55,7 +55,7 @@ class FineTuneConfig(PassConfig):
 class QuantizationAwareConfig(BaseModel):
     """The int4 grid a quantization-aware adapter trains against (and ModelBuilder then ships unchanged)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     bits: Literal[4, 8] = Field(4, description="Bits per weight of the decoder layers' linears.")
     group_size: Literal[16, 32, 64, 128, 256] = Field(
