@@ -108,3 +108,21 @@ def shown(path: str | Path) -> str:
         return str(path)
     p = Path(os.path.abspath(path))  # not resolve(): a link such as bench/.work/smollm2-135m-hf keeps its name
     return p.relative_to(ROOT).as_posix() if p.is_relative_to(ROOT) else str(path)
+
+
+BENCH_MARKER = ".honed-bench"
+
+
+def fresh_dir(folder: Path) -> Path:
+    """``folder`` emptied and recreated for a bench's work, with a marker file: a folder this or another bench
+    made (it holds the marker) or an empty one is emptied; any other existing folder is left alone and the bench
+    stops with a one-line message, so a mistyped --work never deletes a user's files."""
+    import shutil
+
+    folder = Path(folder)
+    if folder.exists() and not (folder / BENCH_MARKER).is_file() and any(folder.iterdir()):
+        raise SystemExit(f"{folder} exists and was not made by a honed bench; give another --work folder")
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    (folder / BENCH_MARKER).write_text("made by a honed bench script; it empties this folder on its next run\n")
+    return folder

@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import time
@@ -60,9 +59,7 @@ def search_workflow(folder: Path, model: str, data: Path, steps: int, concurrent
 
 def run_search(name: str, work: Path, model: str, data: Path, steps: int, rows: int, concurrent: int,
                ray: bool) -> dict:
-    folder = work / name
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
+    folder = benchlib.fresh_dir(work / name)
     search_workflow(folder, model, data, steps, concurrent, rows)
     cmd = [sys.executable, "-m", "honed.cli.main", "run", "-c", "wf.json", *(["--ray-address", "local"] if ray else [])]
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}

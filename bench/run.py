@@ -179,9 +179,7 @@ def section_workflow(a: argparse.Namespace, data: Path) -> dict[str, Any]:
         results["olive_venv"] = json.loads(olive_versions)
         models = {"tiny-phi3": (tiny_phi3(a), a.tiny_steps), "smollm2-135m": (main_model(a)[1], a.steps)}
     for name, (model, steps) in models.items():
-        wf_dir = a.work / "workflow" / name
-        shutil.rmtree(wf_dir, ignore_errors=True)
-        wf_dir.mkdir(parents=True)
+        wf_dir = benchlib.fresh_dir(a.work / "workflow" / name)
         eval_cfg = wf_dir / "eval.json"
         eval_cfg.write_text(json.dumps(oc.eval_config(str(data)), indent=1))
         runs: dict[str, list[dict[str, Any]]] = {t: [] for t in tools}
@@ -252,9 +250,7 @@ def section_finetune(a: argparse.Namespace, data: Path, workflow: dict[str, Any]
                                                 "steps": ft["steps"], "repeats": ft["repeats"],
                                                 "threads": ft["threads"], "file": out.name}}
     # Completion-only loss on/off: same workflow, same steps, held-out accuracy of the int4 model.
-    wf_dir = a.work / "workflow" / "completion"
-    shutil.rmtree(wf_dir, ignore_errors=True)
-    wf_dir.mkdir(parents=True)
+    wf_dir = benchlib.fresh_dir(a.work / "workflow" / "completion")
     eval_cfg = wf_dir / "eval.json"
     eval_cfg.write_text(json.dumps(oc.eval_config(str(data)), indent=1))
     co: dict[str, Any] = {}

@@ -195,3 +195,24 @@ def test_fidelity_never_deletes_a_cache_folder_it_did_not_make(tmp_path: Path) -
     assert proc.returncode != 0 and "is not a honed cache" in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert mine.read_text() == "user data"
+
+
+def test_bench_work_folders_never_empty_a_users_folder(tmp_path: Path) -> None:
+    """benchlib.fresh_dir empties a folder a bench made (or an empty one) and refuses any other: a --work
+    pointed at a user's folder stops with one line instead of deleting it."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import benchlib
+    finally:
+        sys.path.remove(str(BENCH))
+    mine = tmp_path / "user"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("keep")
+    with pytest.raises(SystemExit, match="was not made by a honed bench"):
+        benchlib.fresh_dir(mine)
+    assert (mine / "thesis.tex").read_text() == "keep"
+    made = benchlib.fresh_dir(tmp_path / "work")
+    (made / "old.json").write_text("{}")
+    again = benchlib.fresh_dir(made)
+    assert [p.name for p in again.iterdir()] == [benchlib.BENCH_MARKER]
+    assert benchlib.fresh_dir(tmp_path / "empty").is_dir()

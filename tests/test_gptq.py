@@ -236,3 +236,58 @@ def test_fewer_rows_than_asked_is_said(tiny_llama: Path, tmp_path: Path, caplog:
         out = _gptq(tiny_llama, tmp_path, group_size=32, num_samples=64)
     assert "gave 16 calibration rows, fewer than the 64 asked for" in caplog.text
     assert json.loads((Path(out.path) / "config.json").read_text())["quantization_config"]["bits"] == 4
+
+
+# HF linear or builder node (q/k/v packed) -> its sensitivity group (gate and up share one: one width per HF linear)
+_GROUP = {"q_proj": "qkv", "k_proj": "qkv", "v_proj": "qkv", "qkv_proj": "qkv", "o_proj": "o_proj", "gate_proj": "gate_up_proj", "up_proj": "gate_up_proj",
+                  "down_proj": "down_proj"}
+
+
+def test_measured_mix_keeps_the_chosen_linears_at_8_bits_through_the_builder(tiny_llama: Path,
+                                                                             tmp_path: Path) -> None:
+    """mixed_precision 'measured': the groups sensitivity.json chose are GPTQ'd to 8 bits (codes above 15, listed
+    in the checkpoint's overrides), the rest to 4; ModelBuilder keeps exactly those widths per MatMulNBits node
+    (the LM head int8 besides), and the folder generates. Catches widths that never reach GPTQ or the
+    checkpoint, and a builder that rounds everything to the global width."""
+    import onnx
+    import onnxruntime_genai as og
+    from safetensors.torch import load_file
+
+    out = _gptq(tiny_llama, tmp_path, group_size=32, mixed_precision="measured", mixed_precision_budget=6.0)
+    info = json.loads((Path(out.path) / "sensitivity.json").read_text())
+    assert info["int8"] and len(info["int8"]) < len(info["groups"])
+    assert info["spent_extra_mib"] <= info["budget_extra_mib"]
+    qc = json.loads((Path(out.path) / "config.json").read_text())["quantization_config"]
+    eight = set(qc["overrides"])
+    assert {v["bits"] for v in qc["overrides"].values()} == {8}
+    assert {f"layers.{m.split('.')[2]}.{_GROUP[m.rsplit('.', 1)[-1]]}" for m in eight} == set(info["int8"])
+    tensors = load_file(str(Path(out.path) / "model.safetensors"))
+    for key in (k for k in tensors if k.endswith(".qweight")):
+        module = key[: -len(".qweight")]
+        width = 8 if module in eight else 4
+        codes = unpack_codes(tensors[key], width, tensors[key].shape[1] * 8 // width)
+        assert int(codes.max()) > 15 if module in eight else int(codes.max()) <= 15, module
+
+    genai = run_pass("ModelBuilder", out, tmp_path / "mb", precision="int4")
+    graph = onnx.load(str(next(Path(genai.path).rglob("model.onnx"))))
+    bits = {n.name: next(a.i for a in n.attribute if a.name == "bits")
+            for n in graph.graph.node if n.op_type == "MatMulNBits"}
+    assert bits.pop("/lm_head/MatMul_Q8", None) == 8 or bits.pop("/lm_head/MatMul_Q4", None) == 8
+    for name, b in bits.items():
+        layer, proj = name.split("/")[2], name.split("/")[4]
+        assert b == (8 if f"{layer}.{_GROUP[proj]}" in info["int8"] else 4), name
+    model = og.Model(genai.path)
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=12)
+    gen = og.Generator(model, params)
+    gen.append_tokens(np.array([[5, 9, 14, 22]], dtype=np.int32))
+    while not gen.is_done():
+        gen.generate_next_token()
+    assert len(gen.get_sequence(0)) == 12
+
+
+def test_measured_mix_needs_4_bits() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="set bits 4"):
+        GptqConfig(data_config="d", bits=8, mixed_precision="measured")

@@ -181,7 +181,7 @@ def test_graph_has_exactly_the_chosen_nodes_at_8_bits(measured: ModelHandle, tin
     assert grew <= info["budget_extra_mib"] * 2**20 + 2048  # protobuf framing of the renamed initializers
     assert abs(grew - info["spent_extra_mib"] * 2**20) < 2048
     metrics = measured.attributes["metrics"]
-    assert metrics["sensitivity_int8_nodes"] == len(expected) - 1 and metrics["sensitivity_seconds"] > 0
+    assert metrics["sensitivity_int8_groups"] == len(expected) - 1 and metrics["sensitivity_seconds"] > 0
 
 
 def test_measured_build_generates(measured: ModelHandle) -> None:

@@ -239,3 +239,42 @@ def split_fused(tensors: dict[str, Any], config: dict[str, Any]) -> dict[str, An
                 for part, piece in zip(_FUSED[fused], t.split(sizes[fused], dim=0), strict=True):
                     out[stem + part + suffix] = piece.contiguous()
     return out if found else None
+
+
+def decoder_layers(model: Any) -> tuple[str, Any]:
+    """(dotted name, ModuleList) of the model's decoder layers: the ModuleList with num_hidden_layers entries.
+    Raises UserError for an architecture without one."""
+    import torch
+
+    n = getattr(model.config, "num_hidden_layers", None)
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.ModuleList) and len(mod) == n:
+            return name, mod
+    raise UserError(f"no list of {n} decoder layers found in {type(model).__name__}; layer-by-layer quantization "
+                    "(GPTQ, AWQ, measured mixed precision) needs a transformer decoder (Llama, Phi-3, Qwen, Mistral, ...)")
+
+
+def fake_quant(w: Any, bits: int, block_size: int, symmetric: bool) -> Any:
+    """``w`` (out, in) float tensor quantized and dequantized as onnxruntime's RTN MatMulNBits weight (see the
+    docstring of honed.passes._sensitivity); returns float32 (out, in). The input dimension is zero-padded to whole blocks, as
+    onnxruntime pads it, and the padding dropped again."""
+    import torch
+
+    out_f, in_f = w.shape
+    blocks = -(-in_f // block_size)
+    x = w.detach().to(torch.float32)
+    if blocks * block_size != in_f:
+        x = torch.nn.functional.pad(x, (0, blocks * block_size - in_f))
+    g = x.reshape(out_f, blocks, block_size).to(torch.float64)
+    maxq = 2**bits - 1
+    if symmetric:
+        rng = torch.maximum(g.amin(-1, keepdim=True).abs(), g.amax(-1, keepdim=True).abs())
+        scale = torch.where(rng > 0, rng * 2.0 / maxq, torch.ones_like(rng))
+        zp = torch.full_like(scale, 2 ** (bits - 1))
+    else:
+        lo, hi = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
+        scale = torch.where(lo != hi, (hi - lo) / maxq, torch.ones_like(lo))
+        zp = torch.clamp(torch.round(-lo / scale), 0, maxq)
+    q = torch.clamp(torch.round(g / scale + zp), 0, maxq)
+    deq = (q - zp).to(torch.float32) * scale.to(torch.float32)
+    return deq.reshape(out_f, blocks * block_size)[:, :in_f].contiguous()

@@ -28,11 +28,40 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from pydantic import Field
+
 from honed.errors import UserError
+from honed.models.quantized import decoder_layers, fake_quant
+from honed.passes.base import PassConfig
 
 log = logging.getLogger("honed")
 
 Method = Literal["kl", "imatrix"]
+
+class SensitivityOptions(PassConfig):
+    """The measured-mix fields, for a pass config to inherit (ModelBuilder's ``matmul_mixed_precision: measured``,
+    Gptq's ``mixed_precision: measured``)."""
+
+    mixed_precision_budget: float = Field(
+        4.75, ge=4, le=8, description="With measured mixed precision: average code bits per weight of the decoder "
+        "layers' linears (4: all int4, 8: all int8; block scales excluded, they cost the same); the LM head is int8 "
+        "besides. The default spends what llama.cpp's fixed layers (mixed_layers:int8) spend on SmolLM2-135M "
+        "(9.6 MiB over all-int4)."
+    )
+    sensitivity_data_config: str | None = Field(
+        None, description="With measured mixed precision: the data config whose rows measure each linear's int4 "
+        "sensitivity (default: ModelBuilder: the workflow's first data config; Gptq: its data_config)."
+    )
+    sensitivity_method: Method = Field(
+        "kl", description="With measured mixed precision: 'kl' ranks linears by the mean next-token KL divergence "
+        "to the float model with that linear alone at int4 (one partial forward per linear group); 'imatrix' by "
+        "the squared output error weighted by the inputs' second moments (one forward in all: for big models)."
+    )
+    sensitivity_samples: int = Field(
+        16, ge=1, le=4096, description="With measured mixed precision: calibration rows (each up to the data "
+        "config's max_seq_len)."
+    )
+
 
 # Decoder-layer linears by their Hugging Face name -> the builder's node (and the rows of the weight it covers).
 _ATTN_QKV = ("q_proj", "k_proj", "v_proj")
@@ -66,32 +95,6 @@ class NodeGroup:
     score: float = 0.0
 
 
-def fake_quant(w: Any, bits: int, block_size: int, symmetric: bool) -> Any:
-    """``w`` (out, in) float tensor quantized and dequantized as onnxruntime's RTN MatMulNBits weight (see the
-    module docstring); returns float32 (out, in). The input dimension is zero-padded to whole blocks, as
-    onnxruntime pads it, and the padding dropped again."""
-    import torch
-
-    out_f, in_f = w.shape
-    blocks = -(-in_f // block_size)
-    x = w.detach().to(torch.float32)
-    if blocks * block_size != in_f:
-        x = torch.nn.functional.pad(x, (0, blocks * block_size - in_f))
-    g = x.reshape(out_f, blocks, block_size).to(torch.float64)
-    maxq = 2**bits - 1
-    if symmetric:
-        rng = torch.maximum(g.amin(-1, keepdim=True).abs(), g.amax(-1, keepdim=True).abs())
-        scale = torch.where(rng > 0, rng * 2.0 / maxq, torch.ones_like(rng))
-        zp = torch.full_like(scale, 2 ** (bits - 1))
-    else:
-        lo, hi = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
-        scale = torch.where(lo != hi, (hi - lo) / maxq, torch.ones_like(lo))
-        zp = torch.clamp(torch.round(-lo / scale), 0, maxq)
-    q = torch.clamp(torch.round(g / scale + zp), 0, maxq)
-    deq = (q - zp).to(torch.float32) * scale.to(torch.float32)
-    return deq.reshape(out_f, blocks * block_size)[:, :in_f].contiguous()
-
-
 def _linear(root: Any, name: str) -> Any:
     return root.get_submodule(name)
 
@@ -102,8 +105,6 @@ def node_groups(model: Any, fuse_gate_up: bool) -> list[NodeGroup]:
     share a choice here); gate/up are one group when ``fuse_gate_up`` (the builder's ``fuse_mlp_gate_up``).
     A decoder-layer linear of another name is a UserError: its builder node name is unknown."""
     import torch
-
-    from honed.passes.gptq import decoder_layers
 
     prefix, layers = decoder_layers(model)
     groups: list[NodeGroup] = []
@@ -223,8 +224,6 @@ def _cache(model: Any, samples: list[Any]) -> _Cache:
 
     import torch
 
-    from honed.passes.gptq import decoder_layers
-
     prefix, layers = decoder_layers(model)
     norm = _final_norm(model, prefix)
     head = model.get_output_embeddings()
@@ -274,8 +273,6 @@ def measure(model: Any, samples: list[Any], groups: list[NodeGroup], block_size:
     positions, in nats per token. ``imatrix``: ``sum_ij dW_ij**2 * E[x_j**2]`` over the group's linears (the
     expected squared output error per token). Weights are restored after each group."""
     import torch
-
-    from honed.passes.gptq import decoder_layers
 
     with torch.no_grad():
         if method == "imatrix":
@@ -389,14 +386,13 @@ def report(groups: list[NodeGroup], chosen: list[NodeGroup], method: Method, bit
     }
 
 
-def select_int8_nodes(model: Any, tokenizer: Any, data_config: Any, *, block_size: int, symmetric: bool,
-                      budget_bits: float, method: Method, num_samples: int, fuse_gate_up: bool, pack_qkv: bool,
-                      progress: Any = None, skip: set[str] | frozenset[str] = frozenset(),
-                      ) -> tuple[list[str], dict[str, Any]]:
+def select_int8_groups(model: Any, tokenizer: Any, data_config: Any, *, block_size: int, symmetric: bool,
+                       budget_bits: float, method: Method, num_samples: int, fuse_gate_up: bool,
+                       progress: Any = None, skip: set[str] | frozenset[str] = frozenset(),
+                       ) -> tuple[list[NodeGroup], dict[str, Any]]:
     """Measure ``model`` (a float32 HF causal LM) on up to ``num_samples`` rows of ``data_config`` and return the
-    builder node names to keep at int8 (``pack_qkv``: the builder's packed ``qkv_proj`` names, else q/k/v) with
-    the report for ``sensitivity.json``. Groups with a node in ``skip`` (excluded from quantization, or absent)
-    are neither measured nor priced."""
+    node groups to keep at int8 with the report for ``sensitivity.json``. Groups with a builder node in ``skip``
+    (excluded from quantization, or absent) are neither measured nor priced."""
     import time
 
     from honed.passes.gptq import calibration_samples
@@ -405,7 +401,7 @@ def select_int8_nodes(model: Any, tokenizer: Any, data_config: Any, *, block_siz
     samples = calibration_samples(data_config, tokenizer, num_samples)
     groups = [g for g in node_groups(model, fuse_gate_up) if skip.isdisjoint(g.packed + g.unpacked)]
     price(model, groups, block_size, symmetric)
-    bar = progress("Sensitivity (int4 per node group)", len(groups)) if progress is not None else None
+    bar = progress("Sensitivity (int4 per linear group)", len(groups)) if progress is not None else None
     try:
         measure(model, samples, groups, block_size, symmetric, method, bar)
     finally:
@@ -414,11 +410,23 @@ def select_int8_nodes(model: Any, tokenizer: Any, data_config: Any, *, block_siz
     budget = budget_bytes(groups, budget_bits)
     chosen = choose(groups, budget)
     seconds = time.perf_counter() - start
-    nodes = [n for g in chosen for n in (g.packed if pack_qkv else g.unpacked)]
     tokens = sum(int(s.shape[-1]) for s in samples)
-    log.info("ModelBuilder: measured sensitivity of %d node groups on %d tokens in %.1f s; %d kept at int8",
+    log.info("Measured the int4 sensitivity of %d linear groups on %d tokens in %.1f s; %d kept at int8",
              len(groups), tokens, seconds, len(chosen))
-    return nodes, report(groups, chosen, method, budget_bits, budget, seconds, len(samples), tokens)
+    return chosen, report(groups, chosen, method, budget_bits, budget, seconds, len(samples), tokens)
+
+
+def write_report(info: dict[str, Any], data_config: str, out: Any, ctx: Any) -> None:
+    """``info`` as ``out``/sensitivity.json (with the data config's name) and its figures into ``ctx.metrics``."""
+    import json
+    from pathlib import Path
+
+    info["data_config"] = data_config
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / "sensitivity.json").write_text(json.dumps(info, indent=2))
+    ctx.metrics["sensitivity_seconds"] = info["seconds"]
+    ctx.metrics["sensitivity_int8_groups"] = len(info["int8"])
+    ctx.metrics["sensitivity_int8_extra_mib"] = info["spent_extra_mib"]
 
 
 def _flag(options: dict[str, Any], key: str, default: bool) -> bool:
@@ -438,7 +446,6 @@ def measured_target_options(model: Any, config: Any, ep: str, out: Any, ctx: Any
     ``model``: the ModelBuilder input (an ``hf`` handle); ``config``: its ModelBuilderConfig; ``ep``: the
     builder's execution provider."""
     import gc
-    import json
     from pathlib import Path
 
     from honed.models.loaders import load_model, load_tokenizer
@@ -464,21 +471,17 @@ def measured_target_options(model: Any, config: Any, ep: str, out: Any, ctx: Any
     net = load_model(model, dtype="float32")
     net_config = net.config
     try:
-        nodes, info = select_int8_nodes(
+        chosen, info = select_int8_groups(
             net, load_tokenizer(model), ctx.data_configs[name], block_size=config.int4_block_size,
             symmetric=config.int4_is_symmetric, budget_bits=config.mixed_precision_budget,
             method=config.sensitivity_method, num_samples=config.sensitivity_samples,
-            fuse_gate_up=_flag(extra, "fuse_mlp_gate_up", False), pack_qkv=pack_qkv, progress=ctx.task,
+            fuse_gate_up=_flag(extra, "fuse_mlp_gate_up", False), progress=ctx.task,
             skip={*excluded, "/lm_head/MatMul"})
     finally:
         del net
         gc.collect()
-    info["data_config"] = name
-    Path(out).mkdir(parents=True, exist_ok=True)
-    (Path(out) / "sensitivity.json").write_text(json.dumps(info, indent=2))
-    ctx.metrics["sensitivity_seconds"] = info["seconds"]
-    ctx.metrics["sensitivity_int8_nodes"] = len(nodes)
-    ctx.metrics["sensitivity_int8_extra_mib"] = info["spent_extra_mib"]
+    nodes = [n for g in chosen for n in (g.packed if pack_qkv else g.unpacked)]
+    write_report(info, name, out, ctx)
     overrides = [{"match": {"name": n}, "exclude": True} for n in excluded]
     if not config.exclude_lm_head:  # the LM head at int8, which the builder then shares with the embedding
         overrides.append({"match": {"preset": "last_matmul"}, "type": "int8"})

@@ -35,17 +35,9 @@ from pydantic import Field, StrictBool
 
 from honed.errors import UserError
 from honed.models.handle import ModelHandle
+from honed.models.quantized import decoder_layers, quant_params, quantize_codes
 from honed.passes.base import Pass, PassConfig, PassContext, register_pass
-from honed.passes.gptq import (
-    QuantizedLinear,
-    _Captured,
-    _layer_output,
-    calibrate_and_save,
-    decoder_layers,
-    dequantized,
-    quant_params,
-    quantize_codes,
-)
+from honed.passes.gptq import QuantizedLinear, _Captured, _layer_output, calibrate_and_save, dequantized
 
 log = logging.getLogger("honed")
 

@@ -25,20 +25,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, StrictBool, field_validator
+from pydantic import Field, StrictBool, field_validator, model_validator
 
 from honed.errors import UserError
 from honed.models.handle import ModelHandle
 from honed.models.loaders import load_model, load_tokenizer, trust_kwargs
-from honed.models.quantized import dequantize_codes, quant_params, quantize_codes, save_checkpoint
+from honed.models.quantized import (
+    decoder_layers,
+    dequantize_codes,
+    quant_params,
+    quantize_codes,
+    save_checkpoint,
+)
 from honed.passes._fidelity import FidelityOptions, record_fidelity
+from honed.passes._sensitivity import SensitivityOptions, select_int8_groups, write_report
 from honed.passes.base import Pass, PassContext, register_pass
 
 log = logging.getLogger("honed")
 
 
-class GptqConfig(FidelityOptions):
-    """GPTQ options (Olive's Gptq names and defaults)."""
+class GptqConfig(FidelityOptions, SensitivityOptions):
+    """GPTQ options (Olive's Gptq names and defaults; mixed_precision and the sensitivity fields are honed's)."""
 
     bits: Literal[4, 8] = Field(4, description="Bits per weight.")
     group_size: Literal[16, 32, 64, 128, 256] = Field(
@@ -74,21 +81,40 @@ class GptqConfig(FidelityOptions):
                              "max_samples says so).")
     block_size: int = Field(128, gt=0, description="Columns updated together (speed only; the result is the "
                             "same up to float rounding).")
+    mixed_precision: Literal["none", "measured"] = Field(
+        "none", description="'measured' (bits 4): before quantizing, measure how far rounding each decoder "
+        "layer's linear group (q/k/v, o, gate/up, down) alone to int4 moves the model on sensitivity_data_config "
+        "(default: data_config), as ModelBuilder's matmul_mixed_precision 'measured' does, and quantize the "
+        "costliest groups to 8 bits instead (GPTQ too) within mixed_precision_budget; the choice goes to "
+        "sensitivity.json and the checkpoint's per-module overrides, which ModelBuilder builds unchanged. "
+        "bench/fidelity.py measures what it buys."
+    )
+
+    @model_validator(mode="after")
+    def _measured_needs_int4(self) -> GptqConfig:
+        if self.mixed_precision == "measured" and self.bits != 4:
+            raise ValueError("mixed_precision 'measured' keeps some linears at 8 bits among 4-bit ones; set bits 4")
+        return self
 
 
 @dataclass
 class QuantizedLinear:
-    """Integer codes (out, in) in [0, 2**bits), scales and zero points (out, in / group_size) of one linear."""
+    """Integer codes (out, in) in [0, 2**bits), scales and zero points (out, in / group_size) of one linear;
+    ``bits`` None: the pass's width."""
 
     codes: Any
     scales: Any
     zeros: Any
+    bits: int | None = None
 
 
-def gptq_linear(weight: Any, hessian: Any, cfg: GptqConfig) -> QuantizedLinear:
-    """GPTQ of one weight (out, in) given its Hessian (in, in); the algorithm of the paper's Algorithm 1 with
-    lazy batch updates of ``cfg.block_size`` columns and per-group parameters found on the updated weights."""
+def gptq_linear(weight: Any, hessian: Any, cfg: GptqConfig, bits: int | None = None) -> QuantizedLinear:
+    """GPTQ of one weight (out, in) given its Hessian (in, in) to ``bits`` (default ``cfg.bits``); the algorithm
+    of the paper's Algorithm 1 with lazy batch updates of ``cfg.block_size`` columns and per-group parameters
+    found on the updated weights."""
     import torch
+
+    bits = bits or cfg.bits
 
     W = weight.detach().clone().float()
     H = hessian.clone()
@@ -110,33 +136,20 @@ def gptq_linear(weight: Any, hessian: Any, cfg: GptqConfig) -> QuantizedLinear:
         for i in range(b2 - b1):
             if (b1 + i) % G == 0:
                 g = (b1 + i) // G
-                scales[:, g], zeros[:, g] = quant_params(W1[:, i:i + G], cfg.bits, cfg.sym)
+                scales[:, g], zeros[:, g] = quant_params(W1[:, i:i + G], bits, cfg.sym)
             w, d = W1[:, i], Hinv1[i, i]
-            q = quantize_codes(w[:, None], scales[:, g], zeros[:, g], cfg.bits)[:, 0]
+            q = quantize_codes(w[:, None], scales[:, g], zeros[:, g], bits)[:, 0]
             codes[:, b1 + i] = q
             e = (w - (q - zeros[:, g]) * scales[:, g]) / d
             W1[:, i:] -= e[:, None] @ Hinv1[i, i:][None, :]
             err[:, i] = e
         W[:, b2:] -= err @ Hinv[b1:b2, b2:]
-    return QuantizedLinear(codes.to(torch.uint8), scales, zeros.to(torch.uint8))
+    return QuantizedLinear(codes.to(torch.uint8), scales, zeros.to(torch.uint8), bits)
 
 
 def dequantized(q: QuantizedLinear, group_size: int) -> Any:
     """The float weight (out, in) that ``q`` stands for (the checkpoint format's own formula)."""
     return dequantize_codes(q.codes.float(), q.scales, q.zeros.float(), group_size)
-
-
-def decoder_layers(model: Any) -> tuple[str, Any]:
-    """(dotted name, ModuleList) of the model's decoder layers: the ModuleList with num_hidden_layers entries.
-    Raises UserError for an architecture without one."""
-    import torch
-
-    n = getattr(model.config, "num_hidden_layers", None)
-    for name, mod in model.named_modules():
-        if isinstance(mod, torch.nn.ModuleList) and len(mod) == n:
-            return name, mod
-    raise UserError(f"Gptq: no list of {n} decoder layers found in {type(model).__name__}; GPTQ needs a "
-                    "transformer decoder (Llama, Phi-3, Qwen, Mistral, ...)")
 
 
 class _Captured(Exception):
@@ -187,10 +200,11 @@ def _layer_output(out: Any) -> Any:
     return out[0] if isinstance(out, tuple) else out
 
 
-def gptq_model(model: Any, samples: list[Any], cfg: GptqConfig, progress: Any = None) -> dict[str, QuantizedLinear]:
+def gptq_model(model: Any, samples: list[Any], cfg: GptqConfig, progress: Any = None,
+               bits: dict[str, int] | None = None) -> dict[str, QuantizedLinear]:
     """Quantize every ``nn.Linear`` in the decoder layers of ``model`` (and its LM head when ``cfg.lm_head``)
-    on the token-id tensors ``samples`` (each (1, seq)); each linear's weight is replaced by its dequantized
-    value in place. Returns the codes by module name."""
+    on the token-id tensors ``samples`` (each (1, seq)) to ``cfg.bits``, or to ``bits[module name]`` where given;
+    each linear's weight is replaced by its dequantized value in place. Returns the codes by module name."""
     import torch
 
     prefix, layers = decoder_layers(model)
@@ -219,9 +233,10 @@ def gptq_model(model: Any, samples: list[Any], cfg: GptqConfig, progress: Any = 
                 for h in hooks:
                     h.remove()
                 for n in group:
-                    q = gptq_linear(linears[n].weight, stats[n].H, cfg)
+                    name = f"{prefix}.{idx}.{n}"
+                    q = gptq_linear(linears[n].weight, stats[n].H, cfg, (bits or {}).get(name))
                     linears[n].weight.copy_(dequantized(q, cfg.group_size).to(linears[n].weight.dtype))
-                    out[f"{prefix}.{idx}.{n}"] = q
+                    out[name] = q
             inputs = [((_layer_output(layer(*args, **kwargs)), *args[1:]), kwargs) for args, kwargs in inputs]
             if progress is not None:
                 progress.advance(1)
@@ -296,9 +311,25 @@ class Gptq(Pass):
     produces: ClassVar[tuple[str, ...]] = ("hf",)
 
     def run(self, model: ModelHandle, config: GptqConfig, output_dir: Path, ctx: PassContext) -> ModelHandle:
+        sensitivity = config.sensitivity_data_config or config.data_config
+        if config.mixed_precision == "measured" and sensitivity not in ctx.data_configs:
+            raise UserError(f"Gptq: sensitivity_data_config '{sensitivity}' is not defined; define it under "
+                            f"data_configs (defined: {', '.join(ctx.data_configs) or 'none'})")
+
+        def quantize(net: Any, samples: list[Any], bar: Any) -> dict[str, QuantizedLinear]:
+            widths: dict[str, int] = {}
+            if config.mixed_precision == "measured":  # measured on the float model, before any rounding
+                chosen, info = select_int8_groups(
+                    net, load_tokenizer(model), ctx.data_configs[sensitivity], block_size=config.group_size,
+                    symmetric=config.sym, budget_bits=config.mixed_precision_budget,
+                    method=config.sensitivity_method, num_samples=config.sensitivity_samples,
+                    fuse_gate_up=True, progress=ctx.task, skip={"/lm_head/MatMul"})  # one width per HF linear
+                widths = {m.module: 8 for g in chosen for m in g.members}
+                write_report(info, sensitivity, output_dir, ctx)
+            return gptq_model(net, samples, config, bar, widths)
+
         out = calibrate_and_save(model, config.data_config, config.num_samples, config.group_size, ctx, "GPTQ",
-                                 lambda net, samples, bar: gptq_model(net, samples, config, bar),
-                                 bits=config.bits, sym=config.sym, output_dir=output_dir)
+                                 quantize, bits=config.bits, sym=config.sym, output_dir=output_dir)
         record_fidelity(model, out, config, ctx)  # the fp32 working copy is freed: both models load to compare
         return out
 
@@ -322,7 +353,7 @@ def calibrate_and_save(model: ModelHandle, data_config: str, num_samples: int, g
         quantized = quantize(net, samples, bar)
     finally:
         bar.close()
-    save_checkpoint(net, tok, {m: (q.codes, q.scales, q.zeros, bits) for m, q in quantized.items()},
+    save_checkpoint(net, tok, {m: (q.codes, q.scales, q.zeros, q.bits or bits) for m, q in quantized.items()},
                     bits=bits, group_size=group_size, sym=sym, algorithm=label.lower(), out=output_dir)
     ctx.metrics["calibration_samples"] = len(samples)
     ctx.metrics["quantized_linears"] = len(quantized)

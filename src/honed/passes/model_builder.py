@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib
 import io
 import json
 import logging
@@ -24,7 +23,8 @@ from honed.models.handle import ModelHandle
 from honed.models.loaders import custom_code_errors, trust_kwargs, trusts_remote_code
 from honed.passes._fidelity import fidelity_data_config_field, fidelity_samples_field, record_fidelity
 from honed.passes._onnx_common import quiet_quantizer_logs
-from honed.passes.base import Pass, PassConfig, PassContext, register_pass
+from honed.passes._sensitivity import SensitivityOptions
+from honed.passes.base import Pass, PassContext, register_pass
 from honed.util.offline import local_only
 
 log = logging.getLogger("honed")
@@ -34,7 +34,7 @@ Precision = Literal["int4", "int8", "fp16", "bf16", "fp32"]
 DEFAULT_MIXED_PRECISION = "last_matmul:int8,mixed_layers:int8"
 
 
-class ModelBuilderConfig(PassConfig):
+class ModelBuilderConfig(SensitivityOptions):
     """Options of the onnxruntime-genai model builder (Olive's ModelBuilder names)."""
 
     precision: Precision = Field(
@@ -65,25 +65,6 @@ class ModelBuilderConfig(PassConfig):
         "measured 0.928, KL 0.31, 258 s (pick it for the accuracy); a Gptq pass first 0.912, KL 0.15, 81 s "
         "(pick it for the closest distribution); LoRA with quantization_aware trains against the int4 base and ships what it trained."
     )
-    mixed_precision_budget: float = Field(
-        4.75, ge=4, le=8, description="With matmul_mixed_precision 'measured': average code bits per weight "
-        "of the decoder layers' MatMuls (4: all int4, 8: all int8; block scales excluded, they cost the same); the "
-        "LM head is int8 besides. The default spends what llama.cpp's fixed layers (mixed_layers:int8) spend on "
-        "SmolLM2-135M (9.6 MiB over all-int4)."
-    )
-    sensitivity_data_config: str | None = Field(
-        None, description="With matmul_mixed_precision 'measured': the data config whose rows measure each "
-        "MatMul's int4 sensitivity (default: the workflow's first data config)."
-    )
-    sensitivity_method: Literal["kl", "imatrix"] = Field(
-        "kl", description="With 'measured': 'kl' ranks MatMuls by the mean next-token KL divergence to the float "
-        "model with that MatMul alone at int4 (one partial forward per MatMul); 'imatrix' by the squared output "
-        "error weighted by the inputs' second moments (one forward in all: for big models)."
-    )
-    sensitivity_samples: int = Field(
-        16, ge=1, le=4096, description="With 'measured': calibration rows (each up to the data config's max_seq_len)."
-    )
-
     @model_validator(mode="after")
     def _measured_needs_rtn_int4(self) -> ModelBuilderConfig:
         if self.matmul_mixed_precision == "measured":
@@ -215,13 +196,14 @@ def normalize_extra_options(options: dict[str, Any]) -> dict[str, Any]:
 
 def _builder() -> Any:
     """The builder module; it imports onnx_ir, which onnxruntime-genai does not declare."""
+    from honed.util.runtime_flavour import import_runtime
+
     try:
-        return importlib.import_module("onnxruntime_genai.models.builder")
+        return import_runtime("onnxruntime_genai.models.builder")  # no genai: a UserError naming the extra
     except ModuleNotFoundError as e:
-        raise UserError(
-            f"ModelBuilder needs onnxruntime-genai and onnx-ir ({e.name} is missing); "
-            "install them with: pip install onnxruntime-genai onnx-ir"
-        ) from e
+        dist = (e.name or "onnx_ir").replace("_", "-")
+        raise UserError(f"ModelBuilder: the onnxruntime-genai builder needs {dist}, which is not installed; "
+                        f"install it with: pip install {dist}") from e
 
 
 def supported_architectures() -> list[str]:
