@@ -55,8 +55,8 @@ def _awq(model: Path, tmp_path: Path, **options) -> ModelHandle:
 
 def _samples(model: Path, tmp_path: Path) -> list[torch.Tensor]:
     """The calibration token ids the pass sees (the data config's 16 rows, tokenized)."""
+    from honed.data.batches import calibration_samples
     from honed.models.loaders import load_tokenizer
-    from honed.passes.gptq import calibration_samples
 
     ctx = _ctx(tmp_path)
     return calibration_samples(ctx.data_configs["cal"], load_tokenizer(ModelHandle(kind="hf", path=str(model))), 128)

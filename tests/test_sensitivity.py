@@ -118,8 +118,8 @@ def test_fragile_layer_ranks_first(tiny_llama: Path, tmp_path: Path, method: str
         net.get_submodule("model.layers.1.input_layernorm").weight[::32] = 0
         for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
             proj.weight[:, ::32] = proj.weight.abs().max() * 100
+    from honed.data.batches import calibration_samples
     from honed.data.config import DataConfig
-    from honed.passes.gptq import calibration_samples
 
     samples = calibration_samples(DataConfig(name="cal", load_dataset_config={"data_files": str(_rows(tmp_path))}),
                                   load_tokenizer(handle), 8)

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from honed.config.load import problems_from, read_config_file, validate
 from honed.data.config import DataConfig
+from honed.engine.progress import RunDisplay
 from honed.errors import ConfigError, UserError
 from honed.evaluate.config import EvaluatorConfig
 from honed.evaluate.evaluator import evaluate_model
@@ -152,7 +153,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if problem:
         raise UserError(f"--execution-provider: {problem}")
     target = Accelerator(device=args.device, execution_provider=ep)
-    results = evaluate_model(handle, cfg, data_configs, target)
+    results = evaluate_model(handle, cfg, data_configs, target, progress=RunDisplay().bar)
     units = result_units(cfg)
     table = Table(title=f"honed evaluate {handle.path} ({handle.kind})", title_justify="left")
     table.add_column("metric")

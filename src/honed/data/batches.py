@@ -158,3 +158,24 @@ def _user_loader_batch(cfg: DataConfig, tokenizer: Any, batch_size: int, cache_d
         raise DataError(f"{where}: the first batch must hold input_ids of shape [batch, seq] (int token ids), got "
                         f"{type(ids).__name__}; return batches like {{'input_ids': tensor}}")
     return ids
+
+
+def calibration_samples(data_config: Any, tokenizer: Any, limit: int) -> list[Any]:
+    """Token-id tensors (1, seq <= max_seq_len) of up to ``limit`` rows of ``data_config``: what the layer-by-layer
+    quantizers (GPTQ, AWQ, the measured int4 sensitivity) calibrate on. Raises UserError when it gives none."""
+    import torch
+
+    pre = data_config.pre_process_data_config
+    limit = min(limit, pre.max_samples or limit)
+    given = token_samples(data_config, limit, tokenizer)
+    if given is None:
+        texts = calibration_texts(data_config, limit, tokenizer)
+        given = [tokenizer(*(t if isinstance(t, tuple) else (t,)), truncation=True,
+                           max_length=pre.max_seq_len)["input_ids"] for t in texts]
+    samples = [torch.tensor([ids[: pre.max_seq_len]], dtype=torch.long) for ids in given if len(ids)]
+    if not samples:
+        raise DataError(f"data config '{data_config.name}' gave no calibration rows; point it at rows of text")
+    if len(samples) < limit:
+        log.warning("data config '%s' gave %d calibration rows, fewer than the %d asked for; calibrating on "
+                    "those", data_config.name, len(samples), limit)
+    return samples

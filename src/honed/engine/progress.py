@@ -38,6 +38,25 @@ class _RichTask(ProgressTask):
         self.progress.remove_task(self.task_id)
 
 
+class _OwnTask(_RichTask):
+    """A bar with a display of its own (``RunDisplay.bar`` outside a pass): closing it stops the display."""
+
+    def close(self) -> None:
+        super().close()
+        self.progress.stop()
+
+
+def _new_progress(console: Console, disable: bool = False) -> Progress:
+    """Description, bar, done/total, elapsed, ETA and the fields a bar reports; transient, so on a terminal the
+    bars vanish when done.  ``disable``: counted but never drawn or started (rich's ``stop`` writes an empty line
+    to a console that is not interactive)."""
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), _Count(),
+        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+        console=console, transient=True, disable=disable,
+    )
+
+
 class RunDisplay:
     """Rich output on stderr; silent when ``quiet``."""
 
@@ -49,11 +68,7 @@ class RunDisplay:
     def start_pass(self, label: str) -> None:
         if self.quiet:
             return
-        self._progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), _Count(),
-            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-            console=self.console, transient=True,
-        )
+        self._progress = _new_progress(self.console)
         self._progress.start()
         self._progress.add_task(f"{label} running", total=None, info="")
 
@@ -61,6 +76,18 @@ class RunDisplay:
         if self._progress is None:
             return ProgressTask()
         return _RichTask(self._progress, self._progress.add_task(description, total=total, info=""))
+
+    def bar(self, description: str, total: float | None) -> ProgressTask:
+        """A bar inside a pass (as ``task``) or between passes, where the engine's evaluations run: there it starts
+        a display of its own and closing it stops that display.  Silent when ``quiet``; off an interactive terminal
+        (a log file, CI) it writes nothing at all, not even a line when it ends (one a metric would add up)."""
+        if self.quiet:
+            return ProgressTask()
+        if self._progress is not None:
+            return self.task(description, total)
+        progress = _new_progress(self.console, disable=not self.console.is_interactive)
+        progress.start()
+        return _OwnTask(progress, progress.add_task(description, total=total, info=""))
 
     def end_pass(self, line: str) -> None:
         if self._progress is not None:

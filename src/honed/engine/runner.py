@@ -312,8 +312,9 @@ def _evaluate(wf: Workflow, input_model: ModelHandle, stages: dict[str, ModelHan
         start = time.perf_counter()
         what = f"the {role} model" if role in ("input", "output") else f"the output of {role}"
         try:
-            results, cached = evaluate_cached(handle, cfg, wf.data_configs, target, cache_root,
-                                              reference=parent.get(id(handle), input_model))
+            results, cached = evaluate_cached(
+                handle, cfg, wf.data_configs, target, cache_root, reference=parent.get(id(handle), input_model),
+                progress=lambda desc, total, what=what: display.bar(f"evaluating {what}: {desc}", total))
         except (HonedError, KeyboardInterrupt, SystemExit):
             raise
         except Exception as e:  # a runtime that fails on this model: one line naming it (a search goes on)

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +47,7 @@ from honed.evaluate.metrics import (
 from honed.evaluate.past_timing import with_past
 from honed.models.handle import ModelHandle
 from honed.util.accelerator import Accelerator
+from honed.util.context import ProgressTask
 from honed.util.fs import atomic_write_text
 from honed.util.hashing import cache_key, code_fingerprint, environment, library_versions
 from honed.util.monitor import PeakMemory
@@ -55,6 +57,13 @@ if TYPE_CHECKING:  # the schema validates against the registry defined here: ann
     from honed.evaluate.config import EvaluatorConfig, MetricConfig
 
 Results = dict[str, float]
+Progress = Callable[[str, float | None], ProgressTask]
+"""Opens a progress bar: ``(description, total) -> ProgressTask`` (the engine's ``RunDisplay.bar``; handed in, since
+this layer sits below the engine)."""
+
+SCORE_CHUNK = 16
+"""Sequences per forward call of ``HFRuntime.score_many``: label scoring hands it whole multiples of this, so
+scoring in parts (to move a progress bar) batches the sequences exactly as one call over all of them would."""
 
 TEXT_SUB_TYPES = {"exact_match", "relaxed_accuracy", "word_sort_ratio", "wer"}
 SCORE_SUB_TYPES = {"auroc", "auc"}
@@ -65,11 +74,13 @@ class _Session:
     """Lazily opened backend and loaded rows shared by the metrics of one evaluation."""
 
     def __init__(self, handle: ModelHandle, data_configs: dict[str, DataConfig], target: Accelerator,
-                 cache_dir: Path | None, clock: Callable[[], float], reference: ModelHandle | None = None) -> None:
+                 cache_dir: Path | None, clock: Callable[[], float], reference: ModelHandle | None = None,
+                 progress: Progress | None = None) -> None:
         self.handle, self.data_configs, self.target, self.cache_dir = handle, data_configs, target, cache_dir
         self.reference = reference
         """The model fidelity metrics compare with when their config names none."""
         self.clock = clock
+        self.progress = progress
         self._backend: Backend | None = None
         self._rows: dict[str, Any] = {}
         self.memory: PeakMemory | None = None
@@ -109,6 +120,16 @@ class _Session:
             cfg = cfg.model_copy(update={"pre_process_data_config": pp})
         tok = self.backend.tokenizer if cfg.pre_process_data_config.chat_template else None
         return cfg, ds, format_examples(cfg, ds, tok)
+
+    @contextlib.contextmanager
+    def bar(self, metric: MetricConfig, what: str, rows: int) -> Iterator[ProgressTask]:
+        """A bar over the ``rows`` a data metric scores (silent without a progress factory), closed however the
+        metric ends: an evaluation of a big data config takes as long as a fine-tune and must not look hung."""
+        task = self.progress(f"{metric.name}: {what}", rows) if self.progress is not None else ProgressTask()
+        try:
+            yield task
+        finally:
+            task.close()
 
     def close(self) -> None:
         if self._backend is not None:
@@ -216,21 +237,26 @@ def _labels(s: _Session, metric: MetricConfig, wanted: set[str]) -> Results:
         named = bool(id2label) and set(truth) <= {str(v) for v in id2label.values()}
         columns = _class_columns(labels, uc, id2label, named, metric.name) if wanted & SCORE_SUB_TYPES else []
         inputs = pairs if pairs is not None else [e.prompt or e.text for e in examples]
-        for i in range(0, len(inputs), uc.batch_size):
-            logits = backend.class_logits(inputs[i:i + uc.batch_size])  # type: ignore[arg-type]
-            for row in logits:
-                k = int(row.argmax())
-                preds.append(labels[k] if uc.labels else str(id2label[k]) if named else str(k))
-            if columns:
-                probs += [[p[c] for c in columns] for p in _softmax_rows(logits)]
+        with s.bar(metric, "classifying", len(inputs)) as bar:
+            for i in range(0, len(inputs), uc.batch_size):
+                logits = backend.class_logits(inputs[i:i + uc.batch_size])  # type: ignore[arg-type]
+                for row in logits:
+                    k = int(row.argmax())
+                    preds.append(labels[k] if uc.labels else str(id2label[k]) if named else str(k))
+                if columns:
+                    probs += [[p[c] for c in columns] for p in _softmax_rows(logits)]
+                bar.advance(len(logits))
+        return _label_scores(metric, wanted, truth, preds, labels, probs)
+    if uc.scoring == "generate":
+        with s.bar(metric, "generating", len(examples)) as bar:
+            for ex, _ in zip(examples, truth, strict=True):
+                ids, _ = _tokens(backend, ex.prompt, "", add_special, False)
+                text = backend.tokenizer.decode(backend.generate(ids, uc.max_new_tokens), skip_special_tokens=True)
+                preds.append(text.strip().splitlines()[0].strip() if text.strip() else "")
+                bar.advance(1)
         return _label_scores(metric, wanted, truth, preds, labels, probs)
     seqs: list[tuple[list[int], int]] = []
     for ex, true in zip(examples, truth, strict=True):
-        if uc.scoring == "generate":
-            ids, _ = _tokens(backend, ex.prompt, "", add_special, False)
-            text = backend.tokenizer.decode(backend.generate(ids, uc.max_new_tokens), skip_special_tokens=True)
-            preds.append(text.strip().splitlines()[0].strip() if text.strip() else "")
-            continue
         if true not in ex.answer:
             raise DataError(f"row {ex.index}: label '{true}' does not appear in the formatted answer {ex.answer!r}; "
                             "set user_config.label_col to the column the template ends with")
@@ -238,12 +264,32 @@ def _labels(s: _Session, metric: MetricConfig, wanted: set[str]) -> Results:
             seqs.append(_tokens(backend, ex.prompt, ex.answer.replace(true, cand, 1), add_special,
                                 uc.score_eos and pp.append_eos))
     if seqs:  # one log-likelihood per (row, candidate label), batched by the backend
-        scores = backend.score_many(seqs)
+        scores = _score_rows(s, metric, seqs, len(labels))
         for r in range(len(examples)):
             row = scores[r * len(labels):(r + 1) * len(labels)]
             preds.append(labels[max(range(len(labels)), key=row.__getitem__)])
             probs.append(_softmax_rows([row])[0])
     return _label_scores(metric, wanted, truth, preds, labels, probs)
+
+
+def _score_rows(s: _Session, metric: MetricConfig, seqs: list[tuple[list[int], int]], per_row: int) -> list[float]:
+    """``score_many`` over each row's ``per_row`` candidate sequences, in parts of whole rows that fill whole
+    ``SCORE_CHUNK`` batches (the same batches, so the same scores, as one call), moving a bar by rows."""
+    rows = len(seqs) // per_row
+    step = SCORE_CHUNK // math.gcd(SCORE_CHUNK, per_row)  # the fewest rows whose sequences fill whole batches
+    scores: list[float] = []
+    with s.bar(metric, "scoring labels", rows) as bar:
+        for r in range(0, rows, step):
+            scores += s.backend.score_many(seqs[r * per_row:(r + step) * per_row])
+            bar.advance(min(step, rows - r))
+    return scores
+
+
+def _counted(items: Iterable[Any], bar: ProgressTask) -> Iterator[Any]:
+    """``items``, moving ``bar`` by one as each is done (when the consumer asks for the next)."""
+    for item in items:
+        yield item
+        bar.advance(1)
 
 
 def _label_scores(metric: MetricConfig, wanted: set[str], truth: list[str], preds: list[str], labels: list[str],
@@ -265,11 +311,12 @@ def _perplexity(s: _Session, metric: MetricConfig) -> Results:
     pp = cfg.pre_process_data_config
     add_special = pp.add_special_tokens and not pp.chat_template
     total, count = 0.0, 0
-    for ex in examples:
-        ids, _ = _tokens(s.backend, "", ex.text, add_special, pp.append_eos)
-        lps = s.backend.score(ids, 1)
-        total -= sum(lps)
-        count += len(lps)
+    with s.bar(metric, "perplexity", len(examples)) as bar:
+        for ex in _counted(examples, bar):
+            ids, _ = _tokens(s.backend, "", ex.text, add_special, pp.append_eos)
+            lps = s.backend.score(ids, 1)
+            total -= sum(lps)
+            count += len(lps)
     return perplexity(total, count)
 
 
@@ -316,7 +363,8 @@ def _fidelity(s: _Session, metric: MetricConfig) -> Results:
     seqs = [_tokens(s.backend, "", ex.text, add_special, pp.append_eos)[0] for ex in examples]
     reference = open_runtime(_reference_of(s, metric), s.target)  # an HF model in its stored dtype
     try:
-        result = compare_runtimes(reference, s.backend, seqs)
+        with s.bar(metric, "fidelity", len(seqs)) as bar:
+            result = compare_runtimes(reference, s.backend, _counted(seqs, bar))
     finally:
         reference.close()
     return {"kl_mean": result.kl_mean, "kl_p99": result.kl_p99, "top1_agreement": result.top1_agreement,
@@ -435,10 +483,15 @@ def _keyed(metric: MetricConfig, values: Results) -> Results:
 
 def evaluate_model(handle: ModelHandle, cfg: EvaluatorConfig, data_configs: dict[str, DataConfig] | None = None,
                    target: Accelerator | None = None, cache_dir: Path | None = None,
-                   clock: Callable[[], float] = time.perf_counter, reference: ModelHandle | None = None) -> Results:
+                   clock: Callable[[], float] = time.perf_counter, reference: ModelHandle | None = None,
+                   progress: Progress | None = None) -> Results:
     """Every metric of ``cfg`` on ``handle``, keyed '<metric>-<sub type>'; ``reference`` is the model fidelity
-    metrics compare with when they name none (``user_config.reference_model``)."""
-    s = _Session(handle, data_configs or {}, target or Accelerator(), cache_dir, clock, reference)
+    metrics compare with when they name none (``user_config.reference_model``).
+
+    ``progress`` opens one bar per metric that scores a data config's rows (accuracy, perplexity, fidelity),
+    counting rows; latency and throughput (bounded by ``repeat_test_num``) get none, so no display refresh competes
+    with the calls they time."""
+    s = _Session(handle, data_configs or {}, target or Accelerator(), cache_dir, clock, reference, progress)
     results: Results = {}
     defs = {m.type: get_metric(m.type) for m in cfg.metrics}
     unknown = sorted(t for t, d in defs.items() if d is None)
@@ -515,8 +568,10 @@ def eval_key(model_id: str, cfg: EvaluatorConfig, data_configs: dict[str, DataCo
 
 
 def evaluate_cached(handle: ModelHandle, cfg: EvaluatorConfig, data_configs: dict[str, DataConfig],
-                    target: Accelerator, cache_root: Path, reference: ModelHandle | None = None) -> tuple[Results, bool]:
-    """``evaluate_model`` through ``cache_root/evals/<key>.json``; (results, was cached)."""
+                    target: Accelerator, cache_root: Path, reference: ModelHandle | None = None,
+                    progress: Progress | None = None) -> tuple[Results, bool]:
+    """``evaluate_model`` through ``cache_root/evals/<key>.json``; (results, was cached).  ``progress`` as there (not
+    part of the key)."""
     key = eval_key(handle.id or handle.path, cfg, data_configs, target, reference)
     path = Path(cache_root) / "evals" / f"{key}.json"
     if path.is_file():
@@ -526,7 +581,8 @@ def evaluate_cached(handle: ModelHandle, cfg: EvaluatorConfig, data_configs: dic
             stored = None  # damaged: a miss, computed again below
         if isinstance(stored, dict) and isinstance(stored.get("results"), dict):
             return stored["results"], True
-    results = evaluate_model(handle, cfg, data_configs, target, cache_dir=Path(cache_root), reference=reference)
+    results = evaluate_model(handle, cfg, data_configs, target, cache_dir=Path(cache_root), reference=reference,
+                             progress=progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps({"model": handle.id, "results": results, "created": time.time()}, indent=2,
                                        sort_keys=True))

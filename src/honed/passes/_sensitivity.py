@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from honed.data.batches import calibration_samples
 from honed.errors import UserError
 from honed.models.quantized import decoder_layers, fake_quant
 from honed.passes.base import PassConfig
@@ -394,8 +395,6 @@ def select_int8_groups(model: Any, tokenizer: Any, data_config: Any, *, block_si
     node groups to keep at int8 with the report for ``sensitivity.json``. Groups with a builder node in ``skip``
     (excluded from quantization, or absent) are neither measured nor priced."""
     import time
-
-    from honed.passes.gptq import calibration_samples
 
     start = time.perf_counter()
     samples = calibration_samples(data_config, tokenizer, num_samples)

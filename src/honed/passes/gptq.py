@@ -27,6 +27,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, StrictBool, field_validator, model_validator
 
+from honed.data.batches import calibration_samples
 from honed.errors import UserError
 from honed.models.handle import ModelHandle
 from honed.models.loaders import load_model, load_tokenizer, trust_kwargs
@@ -257,28 +258,6 @@ def _final_norm(model: Any, layers_prefix: str) -> Any:
     """The norm applied between the last decoder layer and the LM head (``model.norm`` in Llama-like models)."""
     parent = model.get_submodule(layers_prefix.rsplit(".", 1)[0]) if "." in layers_prefix else model
     return getattr(parent, "norm", None) or getattr(parent, "final_layernorm", None)
-
-
-def calibration_samples(data_config: Any, tokenizer: Any, limit: int) -> list[Any]:
-    """Token-id tensors (1, seq <= max_seq_len) of up to ``limit`` rows of ``data_config``."""
-    import torch
-
-    from honed.data.batches import calibration_texts, token_samples
-
-    pre = data_config.pre_process_data_config
-    limit = min(limit, pre.max_samples or limit)
-    given = token_samples(data_config, limit, tokenizer)
-    if given is None:
-        texts = calibration_texts(data_config, limit, tokenizer)
-        given = [tokenizer(*(t if isinstance(t, tuple) else (t,)), truncation=True,
-                           max_length=pre.max_seq_len)["input_ids"] for t in texts]
-    samples = [torch.tensor([ids[: pre.max_seq_len]], dtype=torch.long) for ids in given if len(ids)]
-    if not samples:
-        raise UserError(f"Gptq: data config '{data_config.name}' gave no calibration rows; point it at rows of text")
-    if len(samples) < limit:
-        log.warning("Gptq: data config '%s' gave %d calibration rows, fewer than the %d asked for; GPTQ calibrates "
-                    "on those", data_config.name, len(samples), limit)
-    return samples
 
 
 GROUP_SIZES = (16, 32, 64, 128, 256)

@@ -60,9 +60,15 @@ class TrainingArgs(BaseModel):
     )
     logging_steps: int = Field(10, gt=0, description="Log train loss, learning rate and tokens/s every N steps.")
     eval_strategy: Literal["no", "steps", "epoch"] = Field(
-        "no", description="When to compute eval loss (old spelling `evaluation_strategy` also accepted)."
+        "no", description="When to compute eval loss: 'steps' at every multiple of eval_steps, 'epoch' at the end of "
+        "each epoch (and at the last step when max_steps ends training inside an epoch), 'no' never. No extra "
+        "evaluation runs because training ended (as in transformers 4.x; see load_best_model_at_end). Old spelling "
+        "`evaluation_strategy` also accepted."
     )
-    eval_steps: int | None = Field(None, gt=0, description="Steps between evaluations; logging_steps when unset.")
+    eval_steps: int | None = Field(
+        None, gt=0, description="With eval_strategy 'steps': evaluate after optimizer steps eval_steps, 2 x eval_steps, "
+        "...; logging_steps when unset. A run of fewer steps computes no eval loss."
+    )
     save_steps: int = Field(50, gt=0, description="Checkpoint every N steps into the pass work dir (for resume).")
     save_total_limit: int = Field(1, gt=0, description="Checkpoints kept; older ones are deleted.")
     group_by_length: StrictBool = Field(
@@ -73,7 +79,10 @@ class TrainingArgs(BaseModel):
     )
     early_stopping_threshold: float = Field(0.0, ge=0, description="Smallest eval-loss decrease that counts.")
     load_best_model_at_end: StrictBool = Field(
-        False, description="Keep the adapter of the best evaluation rather than the last step."
+        False, description="Keep the trained weights of the evaluation with the lowest eval loss rather than the last "
+        "step's. With eval_strategy 'steps' the last step is then evaluated too when an earlier evaluation ran, so the "
+        "last weights compete; with no evaluation (eval_strategy 'no', or eval_steps never reached) the last step's "
+        "weights are kept."
     )
     num_processes: int = Field(
         1, gt=0, le=1024,

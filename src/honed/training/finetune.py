@@ -267,8 +267,8 @@ def finetune_adapter(
         run_id = {"variant": variant, "base": model.id or model.path, "lora": lora.to_dict(), "dtype": dtype}
         result = train(
             peft_model, train_rows, args, work_dir=ctx.work_dir, pad_token_id=pad_id(tokenizer),
-            eval_data=eval_rows, device=device, progress=_progress(ctx), callbacks=callbacks, run_id=run_id,
-            key=f"passes.{ctx.pass_name}",
+            eval_data=eval_rows, device=device, progress=_progress(ctx), eval_progress=_progress(ctx, "eval loss"),
+            callbacks=callbacks, run_id=run_id, key=f"passes.{ctx.pass_name}",
         )
     adapter_dir = output_dir / "adapter"
     if ddp.is_main():
@@ -317,7 +317,8 @@ def finetune_full(
                   "freeze_embeddings": config.freeze_embeddings}
         result = train(
             net, train_rows, args, work_dir=ctx.work_dir, pad_token_id=pad_id(tokenizer), eval_data=eval_rows,
-            device=device, progress=_progress(ctx), callbacks=callbacks, run_id=run_id, key=f"passes.{ctx.pass_name}",
+            device=device, progress=_progress(ctx), eval_progress=_progress(ctx, "eval loss"), callbacks=callbacks,
+            run_id=run_id, key=f"passes.{ctx.pass_name}",
         )
     out = output_dir / "model"
     if ddp.is_main():
@@ -392,6 +393,6 @@ def _threads() -> Any:
     return physical_core_threads()
 
 
-def _progress(ctx: PassContext) -> Any:
-    """A bar factory the loop calls once it knows the number of steps."""
-    return lambda total: ctx.task(f"{ctx.pass_name}: training", total)
+def _progress(ctx: PassContext, what: str = "training") -> Any:
+    """A bar factory the loop calls once it knows the number of steps (or, for ``eval loss``, of batches)."""
+    return lambda total: ctx.task(f"{ctx.pass_name}: {what}", total)

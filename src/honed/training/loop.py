@@ -446,6 +446,27 @@ def make_optimizer(params: list[Any], args: TrainingArgs, device: str) -> Any:
 # ----------------------------------------------------------------------------- the loop
 
 
+def eval_due(args: TrainingArgs, step: int, total_steps: int, end_of_epoch: bool, evaluated: bool) -> bool:
+    """Whether the loop computes the eval loss after optimizer step ``step`` (1-based).
+
+    transformers' ``DefaultFlowCallback`` rules, as the user's settings say them: ``steps`` at every multiple of
+    ``eval_steps`` (``logging_steps`` when unset), with no extra evaluation because training ended (the 4.x Trainer
+    does none; transformers 5 added one in PR #44146, which on a big eval split is a long evaluation at a step the
+    user never named); ``epoch`` at each epoch's end, and at the last step when ``max_steps`` ends training inside
+    an epoch (the Trainer calls ``on_epoch_end`` after leaving an epoch early too); ``no`` never.  One exception,
+    so the kept weights are right: with ``load_best_model_at_end`` and an earlier evaluation (``evaluated``),
+    ``steps`` also evaluates the last step, else the weights trained after the last evaluation could never be kept;
+    without an earlier evaluation the last weights are the only candidate and need none.
+    """
+    if args.eval_strategy == "steps":
+        if step % args.effective_eval_steps == 0:
+            return True
+        return args.load_best_model_at_end and evaluated and step >= total_steps
+    if args.eval_strategy == "epoch":
+        return end_of_epoch or step >= total_steps
+    return False
+
+
 def _check_loss(value: float, key: str, step: int, what: str = "loss") -> None:
     """UserError when a loss (a float the loop reads anyway: no extra device sync) is NaN or inf."""
     if not math.isfinite(value):
@@ -466,12 +487,16 @@ def train(
     callbacks: Sequence[Callback] = (),
     run_id: Any = None,
     key: str = "training",
+    eval_progress: Callable[[int], Any] | None = None,
 ) -> TrainResult:
     """Train ``model``'s trainable parameters on token rows; resume from ``work_dir`` if it holds a checkpoint.
 
-    ``progress(total_steps)`` opens a progress bar (``advance(n, **fields)``, ``close()``); ``run_id`` is anything that
-    identifies the model and adapter setup, mixed into the checkpoint fingerprint.  A NaN or infinite loss stops
-    the run with a UserError naming ``key`` (e.g. ``passes.lora``) and the step, before the optimizer applies it.
+    ``progress(total_steps)`` opens a progress bar (``advance(n, **fields)``, ``close()``); ``eval_progress(batches)``
+    one for each evaluation of the eval loss (``progress`` when not given: an evaluation of a big eval split takes
+    as long as many steps and must not look like a hang); evaluations follow ``eval_due``.  ``run_id`` is anything
+    that identifies the model and adapter setup, mixed into the checkpoint fingerprint.  A NaN or infinite loss
+    stops the run with a UserError naming ``key`` (e.g. ``passes.lora``) and the step, before the optimizer applies
+    it.
 
     Inside a process group (``honed.training.distributed.launch``) every process runs this with the same rows and
     args; the processes split each micro-batch's rows, sum the step's label tokens, losses and gradients, and
@@ -554,23 +579,40 @@ def train(
     # it.  Those layers therefore stay in train mode (they have no dropout) while evaluating.
     quant4 = [m for m in model.modules() if type(m).__name__ in ("Linear4bit", "LinearNF4", "LinearFP4")]
 
+    eval_bar = eval_progress or progress
+    ebs = args.per_device_eval_batch_size
+    eval_order = sorted(range(len(eval_rows)), key=lambda i: len(eval_rows[i]["input_ids"]))
+    eval_starts = range(rank * ebs, len(eval_order), ebs * world)  # each process its share of the batches
+
     def run_eval() -> float:
+        # A bar (batches done/total, elapsed, ETA) on a terminal; a line before and after in a log, not one a batch.
+        log.info("step %d/%d: computing eval loss on %d rows (%d batches of %d)", state.global_step, total_steps,
+                 len(eval_rows), math.ceil(len(eval_rows) / ebs), ebs)
+        t0 = time.perf_counter()
+        bar = eval_bar(len(eval_starts)) if eval_bar is not None else None
+        marked = {} if eval_progress is not None else {"eval": f"{len(eval_rows)} rows"}  # on a training bar
         model.eval()
         for m in quant4:
             m.train()
         tot, cnt = 0.0, 0
-        ebs = args.per_device_eval_batch_size
-        order = sorted(range(len(eval_rows)), key=lambda i: len(eval_rows[i]["input_ids"]))
-        with torch.no_grad(), autocast:
-            for i in range(rank * ebs, len(order), ebs * world):  # each process its share of the batches
-                batch = collate([eval_rows[j] for j in order[i : i + ebs]], pad_token_id)
-                batch = {k: v.to(device) for k, v in batch.items()}
-                s, n = loss_sum(model, batch, parts)
-                tot += float(s)
-                cnt += n
+        try:
+            with torch.no_grad(), autocast:
+                for i in eval_starts:
+                    batch = collate([eval_rows[j] for j in eval_order[i : i + ebs]], pad_token_id)
+                    batch = {k: v.to(device) for k, v in batch.items()}
+                    s, n = loss_sum(model, batch, parts)
+                    tot += float(s)
+                    cnt += n
+                    if bar is not None:
+                        bar.advance(1, **marked)
+        finally:
+            if bar is not None:
+                bar.close()
         model.train()
         tot, cnt = ddp.all_reduce_sum([tot, cnt])  # the same loss, so the same decisions, on every rank
-        return tot / max(cnt, 1)
+        loss = tot / max(cnt, 1)
+        log.info("step %d/%d eval loss %.4f (%.1fs)", state.global_step, total_steps, loss, time.perf_counter() - t0)
+        return loss
 
     def after_eval(loss: float) -> None:
         nonlocal best_weights
@@ -657,10 +699,8 @@ def train(
                         cb.on_log(state, logs)
                     state.window_loss, state.window_label_tokens = 0.0, 0
                     window_tokens, window_t = 0, now
-                if eval_rows and (
-                    (args.eval_strategy == "steps" and (state.global_step % args.effective_eval_steps == 0 or done))
-                    or (args.eval_strategy == "epoch" and (end_of_epoch or done))
-                ):
+                if eval_rows and eval_due(args, state.global_step, total_steps, end_of_epoch,
+                                          evaluated=state.last_eval_loss is not None):
                     eval_loss = run_eval()
                     _check_loss(eval_loss, key, state.global_step, what="eval loss")
                     state.last_eval_loss = eval_loss
