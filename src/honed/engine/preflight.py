@@ -31,6 +31,7 @@ from honed.errors import ConfigError, ConfigProblem, DataError
 from honed.models.resolve import KIND_BY_TYPE, PKG_SCHEME
 from honed.systems.python_env import PythonEnvironmentConfig
 from honed.util.paths import is_url, resolve_local
+from honed.util.runtime_flavour import FLAVOURS, missing_message
 
 log = logging.getLogger("honed")
 
@@ -89,9 +90,14 @@ def _requirements(wf: Workflow) -> list[ConfigProblem]:
     out = []
     for step in wf.steps:
         missing = step.pass_cls.missing_requirements()
-        if missing:
-            out.append(ConfigProblem(f"passes.{step.name}", f"{step.pass_cls.name} needs {', '.join(missing)}",
-                                     f"install it with `pip install {' '.join(missing)}`"))
+        runtimes = [m for m in missing if m in FLAVOURS]  # one build per host: the extra that fits it, by name
+        others = [m for m in missing if m not in FLAVOURS]
+        if runtimes:
+            out.append(ConfigProblem(f"passes.{step.name}", f"{step.pass_cls.name} needs {', '.join(runtimes)}",
+                                     missing_message(runtimes[0]).split(": ", 1)[1]))
+        if others:
+            out.append(ConfigProblem(f"passes.{step.name}", f"{step.pass_cls.name} needs {', '.join(others)}",
+                                     f"install it with `pip install {' '.join(others)}`"))
     return out
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from honed.errors import ModelNotFoundError, UserError
+from honed.util.runtime_flavour import import_runtime
 
 _NP_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(bfloat16)": "float32",
              "tensor(int64)": "int64", "tensor(int32)": "int32"}
@@ -96,7 +97,7 @@ def build_session_options(settings: dict[str, Any], threads: int | None = None) 
     Intra-op threads: ``threads``, else the settings' count, else one per physical core (as load_genai:
     onnxruntime's default was slower on small VMs).  Unset fields keep onnxruntime's defaults.
     """
-    import onnxruntime as ort
+    ort = import_runtime("onnxruntime")
 
     so = settings.get("session_options") or {}
     opts = ort.SessionOptions()
@@ -123,7 +124,7 @@ class OnnxSession:
 
     def __init__(self, path: str | Path, providers: list[str] | None = None, threads: int | None = None,
                  settings: dict[str, Any] | None = None) -> None:
-        import onnxruntime as ort
+        ort = import_runtime("onnxruntime")
 
         p = Path(path)
         if p.is_dir():
@@ -230,7 +231,7 @@ def load_genai(folder: Path, threads: int | None = None) -> tuple[Any, int]:
     decoded SmolLM2 int4 at 98 tokens/s against 160 with 2 threads set.  A count the folder's
     genai_config.json sets itself is kept unless ``threads`` is given.
     """
-    import onnxruntime_genai as og
+    og = import_runtime("onnxruntime_genai")
 
     cfg = json.loads((folder / "genai_config.json").read_text())
     context_length = int(cfg.get("model", {}).get("context_length", 2048))

@@ -33,6 +33,7 @@ from honed.errors import UserError
 from honed.models.handle import ModelHandle
 from honed.models.onnx_runtime import OnnxSession, load_genai, model_kind
 from honed.util.accelerator import Accelerator
+from honed.util.runtime_flavour import import_runtime
 
 # ---------------------------------------------------------------- the end-of-sequence rule
 
@@ -486,7 +487,7 @@ class GenaiRuntime(Runtime):
     kind = "genai"
 
     def __init__(self, model: ModelHandle | str | Path, target: Accelerator | None = None) -> None:
-        import onnxruntime_genai as og
+        og = import_runtime("onnxruntime_genai")
 
         from honed.models.loaders import load_tokenizer_dir, trusts_remote_code
 

@@ -20,6 +20,7 @@ from honed.errors import UserError
 from honed.models.handle import ModelHandle
 from honed.models.loaders import trust_kwargs
 from honed.passes.base import PassConfig, PassContext
+from honed.util.runtime_flavour import import_runtime
 
 # Files a tokenizer / generation config consists of; copied next to every ONNX output.
 TOKENIZER_FILES = (
@@ -256,6 +257,7 @@ def prepare_input(src: Path, work_dir: Path, preprocess: bool) -> Path:
     plus graph optimization, which lets the quantizer see more MatMuls) written to ``work_dir``."""
     if not preprocess:
         return src
+    import_runtime("onnxruntime")  # missing: a UserError naming the extra
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     staged = work_dir / "preprocessed" / "model.onnx"
@@ -378,6 +380,7 @@ def matmul_nbits(model: ModelHandle, config: Any, output_dir: Path, ctx: PassCon
     Raises UserError (naming the pass) when no ``op_types`` node has a float constant weight, or when the
     quantizer wrote no MatMulNBits/GatherBlockQuantized node."""
     import onnx
+    import_runtime("onnxruntime")  # missing: a UserError naming the extra
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     src = onnx_file(model)

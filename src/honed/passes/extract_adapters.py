@@ -30,6 +30,7 @@ from honed.models.handle import ModelHandle
 from honed.passes._onnx_common import OnnxSaveConfig, copy_side_files, onnx_file, output_handle, save_onnx
 from honed.passes.base import Pass, PassContext, register_pass
 from honed.util.paths import InputPath
+from honed.util.runtime_flavour import import_runtime
 
 if TYPE_CHECKING:
     import numpy as np
@@ -174,7 +175,7 @@ def save_weights(weights: dict[str, tuple[np.ndarray, int]], stem: Path, fmt: st
     path = stem.with_name(stem.name + SUFFIX[fmt])
     path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "onnx_adapter":
-        import onnxruntime as ort
+        ort = import_runtime("onnxruntime")
 
         # The onnx element type travels explicitly, so bfloat16/float16 weights keep their type.
         values = {k: ort.OrtValue.ortvalue_from_numpy_with_onnx_type(np.ascontiguousarray(a), t)

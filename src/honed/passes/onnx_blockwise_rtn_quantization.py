@@ -12,6 +12,7 @@ from pydantic import Field, StrictBool
 from honed.models.handle import ModelHandle
 from honed.passes._onnx_common import OnnxSaveConfig, matmul_nbits
 from honed.passes.base import Pass, PassContext, register_pass
+from honed.util.runtime_flavour import import_runtime
 
 
 class OnnxBlockWiseRtnQuantizationConfig(OnnxSaveConfig):
@@ -40,6 +41,7 @@ class OnnxBlockWiseRtnQuantization(Pass):
 
     def run(self, model: ModelHandle, config: OnnxBlockWiseRtnQuantizationConfig, output_dir: Path,
             ctx: PassContext) -> ModelHandle:
+        import_runtime("onnxruntime")  # missing: a UserError naming the extra
         from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig
 
         ops = tuple(config.op_types_to_quantize) if config.op_types_to_quantize else None

@@ -24,6 +24,7 @@ from honed.passes._onnx_common import (
     require_quantized,
 )
 from honed.passes.base import Pass, PassContext, register_pass
+from honed.util.runtime_flavour import import_runtime
 
 
 class OnnxDynamicQuantizationConfig(Int8QuantConfig):
@@ -54,6 +55,7 @@ class OnnxDynamicQuantization(Pass):
     def run(self, model: ModelHandle, config: OnnxDynamicQuantizationConfig, output_dir: Path,
             ctx: PassContext) -> ModelHandle:
         import onnx
+        import_runtime("onnxruntime")  # missing: a UserError naming the extra
         from onnxruntime.quantization import QuantType, quantize_dynamic
         from onnxruntime.quantization.registry import IntegerOpsRegistry
 

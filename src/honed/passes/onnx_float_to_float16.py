@@ -12,6 +12,7 @@ from pydantic import Field, StrictBool
 from honed.models.handle import ModelHandle
 from honed.passes._onnx_common import OnnxSaveConfig, finish_onnx_output, onnx_file, output_file, save_onnx
 from honed.passes.base import Pass, PassContext, register_pass
+from honed.util.runtime_flavour import import_runtime
 
 
 class OnnxFloatToFloat16Config(OnnxSaveConfig):
@@ -35,6 +36,7 @@ class OnnxFloatToFloat16(Pass):
     def run(self, model: ModelHandle, config: OnnxFloatToFloat16Config, output_dir: Path,
             ctx: PassContext) -> ModelHandle:
         import onnx
+        import_runtime("onnxruntime")  # missing: a UserError naming the extra
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
         src = onnx_file(model)

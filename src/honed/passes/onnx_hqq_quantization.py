@@ -12,6 +12,7 @@ from pydantic import Field
 from honed.models.handle import ModelHandle
 from honed.passes._onnx_common import OnnxSaveConfig, matmul_nbits
 from honed.passes.base import Pass, PassContext, register_pass
+from honed.util.runtime_flavour import import_runtime
 
 
 class OnnxHqqQuantizationConfig(OnnxSaveConfig):
@@ -34,6 +35,7 @@ class OnnxHqqQuantization(Pass):
 
     def run(self, model: ModelHandle, config: OnnxHqqQuantizationConfig, output_dir: Path,
             ctx: PassContext) -> ModelHandle:
+        import_runtime("onnxruntime")  # missing: a UserError naming the extra
         from onnxruntime.quantization.matmul_nbits_quantizer import HQQWeightOnlyQuantConfig
 
         algo = HQQWeightOnlyQuantConfig(block_size=config.block_size, bits=4, axis=config.axis)

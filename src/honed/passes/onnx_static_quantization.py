@@ -26,6 +26,7 @@ from honed.passes._onnx_common import (
     require_quantized,
 )
 from honed.passes.base import Pass, PassContext, register_pass
+from honed.util.runtime_flavour import import_runtime
 
 
 class OnnxStaticQuantizationConfig(Int8QuantConfig):
@@ -76,6 +77,7 @@ class OnnxStaticQuantization(Pass):
 
     def run(self, model: ModelHandle, config: OnnxStaticQuantizationConfig, output_dir: Path,
             ctx: PassContext) -> ModelHandle:
+        import_runtime("onnxruntime")  # missing: a UserError naming the extra
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
         from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 

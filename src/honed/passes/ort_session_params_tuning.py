@@ -56,6 +56,7 @@ from honed.models.handle import ModelHandle
 from honed.passes._onnx_common import copy_side_files, onnx_file
 from honed.passes.base import Pass, PassConfig, PassContext, register_pass
 from honed.util.accelerator import execution_provider_problem
+from honed.util.runtime_flavour import import_runtime
 
 log = logging.getLogger("honed")
 
@@ -458,7 +459,7 @@ class GenaiBench:
         self.folder = folder
 
     def model(self, settings: dict[str, Any] | None) -> Any:
-        import onnxruntime_genai as og
+        og = import_runtime("onnxruntime_genai")
 
         from honed.models.onnx_runtime import load_genai
 
@@ -471,7 +472,7 @@ class GenaiBench:
 
     def measure(self, settings: dict[str, Any] | None, ids: Any, warmup: int, repeat: int) -> list[float]:
         """Timed runs (ms) of a fresh model; ``settings`` None: as the runtime loads the folder."""
-        import onnxruntime_genai as og
+        og = import_runtime("onnxruntime_genai")
 
         model = self.model(settings)
         length = ids.shape[1] + GENAI_NEW_TOKENS
@@ -504,7 +505,7 @@ class OrtSessionParamsTuning(Pass):
 
     def run(self, model: ModelHandle, config: OrtSessionParamsTuningConfig, output_dir: Path,
             ctx: PassContext) -> ModelHandle:
-        import onnxruntime as ort
+        ort = import_runtime("onnxruntime")
 
         from honed.models.loaders import trust_kwargs
         from honed.models.onnx_runtime import SETTINGS_FILE, physical_cores
@@ -656,10 +657,9 @@ class OrtSessionParamsTuning(Pass):
         import numpy as np
 
         try:
-            import onnxruntime_genai  # noqa: F401
-        except ModuleNotFoundError as e:
-            raise UserError(f"{key}: timing a genai model needs onnxruntime-genai; "
-                            "install it with: pip install onnxruntime-genai") from e
+            import_runtime("onnxruntime_genai")
+        except UserError as e:
+            raise UserError(f"{key}: timing a genai model: {e}") from e
         if config.data_config is not None:
             ids = _data_token_rows(model, folder, config, ctx, key).astype(np.int32)
             what = f"data config '{config.data_config}'"

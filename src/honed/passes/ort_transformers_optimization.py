@@ -27,6 +27,7 @@ from honed.passes._onnx_common import (
     save_onnx,
 )
 from honed.passes.base import Pass, PassContext, register_pass
+from honed.util.runtime_flavour import import_runtime
 
 log = logging.getLogger("honed")
 
@@ -147,6 +148,7 @@ def replace_mha_with_gqa(opt: Any, config: OrtTransformersOptimizationConfig, ct
     MultiHeadAttention nodes became GroupQueryAttention. Warns when there are none (the graph is unchanged);
     raises UserError (naming the pass) when one cannot be rewritten faithfully."""
     import onnx
+    import_runtime("onnxruntime")  # missing: a UserError naming the extra
     from onnxruntime.transformers.convert_generation import replace_mha_with_gqa as ort_replace
 
     graph = opt.model.graph
@@ -194,6 +196,7 @@ class OrtTransformersOptimization(Pass):
     def run(self, model: ModelHandle, config: OrtTransformersOptimizationConfig, output_dir: Path,
             ctx: PassContext) -> ModelHandle:
         import onnx
+        import_runtime("onnxruntime")  # missing: a UserError naming the extra
         from onnxruntime.transformers.fusion_options import FusionOptions
         from onnxruntime.transformers.optimizer import optimize_model
 
