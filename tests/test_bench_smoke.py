@@ -36,6 +36,7 @@ TABLES: dict[str, list[str]] = {
     "finetune.py": ["train tok/s", "peak MB", "honed/hf speed"],
     "inference.py": ["tokens/s", "prefill ms", "genai-int4", "pytorch-fp32"],
     "llamacpp.py": ['"decode_tokens_per_s"'],  # JSON lines, its only output
+    "scale.py": ["memory that scales", "peak / bf16", "train tok/s", "Olive skipped"],
     "run.py": ["seed workflow, tiny-llama", "fine-tuning tiny Llama", "completion-only loss", "decode, tiny Llama",
                "tiny BERT", "targets", "Olive skipped in --smoke", "llama.cpp skipped in --smoke"],
 }

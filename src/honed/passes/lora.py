@@ -128,8 +128,9 @@ class _LoRABase(Pass):
     search_space: ClassVar[dict[str, list[Any]]] = {"r": [8, 16, 32, 64]}
 
     def run(self, model: ModelHandle, config: Any, output_dir: Path, ctx: PassContext) -> ModelHandle:
-        from honed.training.finetune import finetune_adapter
+        from honed.training.finetune import finetune_adapter, preflight_memory
 
+        preflight_memory(model, config, ctx, variant=self.variant)  # UserError before the model loads
         return finetune_adapter(model, config, output_dir, ctx, variant=self.variant)
 
 

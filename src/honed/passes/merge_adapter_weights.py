@@ -1,8 +1,10 @@
 """MergeAdapterWeights: fold a PEFT adapter into its base and save a standalone model.
 
-The base is loaded unquantized in its own dtype (so a QLoRA adapter merges into a
-dequantized base), the adapter is applied and merged, and the result is saved as
-safetensors with the tokenizer and generation config.
+A plain LoRA adapter is merged streamed, tensor by tensor from the base's safetensors (the model is
+never loaded; ``honed.training.merge.merge_streamed``); any other is merged in memory by peft over the
+unquantized base in fp32.  Either way a QLoRA adapter merges into the original (unquantized) base, and the
+result is saved as safetensors in the base's dtype with the tokenizer and generation config.  A merge that
+would not fit the machine's memory stops with a UserError before it starts.
 """
 
 from __future__ import annotations
