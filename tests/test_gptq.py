@@ -291,3 +291,74 @@ def test_measured_mix_needs_4_bits() -> None:
 
     with pytest.raises(ValidationError, match="set bits 4"):
         GptqConfig(data_config="d", bits=8, mixed_precision="measured")
+
+
+def _mb(model: Path, tmp_path: Path, with_data: bool, **options) -> ModelHandle:
+    """ModelBuilder run directly; the data config 'cal' (16 rows) when ``with_data``; its metrics in attributes."""
+    from honed.data.config import DataConfig
+    from honed.passes.base import PassContext, get_pass
+    from honed.util.accelerator import Accelerator
+
+    cls = get_pass("ModelBuilder")
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    ctx = PassContext(pass_name="mb", host=Accelerator(), target=Accelerator(),
+                      data_configs={"cal": DataConfig(**_data(tmp_path))} if with_data else {},
+                      work_dir=tmp_path / "work", cache_dir=tmp_path / "cache")
+    handle = cls().run(ModelHandle(kind="hf", path=str(model)), cls.config_class(**options), tmp_path / "model", ctx)
+    handle.attributes["metrics"] = ctx.metrics
+    return handle
+
+
+def _initializers(handle: ModelHandle) -> dict[str, np.ndarray]:
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(next(Path(handle.path).rglob("model.onnx")))).graph
+    return {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+
+
+def test_gptq_build_is_the_gptq_pass_then_the_builder(tiny_llama: Path, tmp_path: Path) -> None:
+    """int4_algo_config 'gptq': exactly what Gptq (asymmetric, block 32, the measured int8 mix) then ModelBuilder
+    builds: the same MatMulNBits initializers, sensitivity.json in the folder, and its fidelity measured against
+    the float input. precision int4 alone (the default) stays RTN with the fixed mix, data or not. Catches a gptq
+    build that is RTN, drops the measured mix, or compares the output with the GPTQ checkpoint."""
+    default = _mb(tiny_llama, tmp_path / "default", True, precision="int4", int4_algo_config="gptq")
+    metrics = default.attributes["metrics"]
+    assert metrics["quantized_linears"] == 14 and metrics["sensitivity_int8_groups"] >= 1
+    assert (Path(default.path) / "sensitivity.json").is_file()
+    assert metrics["kl_mean"] > 0  # against the float input: the GPTQ checkpoint itself would give about 0
+    (tmp_path / "explicit").mkdir()
+    explicit = run_pass("ModelBuilder", _gptq(tiny_llama, tmp_path / "explicit", group_size=32,
+                                              mixed_precision="measured"), tmp_path / "explicit-mb", precision="int4")
+    ours, theirs = _initializers(default), _initializers(explicit)
+    assert ours.keys() == theirs.keys()
+    for name, value in ours.items():
+        np.testing.assert_array_equal(value, theirs[name], err_msg=name)
+    import onnx
+
+    graph = onnx.load(str(next(Path(default.path).rglob("model.onnx")))).graph
+    assert any(next(a.i for a in n.attribute if a.name == "bits") == 8 for n in graph.node
+               if n.op_type == "MatMulNBits" and "layers" in n.name)  # the measured mix reached the build
+
+    plain = _mb(tiny_llama, tmp_path / "plain", True, precision="int4")
+    assert not (Path(plain.path) / "sensitivity.json").exists()
+    assert "quantized_linears" not in plain.attributes["metrics"]
+
+
+@pytest.mark.parametrize(("options", "says"), [
+    ({"precision": "int4", "int4_algo_config": "gptq"}, "has no data config to calibrate on"),
+    ({"precision": "int4", "int4_algo_config": "gptq", "calibration_data_config": "nope"},
+     "calibration_data_config 'nope' is not defined"),
+])
+def test_gptq_build_errors_are_one_line(tiny_llama: Path, tmp_path: Path, options: dict, says: str) -> None:
+    with pytest.raises(UserError, match=says):
+        _mb(tiny_llama, tmp_path, options.get("calibration_data_config") is not None, **options)
+
+
+def test_gptq_build_refuses_a_fixed_mix() -> None:
+    from pydantic import ValidationError
+
+    from honed.passes.model_builder import ModelBuilderConfig
+
+    with pytest.raises(ValidationError, match="remove the fixed matmul_mixed_precision"):
+        ModelBuilderConfig(precision="int4", int4_algo_config="gptq", matmul_mixed_precision="last_matmul:int8")
