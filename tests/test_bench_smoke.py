@@ -27,6 +27,7 @@ LLAMACPP_PY = BENCH / ".work" / "llamacpp-venv" / "bin" / "python"
 
 # What each command prints when it ran: text found only in its table(s) (headers and titles).
 TABLES: dict[str, list[str]] = {
+    "contention.py": ["competing load", "fair slowdown", "vs fair", "lora train tok/s", "onnx score rows/s"],
     "data_tokenize.py": ["strategy", "cold s", "cached s", "train tokens"],
     "distributed.py": ["vs sequential", "2 concurrent, processes", "2 concurrent, Ray tasks",
                        "processes / 1: train time"],

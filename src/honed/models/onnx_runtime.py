@@ -5,7 +5,6 @@ generation over them (and over HF models) live in ``honed.models.runtime``."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -94,9 +93,13 @@ def check_session_settings(options: Any, where: str) -> None:
 def build_session_options(settings: dict[str, Any], threads: int | None = None) -> Any:
     """``onnxruntime.SessionOptions`` for ``settings`` (the sidecar's shape; {} for none).
 
-    Intra-op threads: ``threads``, else the settings' count, else one per physical core (as load_genai:
-    onnxruntime's default was slower on small VMs).  Unset fields keep onnxruntime's defaults.
+    Intra-op threads: ``threads``, else the settings' count, else ``physical_cores()`` (as load_genai:
+    onnxruntime's default was slower on small VMs).  When the CPUs are shared (``honed.util.cpus``) the pools
+    do not spin, unless the settings' ``extra_session_config`` sets that key itself.  Unset fields keep
+    onnxruntime's defaults.
     """
+    from honed.util.cpus import ort_config_entries
+
     ort = import_runtime("onnxruntime")
 
     so = settings.get("session_options") or {}
@@ -109,7 +112,8 @@ def build_session_options(settings: dict[str, Any], threads: int | None = None) 
         opts.execution_mode = ort.ExecutionMode(so["execution_mode"])
     if so.get("graph_optimization_level") is not None:
         opts.graph_optimization_level = ort.GraphOptimizationLevel(so["graph_optimization_level"])
-    for key, value in (so.get("extra_session_config") or {}).items():
+    extra = so.get("extra_session_config") or {}
+    for key, value in {**ort_config_entries(extra), **extra}.items():
         opts.add_session_config_entry(key, value)
     return opts
 
@@ -218,9 +222,10 @@ class OnnxSession:
 
 
 def physical_cores() -> int:
-    import psutil
+    """Default intra-op threads: one per physical core this process may use (``honed.util.cpus``)."""
+    from honed.util.cpus import cpu_budget
 
-    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    return cpu_budget().threads
 
 
 def load_genai(folder: Path, threads: int | None = None) -> tuple[Any, int]:
@@ -229,16 +234,22 @@ def load_genai(folder: Path, threads: int | None = None) -> tuple[Any, int]:
 
     Why the threads: onnxruntime-genai leaves the count to onnxruntime's default, which on a 2-core VM
     decoded SmolLM2 int4 at 98 tokens/s against 160 with 2 threads set.  A count the folder's
-    genai_config.json sets itself is kept unless ``threads`` is given.
+    genai_config.json sets itself is kept unless ``threads`` is given.  When the CPUs are shared
+    (``honed.util.cpus``) the pools do not spin, unless the folder's session_options set that key (genai
+    passes a session_options key with a string value to onnxruntime as a config entry).
     """
+    from honed.util.cpus import ort_config_entries
+
     og = import_runtime("onnxruntime_genai")
 
     cfg = json.loads((folder / "genai_config.json").read_text())
     context_length = int(cfg.get("model", {}).get("context_length", 2048))
     options = cfg.get("model", {}).get("decoder", {}).get("session_options", {})
-    if threads is None and "intra_op_num_threads" in options:
+    overlay: dict[str, Any] = dict(ort_config_entries(options))
+    if threads is not None or "intra_op_num_threads" not in options:
+        overlay["intra_op_num_threads"] = threads or physical_cores()
+    if not overlay:
         return og.Model(str(folder)), context_length
     config = og.Config(str(folder))
-    config.overlay(json.dumps({"model": {"decoder": {"session_options": {
-        "intra_op_num_threads": threads or physical_cores()}}}}))
+    config.overlay(json.dumps({"model": {"decoder": {"session_options": overlay}}}))
     return og.Model(config), context_length

@@ -16,7 +16,6 @@ import concurrent.futures
 import dataclasses
 import json
 import math
-import os
 import time
 from concurrent.futures import BrokenExecutor, Executor, Future
 from dataclasses import dataclass
@@ -99,10 +98,10 @@ def study_journal(wf: Workflow, space: SearchSpace, objectives: list[Objective],
 
 
 def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+    """CPUs this process may use (affinity capped by the cgroup quota: ``honed.util.cpus``)."""
+    from honed.util.cpus import usable_cpus
+
+    return usable_cpus()
 
 
 @dataclass

@@ -51,6 +51,9 @@ def run_trial(wf: Workflow, output_dir: str, cache_dir: str, threads: int | None
     if threads:
         import torch
 
+        from honed.util.cpus import set_share
+
+        set_share(threads)  # onnxruntime sessions in this worker size their pools to the share too
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
     try:

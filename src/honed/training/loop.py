@@ -388,18 +388,17 @@ def load_checkpoint(
 
 @contextlib.contextmanager
 def physical_core_threads() -> Iterator[None]:
-    """Use one torch thread per physical core (hyper-threads slow GEMMs down); restore afterwards.
+    """Use one torch thread per physical core this process may use (hyper-threads slow GEMMs down; the
+    affinity mask, cgroup quota and a worker's share count: ``honed.util.cpus``); restore afterwards.
 
     An explicit ``OMP_NUM_THREADS`` wins.
     """
-    import psutil
     import torch
 
+    from honed.util.cpus import torch_threads
+
     before = torch.get_num_threads()
-    want = int(os.environ["OMP_NUM_THREADS"]) if os.environ.get("OMP_NUM_THREADS", "").isdigit() else (
-        psutil.cpu_count(logical=False) or before
-    )
-    torch.set_num_threads(max(1, want))
+    torch.set_num_threads(max(1, torch_threads()))
     try:
         yield
     finally:
