@@ -138,7 +138,8 @@ def run_pass(work: Path, model: Path, data: Path, upto: str, steps: int, env: di
     rc = os.waitstatus_to_exitcode(status)
     result: dict = {"rc": rc, "process_s": round(wall, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
     if rc != 0:
-        result["log_tail"] = (work / f"{upto}.log").read_text()[-2000:]
+        # paths relative to the repository (results files never name a machine's folders)
+        result["log_tail"] = (work / f"{upto}.log").read_text()[-2000:].replace(f"{benchlib.ROOT}/", "")
         return result
     fp = json.loads((out / "footprints.json").read_text())
     steps_rec = fp.get("passes") or fp.get("steps") or []

@@ -31,9 +31,13 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+# bench/benchlib.py: the tiny models, SmolLM2, the demo's rows. bench/ leaves sys.path again at once: it holds a
+# folder named olive/ that would shadow Olive (and honed's stand-in for a user script's olive.data imports).
 sys.path.insert(0, str(ROOT / "bench"))
-
-import benchlib  # noqa: E402  (bench/benchlib.py: the tiny models, SmolLM2, the demo's rows)
+try:
+    import benchlib
+finally:
+    sys.path.remove(str(ROOT / "bench"))
 
 TEMPLATE = "### Text: {phrase}\n### The tone is:\n{tone}"
 PROMPT = "### Text: I finally finished the marathon after months of training\n### The tone is:\n"

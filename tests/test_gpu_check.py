@@ -18,8 +18,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
-
-import gpu_check  # noqa: E402
+try:
+    import gpu_check
+finally:
+    sys.path.remove(str(ROOT / "scripts"))
 
 ROWS = ["qlora", "loftq", "lora", "lora-fused-vs-peft", "int4-build", "fp16-build", "decode", "nccl-2-process"]
 
