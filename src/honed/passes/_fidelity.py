@@ -52,10 +52,7 @@ def _data_config(config: Any, ctx: PassContext, quantized: bool) -> Any:
         log.info("%s: fidelity_samples is 0; the output is not compared with the input", ctx.pass_name)
         return None
     if name is not None:
-        if name not in ctx.data_configs:
-            raise UserError(f"{ctx.pass_name}: fidelity_data_config '{name}' is not defined; define it under "
-                            f"data_configs (defined: {', '.join(ctx.data_configs) or 'none'})")
-        return ctx.data_configs[name]
+        return ctx.data_config(name, "fidelity_data_config")
     if not quantized:
         return None
     if not ctx.data_configs:

@@ -461,9 +461,7 @@ def measured_target_options(model: Any, config: Any, ep: str, out: Any, ctx: Any
     if name is None:
         raise UserError(f"{where} needs calibration rows; define a data config and set sensitivity_data_config "
                         "to its name")
-    if name not in ctx.data_configs:
-        raise UserError(f"ModelBuilder: sensitivity_data_config '{name}' is not defined; define it under "
-                        f"data_configs (defined: {', '.join(ctx.data_configs) or 'none'})")
+    rows = ctx.data_config(name, "sensitivity_data_config", "ModelBuilder")
     extra = config.extra_options
     excluded = [n for n in str(extra.get("nodes_to_exclude", "")).split(",") if n]
     pack_qkv = (ep != "dml" and _flag(extra, "fuse_qkv", not _flag(extra, "disable_qkv_fusion", False)))
@@ -471,7 +469,7 @@ def measured_target_options(model: Any, config: Any, ep: str, out: Any, ctx: Any
     net_config = net.config
     try:
         chosen, info = select_int8_groups(
-            net, load_tokenizer(model), ctx.data_configs[name], block_size=config.int4_block_size,
+            net, load_tokenizer(model), rows, block_size=config.int4_block_size,
             symmetric=config.int4_is_symmetric, budget_bits=config.mixed_precision_budget,
             method=config.sensitivity_method, num_samples=config.sensitivity_samples,
             fuse_gate_up=_flag(extra, "fuse_mlp_gate_up", False), progress=ctx.task,

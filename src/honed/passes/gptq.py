@@ -291,9 +291,8 @@ class Gptq(Pass):
 
     def run(self, model: ModelHandle, config: GptqConfig, output_dir: Path, ctx: PassContext) -> ModelHandle:
         sensitivity = config.sensitivity_data_config or config.data_config
-        if config.mixed_precision == "measured" and sensitivity not in ctx.data_configs:
-            raise UserError(f"Gptq: sensitivity_data_config '{sensitivity}' is not defined; define it under "
-                            f"data_configs (defined: {', '.join(ctx.data_configs) or 'none'})")
+        if config.mixed_precision == "measured":
+            ctx.data_config(sensitivity, "sensitivity_data_config", "Gptq")
 
         def quantize(net: Any, samples: list[Any], bar: Any) -> dict[str, QuantizedLinear]:
             widths: dict[str, int] = {}
@@ -320,13 +319,11 @@ def calibrate_and_save(model: ModelHandle, data_config: str, num_samples: int, g
     calibration rows, ``quantize(model, samples, progress bar)`` it layer by layer, and write the codes as a
     quantized checkpoint; the handle of ``output_dir``. Raises UserError for an undefined data config or a
     group size that does not divide the linears."""
-    if data_config not in ctx.data_configs:
-        raise UserError(f"{ctx.pass_name}: data_config '{data_config}' is not defined; define it under "
-                        f"data_configs (defined: {', '.join(ctx.data_configs) or 'none'})")
+    rows = ctx.data_config(data_config, "data_config")
     _check_group_size(model, group_size, ctx.pass_name)
     tok = load_tokenizer(model)
     net = load_model(model, dtype="float32")
-    samples = calibration_samples(ctx.data_configs[data_config], tok, num_samples)
+    samples = calibration_samples(rows, tok, num_samples)
     bar = ctx.task(f"{label} layers", len(decoder_layers(net)[1]))
     try:
         quantized = quantize(net, samples, bar)

@@ -460,9 +460,7 @@ def calibrate(model: ModelHandle, config: ModelBuilderConfig, ctx: PassContext, 
     from honed.passes.gptq import Gptq, GptqConfig
 
     name = config.calibration_data_config or next(iter(ctx.data_configs))
-    if name not in ctx.data_configs:
-        raise UserError(f"ModelBuilder: calibration_data_config '{name}' is not defined; define it under "
-                        f"data_configs (defined: {', '.join(ctx.data_configs) or 'none'})")
+    ctx.data_config(name, "calibration_data_config", "ModelBuilder")
     sym = config.int4_is_symmetric if "int4_is_symmetric" in config.model_fields_set else False
     mixed = "none" if config.matmul_mixed_precision == "none" else "measured"
     log.info("ModelBuilder: int4 with GPTQ calibrated on data config '%s' (%d rows)%s; int4_algo_config 'rtn' "

@@ -44,6 +44,16 @@ class PassContext:
     or ``ray`` (Ray Train's TorchTrainer, over the Ray cluster this pass runs in)."""
     """Numbers the pass wants in its footprint (train loss, tokens/s, max abs diff)."""
 
+    def data_config(self, name: str, field: str, who: str | None = None) -> DataConfig:
+        """The workflow's data config ``name``, which the pass's option ``field`` names. Raises UserError, naming
+        the defined ones, when there is none of that name; ``who`` prefixes the message (default: the pass)."""
+        from honed.errors import UserError
+
+        if name not in self.data_configs:
+            raise UserError(f"{who or self.pass_name}: {field} '{name}' is not defined; define it under "
+                            f"data_configs (defined: {', '.join(self.data_configs) or 'none'})")
+        return self.data_configs[name]
+
     def task(self, description: str, total: float | None) -> ProgressTask:
         """Open a progress bar (a silent one when the engine shows none)."""
         if self.progress is None:
