@@ -1,9 +1,10 @@
 """Memory that scales: LoRA -> MergeAdapterWeights -> ModelBuilder int4 on random models from 0.1B to 3.8B.
 
 Each model is a random-weight Phi-3 (or Llama) built on the meta device and written tensor by tensor as bf16
-safetensors (``honed.training.merge.ShardWriter``), so no fp32 copy is ever held.  The workflow is the seed's
+safetensors (``honed.models.shards.ShardWriter``), so no fp32 copy is ever held.  The workflow is the seed's
 shape: LoRA r16/alpha32 on every linear layer, sequence length 128 (rows filled to it), 8 rows a step, a few
-steps; MergeAdapterWeights; ModelBuilder int4 with ``int4_algo_config: rtn`` and no fidelity rows.  Each pass runs
+steps; MergeAdapterWeights; ModelBuilder int4 with ``int4_algo_config: rtn`` and no fidelity rows (honed rounds the
+codes itself, streamed, ``honed.models.rtn``; ``int4_codes_mb`` in a row says so).  Each pass runs
 in its own ``honed run`` process over one cache (the earlier passes come from it), so each pass's peak RSS
 (``wait4`` of its process) is its own.  Reported per pass: wall time (the pass, from footprints), peak RSS,
 bytes written, and train tokens/s; the goals: merge and build peak <= 1.2x the model's bf16 bytes, LoRA peak
@@ -49,7 +50,7 @@ def build_model(folder: Path, family: str, size: str) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig, Phi3Config
 
-    from honed.training.merge import SHARD_BYTES, ShardWriter
+    from honed.models.shards import SHARD_BYTES, ShardWriter
 
     if (folder / "config.json").is_file():
         return folder
@@ -151,7 +152,7 @@ def run_pass(work: Path, model: Path, data: Path, upto: str, steps: int, env: di
         result["sampled_peak_mb"] = rec.get("peak_rss_mb")
         metrics = rec.get("metrics") or {}
         for k in ("train_tokens_per_s", "tokens_per_s", "train_runtime", "merge_streamed", "merge_max_abs_diff",
-                  "onnx_size_mb"):
+                  "onnx_size_mb", "int4_codes_mb"):
             if k in metrics:
                 result[k] = metrics[k]
     entries = sorted((work / "cache" / "entries").glob("*/model"), key=lambda p: p.stat().st_mtime)

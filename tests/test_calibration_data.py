@@ -42,3 +42,28 @@ def test_the_first_text_column_without_a_template(tmp_path: Path) -> None:
     cfg = DataConfig(name="c", load_dataset_config={"data_files": _rows(tmp_path, [{"n": 1}])})
     with pytest.raises(DataError, match="no text column"):
         calibration_texts(cfg, 5)
+
+
+@pytest.mark.parametrize(("template", "answered"), [
+    ("Text: {phrase}\nTone: {tone}", ["joy", "fear"]),  # a prompt field, then the answer
+    ("{phrase}", None),  # no prompt/answer split: no answer positions
+])
+def test_calibration_rows_mark_the_positions_that_predict_the_answer(tmp_path: Path, tiny_llama: Path,
+                                                                     template: str, answered: list | None) -> None:
+    from honed.data.batches import calibration_rows, calibration_samples
+    from honed.models.loaders import load_tokenizer_dir
+
+    tok = load_tokenizer_dir(tiny_llama)
+    files = _rows(tmp_path, [{"phrase": "a happy day", "tone": "joy"}, {"phrase": "a dark night", "tone": "fear"}])
+    cfg = DataConfig(name="c", load_dataset_config={"data_files": files},
+                     pre_process_data_config={"text_template": template})
+    rows = calibration_rows(cfg, tok, 5)
+    assert [r.ids.tolist() for r in rows] == [s.tolist() for s in calibration_samples(cfg, tok, 5)]
+    if answered is None:
+        assert all(r.answer is None for r in rows)
+        return
+    for row, answer in zip(rows, answered, strict=True):
+        ids = row.ids[0].tolist()
+        assert row.answer.shape == (len(ids),) and not row.answer[-1]  # the last position predicts nothing
+        predicted = [ids[i + 1] for i in row.answer.nonzero().flatten().tolist()]
+        assert tok.decode(predicted).strip() == answer  # exactly the answer's tokens, nothing of the prompt

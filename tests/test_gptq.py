@@ -362,3 +362,22 @@ def test_gptq_build_refuses_a_fixed_mix() -> None:
 
     with pytest.raises(ValidationError, match="remove the fixed matmul_mixed_precision"):
         ModelBuilderConfig(precision="int4", int4_algo_config="gptq", matmul_mixed_precision="last_matmul:int8")
+
+
+def test_answer_weight_is_a_weighted_hessian() -> None:
+    """Weights w_t scale each position's outer product (H = 2/sum(w) sum w_t x_t x_t^T): an integer weight is the
+    same as repeating the row, and uniform weights are plain GPTQ's Hessian."""
+    import torch
+
+    from honed.passes.gptq import _Hessian
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 6, 8)
+    w = torch.tensor([1.0, 1, 4, 1, 1, 1])
+    weighted, repeated, uniform, plain = _Hessian(8), _Hessian(8), _Hessian(8), _Hessian(8)
+    weighted.add(x, w)
+    repeated.add(torch.cat([x[:, :2], x[:, 2:3].repeat(1, 4, 1), x[:, 3:]], 1))
+    uniform.add(x, torch.full((6,), 3.0))
+    plain.add(x)
+    torch.testing.assert_close(weighted.H, repeated.H)
+    torch.testing.assert_close(uniform.H, plain.H)

@@ -152,7 +152,7 @@ def test_merge_and_build_preflights(tiny_llama: Path, tmp_path: Path, monkeypatc
         cls().run(adapter, cls.config_class.model_validate({}), tmp_path / "m", ctx)
     assert not (tmp_path / "m" / "model").exists()
     build = get_pass("ModelBuilder")
-    with pytest.raises(UserError, match=r"ModelBuilder \(merge\) on .*needs about .*weights 0.0 fp32"):
+    with pytest.raises(UserError, match=r"ModelBuilder \(merge\) on .*needs about .*codes x 2"):
         build().run(ModelHandle(kind="hf", path=str(tiny_llama)),
                     build.config_class.model_validate({"precision": "int4"}), tmp_path / "b", ctx)
 

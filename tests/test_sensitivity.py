@@ -86,8 +86,9 @@ def test_fake_quant_is_onnxruntime_rtn(tiny_llama: Path, tmp_path: Path, symmetr
     """The reference computation: onnxruntime's MatMulNBitsQuantizer (RTN, as the builder calls it) wrote these
     codes, scales and zero points; their dequantized weights are what our fake quantization returns, for an
     int4 node (o_proj) and an int8 node (the LM head)."""
+    # extra_options: the builder rounds the float weights itself (a plain build gets honed's streamed RTN codes)
     out = _build(tiny_llama, tmp_path, None, precision="int4", int4_is_symmetric=symmetric,
-                 matmul_mixed_precision="last_matmul:int8")
+                 matmul_mixed_precision="last_matmul:int8", extra_options={"accuracy_level": 4})
     graph = _graph(out)
     net = load_model(ModelHandle(kind="hf", path=str(tiny_llama)), dtype="float32")
     for node, module, bits in (("/model/layers.1/attn/o_proj/MatMul_Q4", "model.layers.1.self_attn.o_proj", 4),
@@ -133,6 +134,32 @@ def test_fragile_layer_ranks_first(tiny_llama: Path, tmp_path: Path, method: str
     assert ranked[0].score > 10 * ranked[1].score
     chosen = sens.choose(groups, budget_bytes=ranked[0].extra_bytes)
     assert [g.name for g in chosen] == ["layers.1.qkv"]
+
+
+@pytest.mark.parametrize(("method", "k"), [("kl", 8), ("imatrix", 2)])  # imatrix: inputs differ at the start
+def test_masked_positions_are_the_only_ones_measured(tiny_llama: Path, tmp_path: Path, method: str, k: int) -> None:
+    """In a causal LM the first k positions do not see the rest, so measuring with a mask that keeps the first k
+    positions must give the scores of the rows cut to k tokens (a measure that ignored the mask would
+    score the whole rows)."""
+    from honed.data.batches import calibration_samples
+    from honed.data.config import DataConfig
+
+    handle = ModelHandle(kind="hf", path=str(tiny_llama))
+    net = load_model(handle, dtype="float32")
+    samples = calibration_samples(DataConfig(name="cal", load_dataset_config={"data_files": str(_rows(tmp_path))}),
+                                  load_tokenizer(handle), 4)
+    assert all(s.shape[-1] > k for s in samples)
+    masks = [torch.arange(s.shape[-1]) < k for s in samples]
+    masked, cut, whole = (sens.node_groups(net, fuse_gate_up=False) for _ in range(3))
+    for groups in (masked, cut, whole):
+        sens.price(net, groups, 32, True)
+    sens.measure(net, samples, masked, 32, True, method, masks=masks)  # type: ignore[arg-type]
+    sens.measure(net, [s[:, :k] for s in samples], cut, 32, True, method)  # type: ignore[arg-type]
+    sens.measure(net, samples, whole, 32, True, method)  # type: ignore[arg-type]
+    scale = max(c.score for c in cut)  # tiny scores are float noise: compare at the scale of the largest
+    for m, c in zip(masked, cut, strict=True):
+        assert m.score == pytest.approx(c.score, rel=1e-2, abs=1e-3 * scale), m.name
+    assert max(abs(m.score / w.score - 1) for m, w in zip(masked, whole, strict=True) if w.score > 0) > 0.5
 
 
 def test_node_groups_name_the_builders_nodes(tiny_llama: Path, tiny_phi3: Path) -> None:

@@ -7,6 +7,7 @@ are small enough (<1 MB) that a training step takes milliseconds.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 # Text the tokenizer learns from; written here so tests depend on no outside data.
 CORPUS = [
@@ -40,8 +41,9 @@ def build_tokenizer(out: Path, vocab_size: int = 256):
     return fast
 
 
-def build_causal_lm(out: Path, arch: str = "llama", seed: int = 0) -> Path:
-    """Save a tiny random Llama or Phi-3 causal LM with its tokenizer into ``out``."""
+def build_causal_lm(out: Path, arch: str = "llama", seed: int = 0, **overrides: Any) -> Path:
+    """Save a tiny random Llama or Phi-3 causal LM with its tokenizer into ``out``; ``overrides`` replace config
+    fields (e.g. num_hidden_layers, tie_word_embeddings)."""
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig, Phi3Config
 
@@ -60,6 +62,7 @@ def build_causal_lm(out: Path, arch: str = "llama", seed: int = 0) -> Path:
         pad_token_id=tok.pad_token_id,
         tie_word_embeddings=False,
     )
+    common.update(overrides)
     cfg = (Phi3Config(**common, original_max_position_embeddings=256) if arch == "phi3"
            else LlamaConfig(**common))
     torch.manual_seed(seed)

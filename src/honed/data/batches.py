@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from honed.data.components import _component, _plain, has_source, is_tokenized, token_rows
 from honed.data.config import DUMMY_CONTAINERS, FEEDABLE_INPUTS, DataConfig
-from honed.data.formatting import format_rows, text_pairs
+from honed.data.formatting import Formatted, format_examples, text_pairs
+from honed.data.packing import IGNORE
 from honed.data.sources import load_rows, prepared
 from honed.errors import DataError
 from honed.util.user_script import call
@@ -32,6 +34,13 @@ def calibration_texts(cfg: DataConfig, limit: int, tokenizer: Any = None,
     any source (files, URLs, the hub), col_filters and user components, then text_template, chat_template,
     formatting_func or text_cols (without any, the first text column). (text, text_pair) tuples when
     input_cols names two columns, which a classifier's tokenizer takes as a pair (as Olive does)."""
+    rows = _calibration_examples(cfg, limit, tokenizer, cache_dir)
+    return [r if isinstance(r, tuple) else r.text for r in rows]  # type: ignore[return-value]
+
+
+def _calibration_examples(cfg: DataConfig, limit: int, tokenizer: Any = None,
+                          cache_dir: Path | None = None) -> list[Formatted] | list[tuple[str, str]]:
+    """``calibration_texts`` before joining: each row's prompt and answer (or a text pair)."""
     pre = cfg.pre_process_data_config
     ds = load_rows(cfg, cache_dir=cache_dir, tokenizer=tokenizer)
     ds = ds.select(range(min(limit, len(ds))))
@@ -44,19 +53,21 @@ def calibration_texts(cfg: DataConfig, limit: int, tokenizer: Any = None,
         if first is None:
             raise DataError(f"data config '{cfg.name}': no text column to calibrate on (columns: "
                             f"{', '.join(ds.column_names)}); set pre_process_data_config.text_template or text_cols")
-        return [str(row[first]) for row in ds]
-    return format_rows(cfg, ds, tokenizer)
+        return [Formatted("", str(row[first]), i) for i, row in enumerate(ds)]
+    return format_examples(cfg, ds, tokenizer)
 
 
-def token_samples(cfg: DataConfig, limit: int, tokenizer: Any = None) -> list[list[int]] | None:
+def token_samples(cfg: DataConfig, limit: int, tokenizer: Any = None, labels: bool = False) -> list[Any] | None:
     """Token ids of up to ``limit`` rows when user functions deliver them tokenized (e.g. calibration data
-    whose pre_process_data tokenizes); None when the rows are text for honed to format and tokenize."""
+    whose pre_process_data tokenizes); with ``labels``, (ids, labels) pairs (labels: the ids where the rows
+    have none); None when the rows are text for honed to format and tokenize."""
     if not (cfg.user_component("load_dataset") or cfg.user_component("pre_process_data")):
         return None
     ds = load_rows(cfg, tokenizer=tokenizer)
     if not is_tokenized(cfg, ds):
         return None
-    return [ids for ids, _ in token_rows(cfg, ds.select(range(min(limit, len(ds)))))]
+    pairs = token_rows(cfg, ds.select(range(min(limit, len(ds)))))
+    return pairs if labels else [ids for ids, _ in pairs]
 
 
 # -- latency / throughput inputs ------------------------------------------------------------------------------
@@ -160,22 +171,64 @@ def _user_loader_batch(cfg: DataConfig, tokenizer: Any, batch_size: int, cache_d
     return ids
 
 
-def calibration_samples(data_config: Any, tokenizer: Any, limit: int) -> list[Any]:
-    """Token-id tensors (1, seq <= max_seq_len) of up to ``limit`` rows of ``data_config``: what the layer-by-layer
-    quantizers (GPTQ, AWQ, the measured int4 sensitivity) calibrate on. Raises UserError when it gives none."""
+@dataclass
+class CalibrationRow:
+    """One calibration row: ``ids`` (1, seq) token ids; ``answer`` (seq,) bool, true at the positions whose next
+    token belongs to the row's answer (what completion-only loss trains on, and what a classification metric
+    reads), or None when the row has no prompt/answer split."""
+
+    ids: Any
+    answer: Any | None = None
+
+
+def calibration_rows(data_config: Any, tokenizer: Any, limit: int) -> list[CalibrationRow]:
+    """Up to ``limit`` rows of ``data_config`` as token ids (each up to max_seq_len) with their answer positions:
+    what the layer-by-layer quantizers (GPTQ, AWQ, the measured int4 sensitivity) calibrate on. Raises DataError
+    when it gives none."""
     import torch
 
     pre = data_config.pre_process_data_config
     limit = min(limit, pre.max_samples or limit)
-    given = token_samples(data_config, limit, tokenizer)
-    if given is None:
-        texts = calibration_texts(data_config, limit, tokenizer)
-        given = [tokenizer(*(t if isinstance(t, tuple) else (t,)), truncation=True,
-                           max_length=pre.max_seq_len)["input_ids"] for t in texts]
-    samples = [torch.tensor([ids[: pre.max_seq_len]], dtype=torch.long) for ids in given if len(ids)]
-    if not samples:
+    rows: list[CalibrationRow] = []
+    given = token_samples(data_config, limit, tokenizer, labels=True)
+    if given is not None:
+        for ids, labels in given:
+            ids, labels = ids[: pre.max_seq_len], labels[: pre.max_seq_len]
+            trained = [x != IGNORE for x in labels]
+            rows.append(CalibrationRow(torch.tensor([ids], dtype=torch.long),
+                                       _answer_positions(trained) if not all(trained) else None))
+    else:
+        fast = bool(getattr(tokenizer, "is_fast", False))
+        for ex in _calibration_examples(data_config, limit, tokenizer):
+            if isinstance(ex, tuple):  # a text pair: a classifier's input, no answer
+                enc = tokenizer(*ex, truncation=True, max_length=pre.max_seq_len)
+                rows.append(CalibrationRow(torch.tensor([enc["input_ids"][: pre.max_seq_len]], dtype=torch.long)))
+                continue
+            split = fast and (bool(ex.prompt) or ex.trained is not None)
+            enc = tokenizer(ex.text, truncation=True, max_length=pre.max_seq_len, return_offsets_mapping=split)
+            ids = enc["input_ids"][: pre.max_seq_len]
+            answer = None
+            if split:
+                spans = ex.loss_spans()
+                trained = [any(end > a and begin < b for a, b in spans) for begin, end in enc["offset_mapping"]]
+                answer = _answer_positions(trained[: len(ids)])
+            rows.append(CalibrationRow(torch.tensor([ids], dtype=torch.long), answer))
+    rows = [r for r in rows if r.ids.shape[-1]]
+    if not rows:
         raise DataError(f"data config '{data_config.name}' gave no calibration rows; point it at rows of text")
-    if len(samples) < limit:
+    if len(rows) < limit:
         log.warning("data config '%s' gave %d calibration rows, fewer than the %d asked for; calibrating on "
-                    "those", data_config.name, len(samples), limit)
-    return samples
+                    "those", data_config.name, len(rows), limit)
+    return rows
+
+
+def _answer_positions(trained: list[bool]) -> Any:
+    """Positions whose next token is trained (the logits there predict the answer), as a (seq,) bool tensor."""
+    import torch
+
+    return torch.tensor([*trained[1:], False], dtype=torch.bool)
+
+
+def calibration_samples(data_config: Any, tokenizer: Any, limit: int) -> list[Any]:
+    """The token ids (1, seq <= max_seq_len) of ``calibration_rows``."""
+    return [r.ids for r in calibration_rows(data_config, tokenizer, limit)]

@@ -305,10 +305,61 @@ def check_fits(estimate: Estimate, fix: str) -> None:
     raise UserError(f"{estimate.what}: {estimate.describe()}, {where}; {fix}")
 
 
-def preflight_build(folder: str | Path, what: str) -> None:
-    """ModelBuilder's check: the builder loads the source once in its stored dtype.  Raises UserError when that
-    does not fit (the fix: store it in bf16, or more memory)."""
+CODES_COPIES = 2
+"""The genai builder reading an Olive-format checkpoint (``honed.models.rtn``'s streamed RTN codes) holds the
+checkpoint's tensors about twice: as loaded, and serialized into the protobuf its ``to_nbits`` step works on; the
+float embedding besides in fp32, twice (bench/scale.py, 0.5B-3.8B)."""
+
+
+def codes_bytes(w: Weights, block_size: int) -> int:
+    """About how many bytes an int4 RTN checkpoint of ``w`` holds (``honed.models.rtn``): per decoder-layer matrix
+    4-bit codes, a float32 scale and a 4-bit zero point per block of ``block_size``; an untied LM head at 8 bits;
+    every other tensor as stored."""
+    per4, per8 = 0.5 + 4.5 / block_size, 1 + 5 / block_size
+    if not w.tensors:
+        c = w.config
+        h, vocab = int(c.get("hidden_size", 0)), int(c.get("vocab_size", 0))
+        head = 0 if c.get("tie_word_embeddings", False) else vocab * h
+        lin = w.params - vocab * h - head
+        return int(lin * per4 + head * per8) + vocab * h * _DTYPE_BYTES.get(w.dtype, 4)
+    total = 0
+    for name, t in w.tensors.items():
+        if len(t.shape) == 2 and ".layers." in name:
+            total += int(t.numel * per4)
+        elif name == "lm_head.weight":
+            total += int(t.numel * per8)
+        else:
+            total += t.nbytes
+    return total
+
+
+def codes_build_estimate(what: str, w: Weights, checkpoint_bytes: int) -> Estimate:
+    """The genai builder on streamed RTN codes (``honed.models.rtn``): the checkpoint (``checkpoint_bytes``: codes,
+    scales, zero points and the tensors kept as stored) ``CODES_COPIES`` times, the float embedding in fp32 twice (a
+    tied one, which the builder rounds as the LM head, twice more), the runtime.  The streaming itself holds one
+    tensor and its rounding temporaries: less."""
+    c = w.config
+    embed = int(c.get("vocab_size", 0)) * int(c.get("hidden_size", 0)) * 4
+    tied = bool(c.get("tie_word_embeddings", False)) or (bool(w.tensors) and "lm_head.weight" not in w.tensors)
+    return Estimate(what, {"codes x 2": CODES_COPIES * checkpoint_bytes,
+                           "fp32 embedding x 2": (4 if tied else 2) * embed, "runtime": RUNTIME_BYTES})
+
+
+def preflight_build(folder: str | Path, what: str, checkpoint_bytes: int | None = None, why_not_streamed: str = "",
+                    block_size: int = 32) -> None:
+    """ModelBuilder's check.  ``checkpoint_bytes`` given: the build reads honed's streamed RTN codes of that size
+    (``codes_build_estimate``); else the builder rounds the float weights itself (``build_estimate``: about 4x the
+    bf16 bytes), and ``why_not_streamed`` says why the streamed codes are not used (the refusal names it, with what
+    they would need).  Raises UserError when the estimate does not fit."""
     w = weights(folder)
+    if checkpoint_bytes is not None:
+        check_fits(codes_build_estimate(what, w, checkpoint_bytes), "build on a machine with more memory")
+        return
     fix = ("store the model in bf16 (MergeAdapterWeights torch_dtype: bfloat16) or build on a machine with more "
            "memory" if w.dtype == "float32" else "build on a machine with more memory")
+    if why_not_streamed:
+        streamed = codes_build_estimate(what, w, codes_bytes(w, block_size))
+        fix = (f"{fix}, or let honed round int4 itself, streamed (about {streamed.total / GIB:.1f} GiB): precision "
+               f"int4 on cpu, int4_algo_config unset or 'rtn', a fixed matmul_mixed_precision and no extra_options; "
+               f"here {why_not_streamed}")
     check_fits(build_estimate(what, w), fix)

@@ -254,10 +254,19 @@ def decoder_layers(model: Any) -> tuple[str, Any]:
                     "(GPTQ, AWQ, measured mixed precision) needs a transformer decoder (Llama, Phi-3, Qwen, Mistral, ...)")
 
 
-def fake_quant(w: Any, bits: int, block_size: int, symmetric: bool) -> Any:
-    """``w`` (out, in) float tensor quantized and dequantized as onnxruntime's RTN MatMulNBits weight (see the
-    docstring of honed.passes._sensitivity); returns float32 (out, in). The input dimension is zero-padded to whole blocks, as
-    onnxruntime pads it, and the padding dropped again."""
+def rtn_quantize(w: Any, bits: int, block_size: int, symmetric: bool) -> tuple[Any, Any, Any]:
+    """onnxruntime's RTN rounding of one weight ``w`` (out, in), float: (codes uint8 (out, blocks * block_size),
+    scales float32 (out, blocks), zero points uint8 (out, blocks)); ``blocks = ceil(in / block_size)``, the input
+    dimension zero-padded to whole blocks as onnxruntime pads it.
+
+    The rule is ``onnxruntime.quantization.neural_compressor.weight_only.quant_tensor`` with dtype ``uint`` (what
+    ``MatMulNBitsQuantizer`` with ``RTNWeightOnlyQuantConfig``, the genai builder's ``algo_config: rtn``, runs on
+    the fp32 weight), operation for operation: per block of ``block_size`` consecutive input features of one
+    output row, ``rmin``/``rmax`` in float32; symmetric: scale ``float64(2 * max(|rmin|, |rmax|)) / (2**bits - 1)``
+    and zero point ``2**(bits - 1)``; asymmetric: scale ``float64(rmax - rmin) / (2**bits - 1)`` (the difference
+    taken in float32) and zero point ``clip(round(-rmin / scale), 0, 2**bits - 1)``; a constant block gets scale 1;
+    codes ``clip(round(w / scale + zero), 0, 2**bits - 1)`` in float64 (round half to even, as numpy); the scale is
+    stored as float32, what MatMulNBits multiplies by."""
     import torch
 
     out_f, in_f = w.shape
@@ -265,16 +274,28 @@ def fake_quant(w: Any, bits: int, block_size: int, symmetric: bool) -> Any:
     x = w.detach().to(torch.float32)
     if blocks * block_size != in_f:
         x = torch.nn.functional.pad(x, (0, blocks * block_size - in_f))
-    g = x.reshape(out_f, blocks, block_size).to(torch.float64)
+    g = x.reshape(out_f, blocks, block_size)
     maxq = 2**bits - 1
+    rmin, rmax = g.amin(-1), g.amax(-1)
     if symmetric:
-        rng = torch.maximum(g.amin(-1, keepdim=True).abs(), g.amax(-1, keepdim=True).abs())
-        scale = torch.where(rng > 0, rng * 2.0 / maxq, torch.ones_like(rng))
-        zp = torch.full_like(scale, 2 ** (bits - 1))
+        span = torch.maximum(rmin.abs(), rmax.abs()) * 2.0
+        nonzero = span > 0
     else:
-        lo, hi = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
-        scale = torch.where(lo != hi, (hi - lo) / maxq, torch.ones_like(lo))
-        zp = torch.clamp(torch.round(-lo / scale), 0, maxq)
-    q = torch.clamp(torch.round(g / scale + zp), 0, maxq)
-    deq = (q - zp).to(torch.float32) * scale.to(torch.float32)
-    return deq.reshape(out_f, blocks * block_size)[:, :in_f].contiguous()
+        span = rmax - rmin
+        nonzero = rmin != rmax
+    scale = torch.where(nonzero, span.to(torch.float64) / maxq, torch.ones((), dtype=torch.float64))
+    if symmetric:
+        zero = torch.full_like(scale, 2 ** (bits - 1))
+    else:
+        zero = torch.clamp(torch.round(-rmin.to(torch.float64) / scale), 0, maxq)
+    q = torch.clamp(torch.round(g.to(torch.float64) / scale[..., None] + zero[..., None]), 0, maxq)
+    return (q.to(torch.uint8).reshape(out_f, blocks * block_size), scale.to(torch.float32),
+            zero.to(torch.uint8))
+
+
+def fake_quant(w: Any, bits: int, block_size: int, symmetric: bool) -> Any:
+    """``w`` (out, in) float tensor quantized and dequantized as onnxruntime's RTN MatMulNBits weight
+    (:func:`rtn_quantize`); returns float32 (out, in): ``(code - zero) * scale`` in float32, the padding of the last
+    block dropped again."""
+    codes, scale, zero = rtn_quantize(w, bits, block_size, symmetric)
+    return dequantize_codes(codes.float(), scale, zero.float(), block_size)[:, :w.shape[1]].contiguous()

@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from honed.data.batches import calibration_samples
+from honed.data.batches import calibration_rows
 from honed.errors import UserError
 from honed.models.quantized import decoder_layers, fake_quant
 from honed.passes.base import PassConfig
@@ -57,6 +57,12 @@ class SensitivityOptions(PassConfig):
         "kl", description="With measured mixed precision: 'kl' ranks linears by the mean next-token KL divergence "
         "to the float model with that linear alone at int4 (one partial forward per linear group); 'imatrix' by "
         "the squared output error weighted by the inputs' second moments (one forward in all: for big models)."
+    )
+    sensitivity_positions: Literal["all", "answer"] = Field(
+        "all", description="With measured mixed precision: the positions measured. 'all': every calibration token; "
+        "'answer': only the positions that predict each row's answer (the tokens completion-only loss trains on, "
+        "e.g. a classification fine-tune's label), so the int8 budget goes where the answers move; rows without a "
+        "prompt/answer split are measured at every position."
     )
     sensitivity_samples: int = Field(
         16, ge=1, le=4096, description="With measured mixed precision: calibration rows (each up to the data "
@@ -199,7 +205,7 @@ def price(model: Any, groups: list[NodeGroup], block_size: int, symmetric: bool)
 class _Cache:
     """Per calibration sample: the decoder layers' keyword arguments (masks, rotary tables) and the hidden states
     entering each layer (``inputs[l]``: (1, seq, hidden) float32), the final normed hidden states, and the fp32
-    next-token log-probabilities (seq, vocab)."""
+    next-token log-probabilities at the measured positions (positions, vocab)."""
 
     kwargs: list[dict[str, Any]]
     inputs: list[list[Any]]
@@ -220,7 +226,7 @@ def _final_norm(model: Any, prefix: str) -> Any:
     return getattr(parent, "norm", None) or getattr(parent, "final_layernorm", None)
 
 
-def _cache(model: Any, samples: list[Any]) -> _Cache:
+def _cache(model: Any, samples: list[Any], masks: list[Any]) -> _Cache:
     import contextlib
 
     import torch
@@ -253,7 +259,8 @@ def _cache(model: Any, samples: list[Any]) -> _Cache:
         cache.kwargs.append(kw)
         cache.inputs.append(per_layer)
         cache.final.append(f)
-        cache.ref_logp.append(torch.log_softmax(head(f)[0].float(), -1))
+        at = f[0] if masks[len(cache.ref_logp)] is None else f[0][masks[len(cache.ref_logp)]]
+        cache.ref_logp.append(torch.log_softmax(head(at).float(), -1))  # at the measured positions only
     return cache
 
 
@@ -267,22 +274,24 @@ def _kl(ref_logp: Any, logits: Any) -> tuple[float, int]:
 
 
 def measure(model: Any, samples: list[Any], groups: list[NodeGroup], block_size: int, symmetric: bool,
-            method: Method = "kl", progress: Any = None) -> None:
+            method: Method = "kl", progress: Any = None, masks: list[Any] | None = None) -> None:
     """Fill each group's ``score`` with its int4 sensitivity on ``samples`` (token-id tensors (1, seq)).
 
-    ``kl``: mean KL(fp32 || only this group at int4) of the next-token distribution over all calibration
+    ``kl``: mean KL(fp32 || only this group at int4) of the next-token distribution over the calibration
     positions, in nats per token. ``imatrix``: ``sum_ij dW_ij**2 * E[x_j**2]`` over the group's linears (the
-    expected squared output error per token). Weights are restored after each group."""
+    expected squared output error per token). ``masks``: per sample, the positions measured ((seq,) bool; None:
+    all). Weights are restored after each group."""
     import torch
 
+    masks = masks or [None] * len(samples)
     with torch.no_grad():
         if method == "imatrix":
-            _imatrix(model, samples, groups, block_size, symmetric)
+            _imatrix(model, samples, groups, block_size, symmetric, masks)
             return
         prefix, layers = decoder_layers(model)
         norm = _final_norm(model, prefix)
         head = model.get_output_embeddings()
-        cache = _cache(model, samples)
+        cache = _cache(model, samples, masks)
         for g in groups:
             saved = []
             try:
@@ -304,8 +313,8 @@ def measure(model: Any, samples: list[Any], groups: list[NodeGroup], block_size:
                         for layer in layers[g.layer:]:
                             h = _output(layer(h, **cache.kwargs[s]))
                         f = norm(h) if norm is not None else h
-                    logits = torch.nn.functional.linear(f, head_w, head.bias)[0]
-                    kl, n = _kl(cache.ref_logp[s], logits)
+                    f = f[0] if masks[s] is None else f[0][masks[s]]  # the head only where it is measured
+                    kl, n = _kl(cache.ref_logp[s], torch.nn.functional.linear(f, head_w, head.bias))
                     total, count = total + kl, count + n
                 g.score = total / max(count, 1)
             finally:
@@ -315,22 +324,26 @@ def measure(model: Any, samples: list[Any], groups: list[NodeGroup], block_size:
                 progress.advance(1)
 
 
-def _imatrix(model: Any, samples: list[Any], groups: list[NodeGroup], block_size: int, symmetric: bool) -> None:
-
+def _imatrix(model: Any, samples: list[Any], groups: list[NodeGroup], block_size: int, symmetric: bool,
+             masks: list[Any]) -> None:
     names = {m.module for g in groups for m in g.members}
     sq: dict[str, Any] = {}
     rows: dict[str, int] = {}
+    current: list[Any] = [None]  # the mask of the sample being fed
 
     def hook(name: str) -> Any:
         def add(_m: Any, args: tuple) -> None:
             x = args[0].detach().float().reshape(-1, args[0].shape[-1])
+            if current[0] is not None:
+                x = x[current[0]]
             sq[name] = sq.get(name, 0) + (x * x).sum(0)
             rows[name] = rows.get(name, 0) + x.shape[0]
         return add
 
     hooks = [_linear(model, n).register_forward_pre_hook(hook(n)) for n in names]
     try:
-        for ids in samples:
+        for ids, mask in zip(samples, masks, strict=True):
+            current[0] = mask
             model(input_ids=ids, use_cache=False)
     finally:
         for h in hooks:
@@ -340,7 +353,7 @@ def _imatrix(model: Any, samples: list[Any], groups: list[NodeGroup], block_size
         for m in g.members:
             w = _rows(model, m).float()
             d = w - fake_quant(w, 4, block_size, symmetric)
-            err += float((d * d * (sq[m.module] / rows[m.module])).sum())
+            err += float((d * d * (sq[m.module] / max(rows[m.module], 1))).sum())
         g.score = err
 
 
@@ -389,30 +402,36 @@ def report(groups: list[NodeGroup], chosen: list[NodeGroup], method: Method, bit
 
 def select_int8_groups(model: Any, tokenizer: Any, data_config: Any, *, block_size: int, symmetric: bool,
                        budget_bits: float, method: Method, num_samples: int, fuse_gate_up: bool,
-                       progress: Any = None, skip: set[str] | frozenset[str] = frozenset(),
-                       ) -> tuple[list[NodeGroup], dict[str, Any]]:
+                       positions: Literal["all", "answer"] = "all", progress: Any = None,
+                       skip: set[str] | frozenset[str] = frozenset()) -> tuple[list[NodeGroup], dict[str, Any]]:
     """Measure ``model`` (a float32 HF causal LM) on up to ``num_samples`` rows of ``data_config`` and return the
-    node groups to keep at int8 with the report for ``sensitivity.json``. Groups with a builder node in ``skip``
-    (excluded from quantization, or absent) are neither measured nor priced."""
+    node groups to keep at int8 with the report for ``sensitivity.json``. ``positions`` 'answer': measured at
+    the positions that predict each row's answer only (rows without one: everywhere). Groups with a builder node
+    in ``skip`` (excluded from quantization, or absent) are neither measured nor priced."""
     import time
 
     start = time.perf_counter()
-    samples = calibration_samples(data_config, tokenizer, num_samples)
+    rows = calibration_rows(data_config, tokenizer, num_samples)
+    samples = [r.ids for r in rows]
+    masks = [r.answer if positions == "answer" and r.answer is not None and bool(r.answer.any()) else None
+             for r in rows]
     groups = [g for g in node_groups(model, fuse_gate_up) if skip.isdisjoint(g.packed + g.unpacked)]
     price(model, groups, block_size, symmetric)
     bar = progress("Sensitivity (int4 per linear group)", len(groups)) if progress is not None else None
     try:
-        measure(model, samples, groups, block_size, symmetric, method, bar)
+        measure(model, samples, groups, block_size, symmetric, method, bar, masks)
     finally:
         if bar is not None:
             bar.close()
     budget = budget_bytes(groups, budget_bits)
     chosen = choose(groups, budget)
     seconds = time.perf_counter() - start
-    tokens = sum(int(s.shape[-1]) for s in samples)
+    tokens = sum(int(s.shape[-1]) if m is None else int(m.sum()) for s, m in zip(samples, masks, strict=True))
     log.info("Measured the int4 sensitivity of %d linear groups on %d tokens in %.1f s; %d kept at int8",
              len(groups), tokens, seconds, len(chosen))
-    return chosen, report(groups, chosen, method, budget_bits, budget, seconds, len(samples), tokens)
+    info = report(groups, chosen, method, budget_bits, budget, seconds, len(samples), tokens)
+    info["positions"] = positions
+    return chosen, info
 
 
 def write_report(info: dict[str, Any], data_config: str, out: Any, ctx: Any) -> None:
@@ -472,7 +491,8 @@ def measured_target_options(model: Any, config: Any, ep: str, out: Any, ctx: Any
             net, load_tokenizer(model), rows, block_size=config.int4_block_size,
             symmetric=config.int4_is_symmetric, budget_bits=config.mixed_precision_budget,
             method=config.sensitivity_method, num_samples=config.sensitivity_samples,
-            fuse_gate_up=_flag(extra, "fuse_mlp_gate_up", False), progress=ctx.task,
+            positions=config.sensitivity_positions, fuse_gate_up=_flag(extra, "fuse_mlp_gate_up", False),
+            progress=ctx.task,
             skip={*excluded, "/lm_head/MatMul"})
     finally:
         del net

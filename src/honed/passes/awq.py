@@ -282,7 +282,7 @@ class Awq(Pass):
 
     def run(self, model: ModelHandle, config: AwqConfig, output_dir: Path, ctx: PassContext) -> ModelHandle:
         return calibrate_and_save(model, config.data_config, config.num_samples, config.q_group_size, ctx, "AWQ",
-                                  lambda net, samples, bar: awq_model(net, samples, config, bar),
+                                  lambda net, rows, bar: awq_model(net, [r.ids for r in rows], config, bar),
                                   bits=config.w_bit, sym=not config.zero_point, output_dir=output_dir)
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, StrictBool, field_validator, model_validator
 
-from honed.data.batches import calibration_samples
+from honed.data.batches import CalibrationRow, calibration_rows
 from honed.errors import UserError
 from honed.models.handle import ModelHandle
 from honed.models.loaders import load_model, load_tokenizer, trust_kwargs
@@ -82,6 +81,13 @@ class GptqConfig(FidelityOptions, SensitivityOptions):
                              "max_samples says so).")
     block_size: int = Field(128, gt=0, description="Columns updated together (speed only; the result is the "
                             "same up to float rounding).")
+    answer_weight: float = Field(
+        0, ge=0, le=1000, description="Extra weight in the Hessians of the positions that predict each calibration "
+        "row's answer (the tokens completion-only loss trains on, e.g. the label of a classification fine-tune; "
+        "text_template rows with a prompt field and an answer field): each such position counts 1 + answer_weight "
+        "times. 0: every position alike (GPTQ as published). Rows without a prompt/answer split count alike either "
+        "way."
+    )
     mixed_precision: Literal["none", "measured"] = Field(
         "none", description="'measured' (bits 4): before quantizing, measure how far rounding each decoder "
         "layer's linear group (q/k/v, o, gate/up, down) alone to int4 moves the model on sensitivity_data_config "
@@ -166,12 +172,18 @@ class _Hessian:
         self.H = torch.zeros(n_in, n_in)
         self.n = 0
 
-    def add(self, x: Any) -> None:
+    def add(self, x: Any, weight: Any = None) -> None:
+        """Add the rows of ``x`` (..., in); ``weight`` (rows,): each row's weight (None: 1 each)."""
+        import torch
+
         x = x.reshape(-1, x.shape[-1]).float()
-        rows = x.shape[0]
-        self.H *= self.n / (self.n + rows)
-        self.n += rows
-        x = math.sqrt(2 / self.n) * x
+        w = torch.ones(x.shape[0]) if weight is None else weight.reshape(-1).float()
+        total = float(w.sum())
+        if total <= 0:
+            return
+        self.H *= self.n / (self.n + total)
+        self.n += total
+        x = x * torch.sqrt(2 * w / self.n)[:, None]
         self.H += x.T @ x
 
 
@@ -202,11 +214,15 @@ def _layer_output(out: Any) -> Any:
 
 
 def gptq_model(model: Any, samples: list[Any], cfg: GptqConfig, progress: Any = None,
-               bits: dict[str, int] | None = None) -> dict[str, QuantizedLinear]:
+               bits: dict[str, int] | None = None, weights: list[Any] | None = None) -> dict[str, QuantizedLinear]:
     """Quantize every ``nn.Linear`` in the decoder layers of ``model`` (and its LM head when ``cfg.lm_head``)
     on the token-id tensors ``samples`` (each (1, seq)) to ``cfg.bits``, or to ``bits[module name]`` where given;
-    each linear's weight is replaced by its dequantized value in place. Returns the codes by module name."""
+    each linear's weight is replaced by its dequantized value in place. ``weights``: per sample, each position's
+    weight in the Hessians ((seq,) floats, or None for 1 each). Returns the codes by module name."""
     import torch
+
+    weights = weights or [None] * len(samples)
+    current: list[Any] = [None]  # the weight of the sample being fed, read by the Hessian hooks
 
     prefix, layers = decoder_layers(model)
     inputs: list[tuple[tuple, dict]] = []
@@ -228,8 +244,10 @@ def gptq_model(model: Any, samples: list[Any], cfg: GptqConfig, progress: Any = 
             groups = _run_order(layer, inputs, linears) if cfg.true_sequential else [list(linears)]
             for group in groups:
                 stats = {n: _Hessian(linears[n].in_features) for n in group}
-                hooks = [linears[n].register_forward_pre_hook(lambda m, a, h=stats[n]: h.add(a[0])) for n in group]
-                for args, kwargs in inputs:
+                hooks = [linears[n].register_forward_pre_hook(lambda m, a, h=stats[n]: h.add(a[0], current[0]))
+                         for n in group]
+                for (args, kwargs), w in zip(inputs, weights, strict=True):
+                    current[0] = w
                     layer(*args, **kwargs)
                 for h in hooks:
                     h.remove()
@@ -246,8 +264,8 @@ def gptq_model(model: Any, samples: list[Any], cfg: GptqConfig, progress: Any = 
             head = model.get_output_embeddings()
             norm = _final_norm(model, prefix)
             stats = _Hessian(head.in_features)
-            for args, _ in inputs:
-                stats.add(norm(args[0]) if norm is not None else args[0])
+            for (args, _), w in zip(inputs, weights, strict=True):
+                stats.add(norm(args[0]) if norm is not None else args[0], w)
             q = gptq_linear(head.weight, stats.H, cfg)
             head.weight = torch.nn.Parameter(dequantized(q, cfg.group_size).to(head.weight.dtype))  # unties
             out["lm_head"] = q
@@ -294,17 +312,20 @@ class Gptq(Pass):
         if config.mixed_precision == "measured":
             ctx.data_config(sensitivity, "sensitivity_data_config", "Gptq")
 
-        def quantize(net: Any, samples: list[Any], bar: Any) -> dict[str, QuantizedLinear]:
+        def quantize(net: Any, rows: list[CalibrationRow], bar: Any) -> dict[str, QuantizedLinear]:
             widths: dict[str, int] = {}
             if config.mixed_precision == "measured":  # measured on the float model, before any rounding
                 chosen, info = select_int8_groups(
                     net, load_tokenizer(model), ctx.data_configs[sensitivity], block_size=config.group_size,
                     symmetric=config.sym, budget_bits=config.mixed_precision_budget,
                     method=config.sensitivity_method, num_samples=config.sensitivity_samples,
-                    fuse_gate_up=True, progress=ctx.task, skip={"/lm_head/MatMul"})  # one width per HF linear
+                    positions=config.sensitivity_positions, fuse_gate_up=True, progress=ctx.task,
+                    skip={"/lm_head/MatMul"})  # one width per HF linear
                 widths = {m.module: 8 for g in chosen for m in g.members}
                 write_report(info, sensitivity, output_dir, ctx)
-            return gptq_model(net, samples, config, bar, widths)
+            weights = [None if r.answer is None or not config.answer_weight else 1 + config.answer_weight * r.answer
+                       for r in rows]
+            return gptq_model(net, [r.ids for r in rows], config, bar, widths, weights)
 
         out = calibrate_and_save(model, config.data_config, config.num_samples, config.group_size, ctx, "GPTQ",
                                  quantize, bits=config.bits, sym=config.sym, output_dir=output_dir)
@@ -313,17 +334,17 @@ class Gptq(Pass):
 
 
 def calibrate_and_save(model: ModelHandle, data_config: str, num_samples: int, group_size: int, ctx: PassContext,
-                       label: str, quantize: Callable[[Any, list[Any], Any], dict[str, QuantizedLinear]], *,
+                       label: str, quantize: Callable[[Any, list[CalibrationRow], Any], dict[str, QuantizedLinear]], *,
                        bits: int, sym: bool, output_dir: Path) -> ModelHandle:
     """What Gptq and Awq share: check the data config and group size, load the fp32 model and ``num_samples``
-    calibration rows, ``quantize(model, samples, progress bar)`` it layer by layer, and write the codes as a
+    calibration rows, ``quantize(model, rows, progress bar)`` it layer by layer, and write the codes as a
     quantized checkpoint; the handle of ``output_dir``. Raises UserError for an undefined data config or a
     group size that does not divide the linears."""
     rows = ctx.data_config(data_config, "data_config")
     _check_group_size(model, group_size, ctx.pass_name)
     tok = load_tokenizer(model)
     net = load_model(model, dtype="float32")
-    samples = calibration_samples(rows, tok, num_samples)
+    samples = calibration_rows(rows, tok, num_samples)
     bar = ctx.task(f"{label} layers", len(decoder_layers(net)[1]))
     try:
         quantized = quantize(net, samples, bar)

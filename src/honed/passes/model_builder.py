@@ -346,9 +346,7 @@ class ModelBuilder(Pass):
             src = Path(model.base.path)
         if not src.is_dir():
             raise UserError(f"ModelBuilder: {src} is not a local model folder")
-        from honed.models.memory import preflight_build
-
-        preflight_build(src, f"ModelBuilder ({ctx.pass_name}) on {src}")  # UserError before the builder loads it
+        rtn = preflight_streamed_rtn(model, src, config, ctx)  # UserError before the builder loads it
         arch = _architecture(src)
         supported = supported_architectures()
         if arch not in supported:
@@ -405,7 +403,7 @@ class ModelBuilder(Pass):
         out = output_dir / "model"
         cache = ctx.work_dir / "builder_cache"
         try:
-            build_genai(_staged_source(src, ctx.work_dir), out, config.precision, ep, cache, options, target_options)
+            build_int4_or_float(src, out, config.precision, ep, cache, options, target_options, ctx, rtn)
         except NotImplementedError as e:  # the builder's "not currently supported"
             raise UserError(f"ModelBuilder: {e}; use the OnnxConversion pass for this model") from e
         finally:
@@ -471,7 +469,7 @@ def calibrate(model: ModelHandle, config: ModelBuilderConfig, ctx: PassContext, 
                       mixed_precision_budget=config.mixed_precision_budget,
                       sensitivity_data_config=config.sensitivity_data_config or config.calibration_data_config,
                       sensitivity_method=config.sensitivity_method, sensitivity_samples=config.sensitivity_samples,
-                      fidelity_samples=0)
+                      sensitivity_positions=config.sensitivity_positions, fidelity_samples=0)
     folder = ctx.work_dir / "gptq"
     handle = Gptq().run(model, gptq, folder, ctx)
     if (folder / "sensitivity.json").is_file():
@@ -580,6 +578,84 @@ def write_metadata(model: ModelHandle, config: ModelBuilderConfig, output_dir: P
     ctx.metrics["onnx_size_mb"] = round(sum(f.stat().st_size for f in out.glob("*.onnx*")) / 2**20, 3)
     return ModelHandle(kind="genai", path=str(out), task="text-generation", load_kwargs=trust_kwargs(model),
                        attributes={**model.attributes, "execution_provider": ep, "metadata_only": True})
+
+
+# ------------------------------------------------------------------ int4 codes rounded by honed, streamed (models/rtn.py)
+
+
+def streamed_rtn(model: ModelHandle, src: Path, config: ModelBuilderConfig, ctx: PassContext) -> Any:
+    """The plan (``honed.models.rtn.RtnPlan``) for rounding this int4 build's decoder weights in honed, streamed,
+    into the codes the builder's own RTN would write; or a string saying why the builder rounds the float weights
+    itself: only a float Hugging Face model built for cpu with the builder's RTN (``int4_algo_config`` unset or
+    'rtn'), a fixed ``matmul_mixed_precision`` of ``last_matmul`` (left to the builder: the LM head) and
+    ``mixed_layers`` (8-bit modules in the checkpoint) and no ``extra_options`` (which could change what is
+    rounded) is streamed; ``honed.models.rtn.rtn_plan`` then checks the weights.  An untied LM head is rounded there
+    too, at ``last_matmul``'s width (4 bits without it, as the builder's RTN rounds it)."""
+    from honed.models.rtn import rtn_plan
+
+    if config.precision != "int4" or model.kind != "hf":
+        return f"a {config.precision} build of a {model.kind} model"
+    algo = config.int4_algo_config
+    if algo not in (None, "rtn"):
+        return f"int4_algo_config is '{algo}'"
+    mixed = config.matmul_mixed_precision or (DEFAULT_MIXED_PRECISION if algo is None else "none")
+    entries = dict(e.split(":", 1) if ":" in e else (e, "") for e in mixed.split(",")) if mixed != "none" else {}
+    if any(k not in ("last_matmul", "mixed_layers") or v not in ("int4", "int8") for k, v in entries.items()):
+        return f"matmul_mixed_precision is '{mixed}'"
+    if config.extra_options:
+        return f"extra_options sets {', '.join(sorted(config.extra_options))}"
+    ep = config.execution_provider or ctx.target.ep_short
+    if ep != "cpu":
+        return f"the build is for {ep}"
+    if trusts_remote_code(model):
+        return "the model has remote code"
+    bits = int(entries["mixed_layers"][3:]) if "mixed_layers" in entries else None
+    head = None if config.exclude_lm_head else int(entries.get("last_matmul", "int4")[3:])
+    return rtn_plan(src, block_size=config.int4_block_size, symmetric=config.int4_is_symmetric,
+                    mixed_layers_bits=bits, head_bits=head)
+
+
+def preflight_streamed_rtn(model: ModelHandle, src: Path, config: ModelBuilderConfig, ctx: PassContext) -> Any:
+    """``streamed_rtn``'s plan, or None when the builder rounds the float weights (the reason at debug level), after
+    the memory check for that path (``honed.models.memory.preflight_build``). Raises UserError when it does not
+    fit."""
+    from honed.models.memory import preflight_build
+
+    plan = streamed_rtn(model, src, config, ctx)
+    what = f"ModelBuilder ({ctx.pass_name}) on {src}"
+    if isinstance(plan, str):
+        log.debug("ModelBuilder: the builder rounds the float weights (%s)", plan)
+        preflight_build(src, what, why_not_streamed=plan if config.precision == "int4" else "",
+                        block_size=config.int4_block_size)
+        return None
+    preflight_build(src, what, checkpoint_bytes=plan.checkpoint_bytes())
+    return plan
+
+
+def build_int4_or_float(src: Path, out: Path, precision: str, ep: str, cache: Path, options: dict[str, Any],
+                        target_options: dict[str, Any] | None, ctx: PassContext, plan: Any) -> None:
+    """``build_genai`` of ``src``; with a ``streamed_rtn`` plan, of the RTN checkpoint it writes first (under the
+    work dir, removed after): ``matmul_mixed_precision`` keeps only ``last_matmul``, for a tied LM head the builder
+    still rounds, and a symmetric build's default zero points are dropped from the graph, so the folder is the one
+    the builder's own RTN writes from ``src`` (tests/test_rtn_stream.py)."""
+    if plan is None:
+        build_genai(_staged_source(src, ctx.work_dir), out, precision, ep, cache, options, target_options)
+        return
+    from honed.models.rtn import drop_default_zero_points, write_rtn_checkpoint
+
+    codes = ctx.work_dir / "rtn"
+    log.info("ModelBuilder: rounding the decoder weights to int4 in honed, streamed (onnxruntime's RTN)")
+    try:
+        ctx.metrics["int4_codes_mb"] = round(write_rtn_checkpoint(plan, codes) / 2**20, 1)
+        opts = dict(options)
+        head = [e for e in str(opts.pop("matmul_mixed_precision", "")).split(",") if e.startswith("last_matmul")]
+        if head and not any(p.module == "lm_head" for p in plan.parts):
+            opts["matmul_mixed_precision"] = ",".join(head)
+        build_genai(_staged_source(codes, ctx.work_dir), out, precision, ep, cache, opts, target_options)
+    finally:
+        shutil.rmtree(codes, ignore_errors=True)
+    if plan.symmetric:
+        drop_default_zero_points(out / "model.onnx")
 
 
 register_pass(ModelBuilder)

@@ -14,8 +14,6 @@ import logging
 import math
 import os
 import shutil
-import struct
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,19 +22,17 @@ from honed.errors import UserError
 from honed.models.handle import ModelHandle
 from honed.models.loaders import custom_code_errors, load_model, load_tokenizer, torch_dtype, trust_kwargs
 from honed.models.memory import GIB, Tensor, read_header, safetensors_files
+from honed.models.shards import SHARD_BYTES, ShardWriter, dtype_size, read_tensor, tensor_offsets
+from honed.models.shards import ST_NAMES as _ST
+from honed.models.shards import TORCH_NAMES as _TORCH
 from honed.util.context import PassContext
 from honed.util.offline import local_only
 
 log = logging.getLogger("honed")
 
-SHARD_BYTES = 2 * GIB
-"""Largest output shard (bytes); a model under it is one ``model.safetensors``."""
 PROBE_MAX_BYTES = 64 * 2**20
 """The logit probe (``merge_max_abs_diff``) loads the adapter model and then the merged one in fp32: only for
 models up to this size in fp32 (bytes), so it never makes a big merge hold the model."""
-_TORCH = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
-          "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
-_ST = {v: k for k, v in _TORCH.items()}
 _PREFIX = "base_model.model."
 
 
@@ -183,17 +179,6 @@ class StreamPlan:
     fp32_bytes: int
 
 
-def _offsets(path: Path) -> Iterator[tuple[str, int, Tensor]]:
-    """(name, absolute data offset, entry) of every tensor in a safetensors file, in data order."""
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
-    start = 8 + n
-    items = [(k, v) for k, v in header.items() if k != "__metadata__"]
-    for name, v in sorted(items, key=lambda kv: kv[1]["data_offsets"][0]):
-        yield name, start + int(v["data_offsets"][0]), Tensor(str(v["dtype"]), tuple(int(d) for d in v["shape"]))
-
-
 def stream_plan(handle: ModelHandle) -> StreamPlan | str:
     """The plan for a streamed merge of ``handle``, or why it must merge in memory."""
     from honed.models.quantized import quantization_config
@@ -217,7 +202,7 @@ def stream_plan(handle: ModelHandle) -> StreamPlan | str:
     files = safetensors_files(base)
     if not files:
         return "no safetensors weights in the base folder"
-    tensors = {name: (f, off, t) for f in files for name, off, t in _offsets(f)}
+    tensors = {name: (f, off, t) for f in files for name, off, t in tensor_offsets(f)}
     if any(t.dtype not in _TORCH for _, _, t in tensors.values()):
         return "a tensor dtype the streamed merge does not read"
     lora: dict[str, tuple[str, str]] = {}
@@ -240,80 +225,6 @@ def stream_plan(handle: ModelHandle) -> StreamPlan | str:
     return StreamPlan(base, adapter_file, cfg, tensors, lora, scaling, fp32)
 
 
-def _read(path: Path, offset: int, t: Tensor) -> Any:
-    """One tensor read with a plain file read (no mmap: its pages would count as the process's memory)."""
-    import torch
-
-    buf = bytearray(t.nbytes)
-    with open(path, "rb") as f:
-        f.seek(offset)
-        if f.readinto(buf) != len(buf):
-            raise UserError(f"{path}: truncated (tensor at byte {offset} ends past the file)")
-    dtype = getattr(torch, _TORCH[t.dtype])
-    if not buf:
-        return torch.empty(t.shape, dtype=dtype)
-    return torch.frombuffer(buf, dtype=dtype).reshape(t.shape)
-
-
-class ShardWriter:
-    """Write safetensors shards tensor by tensor: the header is known up front (names, dtypes, shapes), so each
-    tensor's bytes are appended as it is made and dropped.  Each shard is written to a temp name and renamed."""
-
-    def __init__(self, folder: Path, layout: list[list[tuple[str, str, tuple[int, ...]]]]) -> None:
-        self.folder, self.layout = folder, layout
-        n = len(layout)
-        self.names = ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors"
-                                                           for i in range(n)]
-
-    def write(self, make: Any) -> int:
-        """Write every shard; ``make(name)`` returns the tensor (in its planned dtype and shape).  Returns the
-        bytes of tensor data written and writes ``model.safetensors.index.json`` for several shards."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        weight_map: dict[str, str] = {}
-        total = 0
-        for fname, shard in zip(self.names, self.layout, strict=True):
-            header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
-            pos = 0
-            for name, st_dtype, shape in shard:
-                nbytes = math.prod(shape) * _dtype_size(st_dtype)
-                header[name] = {"dtype": st_dtype, "shape": list(shape), "data_offsets": [pos, pos + nbytes]}
-                pos += nbytes
-                weight_map[name] = fname
-            raw = json.dumps(header, separators=(",", ":")).encode()
-            raw += b" " * (-len(raw) % 8)
-            tmp = self.folder / f".{fname}.tmp"
-            with open(tmp, "wb") as f:
-                f.write(struct.pack("<Q", len(raw)) + raw)
-                for name, st_dtype, shape in shard:
-                    t = make(name)
-                    if _ST[str(t.dtype).removeprefix("torch.")] != st_dtype or tuple(t.shape) != tuple(shape):
-                        raise RuntimeError(f"tensor {name}: made {t.dtype} {tuple(t.shape)}, planned {st_dtype} "
-                                           f"{tuple(shape)}")
-                    if t.numel():
-                        f.write(memoryview(t.contiguous().reshape(-1).view(_u8()).numpy()))
-                    del t
-            os.replace(tmp, self.folder / fname)
-            total += pos
-        if len(self.names) > 1:
-            index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-            tmp = self.folder / ".model.safetensors.index.json.tmp"
-            tmp.write_text(json.dumps(index, indent=2))
-            os.replace(tmp, self.folder / "model.safetensors.index.json")
-        return total
-
-
-def _u8() -> Any:
-    import torch
-
-    return torch.uint8
-
-
-def _dtype_size(st_dtype: str) -> int:
-    import torch
-
-    return getattr(torch, _TORCH[st_dtype]).itemsize
-
-
 def merge_streamed(plan: StreamPlan, out_dtype: str, out: Path, key: str, adapter: str) -> int:
     """Write the merged model into ``out`` tensor by tensor: each base tensor read alone, a LoRA target's delta
     ``(B @ A) * scaling`` added in fp32 (peft's maths), float tensors cast to ``out_dtype``; shards of at most
@@ -328,7 +239,7 @@ def merge_streamed(plan: StreamPlan, out_dtype: str, out: Path, key: str, adapte
     size = 0
     for name, (_, _, t) in plan.tensors.items():
         st = target if t.dtype in ("F64", "F32", "F16", "BF16") else t.dtype
-        nbytes = t.numel * _dtype_size(st)
+        nbytes = t.numel * dtype_size(st)
         if layout[-1] and size + nbytes > SHARD_BYTES:
             layout.append([])
             size = 0
@@ -337,7 +248,7 @@ def merge_streamed(plan: StreamPlan, out_dtype: str, out: Path, key: str, adapte
 
     def make(name: str) -> Any:
         path, offset, t = plan.tensors[name]
-        w = _read(path, offset, t)
+        w = read_tensor(path, offset, t)
         if not w.is_floating_point():
             return w
         if name in plan.lora:
