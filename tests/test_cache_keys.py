@@ -212,3 +212,25 @@ def test_each_tokenized_key_term_changes_the_key(term: str, tmp_path: Path, tiny
         monkeypatch.setattr(build, "library_versions", lambda dists: {"datasets": "0.0"})
     assert key(**change) != before
     assert key(cfg=_rows(tmp_path / "moved")) == before or term != "rows"  # a moved file keeps the key
+
+
+def test_a_gpu_build_of_onnxruntime_is_keyed_by_its_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU host onnxruntime is installed as onnxruntime-gpu: its version, not 'absent', goes into the keys."""
+    import importlib.metadata
+
+    from honed.util.hashing import library_versions
+
+    installed = {"onnxruntime-gpu": "1.31.1", "onnxruntime-genai-cuda": "0.18.0", "torch": "2.9.0"}
+
+    def version(dist: str) -> str:
+        if dist not in installed:
+            raise importlib.metadata.PackageNotFoundError(dist)
+        return installed[dist]
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    got = library_versions(["onnxruntime", "onnxruntime-genai", "torch", "peft"])
+    assert got["onnxruntime"] == "onnxruntime-gpu 1.31.1"
+    assert got["onnxruntime-genai"] == "onnxruntime-genai-cuda 0.18.0"
+    assert got["torch"] == "2.9.0" and got["peft"] == "absent"
+    installed["onnxruntime-gpu"] = "1.32.0"
+    assert library_versions(["onnxruntime"])["onnxruntime"] != got["onnxruntime"]

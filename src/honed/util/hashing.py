@@ -205,13 +205,19 @@ def code_fingerprint(module: str, root: Path = PACKAGE_ROOT) -> str:
 
 def library_versions(distributions: Iterable[str]) -> dict[str, str]:
     """Python's version (``python``) and the installed version of each distribution in this interpreter
-    ("absent" when it is not installed)."""
+    ("absent" when it is not installed). For onnxruntime and onnxruntime-genai, which install under a name per
+    hardware, an absent name reports the flavours that provide its import instead (``onnxruntime-gpu 1.31.1``), so
+    that upgrading a GPU build changes the cache keys as upgrading the CPU build does."""
+    from honed.util.runtime_flavour import FLAVOURS, installed_flavours
+
     out = {"python": platform.python_version()}
     for dist in sorted(set(distributions)):
         try:
             out[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
-            out[dist] = "absent"
+            package = next((p for p, names in FLAVOURS.items() if dist in names), None)
+            found = installed_flavours(package) if package else {}
+            out[dist] = ", ".join(f"{d} {v}" for d, v in sorted(found.items())) or "absent"
     return out
 
 
