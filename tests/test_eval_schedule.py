@@ -135,10 +135,13 @@ SCHEDULE: dict[str, tuple[dict[str, Any], list[int]]] = {
 
 
 @pytest.mark.parametrize("name", list(SCHEDULE))
-def test_eval_loss_is_computed_when_the_settings_say(name: str, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_eval_loss_is_computed_when_the_settings_say(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
     training_args, expected = SCHEDULE[name]
     result, counted, _, evals = run_loop(tmp_path, monkeypatch, training_args)
+    # eval rows that will never be evaluated (nor trained on) are said before training, once
+    said = [r for r in caplog.records if "no eval loss will be computed" in r.getMessage()]
+    assert len(said) == (0 if expected else 1), [r.getMessage() for r in said]
     assert eval_steps_of(result) == expected
     assert counted.eval_batches == EVAL_BATCHES * len(expected)  # computed, not only logged
     assert [(b.total, b.done, b.closed) for b in evals] == [(EVAL_BATCHES, EVAL_BATCHES, True)] * len(expected)

@@ -514,6 +514,13 @@ def train(
     total_steps = args.max_steps if args.max_steps > 0 else math.ceil(steps_per_epoch * args.num_train_epochs)
     warmup = args.warmup_steps or math.ceil(args.warmup_ratio * total_steps)
     data_seed = args.effective_data_seed
+    if eval_rows and not any(eval_due(args, s, total_steps, False, False) for s in (total_steps, args.effective_eval_steps)
+                             if s <= total_steps):
+        why = ("eval_strategy is 'no'" if args.eval_strategy == "no"
+               else f"eval_steps {args.effective_eval_steps} is past the last step, {total_steps}")
+        log.warning("%s: %d eval rows are held out but no eval loss will be computed (training_args.%s); they are "
+                    "not trained on either: set eval_strategy/eval_steps to evaluate them, or drop "
+                    "eval_dataset_size to train on them", key, len(eval_rows), why)
 
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
