@@ -14,6 +14,17 @@ runtime term... plus it).  JSON is rewritten after each model, so a long run rep
     python bench/scale.py                          # phi3 0.1b and 0.5b
     python bench/scale.py --sizes 0.1b 0.5b 1.5b 3.8b --family phi3 llama
     python bench/scale.py --smoke                  # two tiny models, seconds
+    python bench/scale.py --seed --sizes 3.8b --append   # the seed's own config on the 3.8B model
+
+``--seed`` runs, per model, the seed's config as the seed writes it (Olive's schema, ``seed_workflow``): QLoRA's
+LoRA settings without the 4-bit base (r 64, alpha 64, dropout 0.1 on o_proj/qkv_proj, batch 1 x 4 accumulated,
+lr 1e-4, a 30% eval split with ``evaluation_strategy: steps`` and ``eval_steps: 187``, which a few steps never
+reach: no evaluation may run), the emotion rows joined to 128 tokens, MergeAdapterWeights, and ``{type:
+ModelBuilder, precision: int4}`` with its defaults, the fidelity check on 32 rows included.  It is one ``honed
+run`` (the output folder holds only the int4 model: a 3.8B merge is 7.2 GiB on disk) in its own work folder
+(``work-<model>-seed``; the base model is reused); per pass: wall time and the sampled peak RSS from footprints,
+the process's peak (wait4), the fidelity metrics, whether any evaluation ran, and a few tokens generated from the
+genai folder in a fresh process.
 
 Olive is not run side by side here: it needs bench/.work/olive-venv (``bench/run.py`` builds it).
 """
@@ -120,6 +131,98 @@ def workflow(model: Path, data: Path, cache: Path, out: Path, passes: list[str],
         "passes": {k: allp[k] for k in passes},
         "engine": {"cache_dir": str(cache), "output_dir": str(out)},
     }
+
+
+def seed_workflow(model: Path, cache: Path, out: Path, steps: int) -> dict:
+    """The seed's workflow (shared/seed: Olive's nested schema, its data config, LoRA, merge and int4 build) on
+    ``model`` with the emotion rows; ``max_steps`` ``steps`` and ``source_max_len`` ``SEQ`` (the seed's 2048 joined
+    tokens at batch 1 need about 20 GiB of activations at 3.8B), its 4-bit options dropped (a plain LoRA)."""
+    return {
+        "input_model": {"type": "PyTorchModel", "config": {"hf_config": {"model_name": str(model),
+                                                                        "task": "text-generation"}}},
+        "data_configs": [{
+            "name": "dataset_default_train", "type": "HuggingfaceContainer",
+            "load_dataset_config": {"params": {"data_name": "json", "data_files": str(benchlib.DEFAULT_DATA),
+                                               "split": "train"}},
+            "pre_process_data_config": {"params": {
+                "dataset_type": "corpus", "text_cols": ["phrase", "tone"],
+                "text_template": "### Text: {phrase}\n### The tone is:\n{tone}", "corpus_strategy": "join",
+                "source_max_len": SEQ, "pad_to_max_len": False, "use_attention_mask": False}},
+        }],
+        "passes": {
+            "lora": {"type": "LoRA", "config": {
+                "target_modules": ["o_proj", "qkv_proj"], "lora_r": 64, "lora_alpha": 64, "lora_dropout": 0.1,
+                "train_data_config": "dataset_default_train", "eval_dataset_size": 0.3,
+                "training_args": {"seed": 0, "data_seed": 42, "per_device_train_batch_size": 1,
+                                  "per_device_eval_batch_size": 1, "gradient_accumulation_steps": 4,
+                                  "gradient_checkpointing": False, "learning_rate": 0.0001, "num_train_epochs": 3,
+                                  "max_steps": steps, "logging_steps": 10, "evaluation_strategy": "steps",
+                                  "eval_steps": 187, "group_by_length": True, "adam_beta2": 0.999,
+                                  "max_grad_norm": 0.3}}},
+            "merge_adapter_weights": {"type": "MergeAdapterWeights"},
+            "builder": {"type": "ModelBuilder", "config": {"precision": "int4"}},
+        },
+        "engine": {"log_severity_level": 0, "search_strategy": False, "cache_dir": str(cache),
+                   "output_dir": str(out)},
+    }
+
+
+SEED_PASSES = ("lora", "merge_adapter_weights", "builder")
+
+
+def seed_run(family: str, size: str, root: Path, steps: int, env: dict[str, str]) -> dict:
+    """The seed's workflow on the ``family``-``size`` random model in one ``honed run``; see the module docstring."""
+    from honed.models.memory import weights
+
+    model = build_model(root / "models" / f"{family}-{size}", family, size)
+    w = weights(model)
+    work = benchlib.fresh_dir(root / f"work-{family}-{size}-seed")
+    cfg, out = work / "seed.json", work / "out"
+    cfg.write_text(json.dumps(seed_workflow(model, work / "cache", out, steps), indent=2))
+    rec: dict = {"family": family, "size": size, "params": w.params, "bf16_bytes": w.bytes_as("bfloat16"),
+                 "workflow": "seed", "memory_limit": os.environ.get("HONED_MEMORY_LIMIT_GB", "unset")}
+    start = time.perf_counter()
+    with open(work / "seed.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "honed.cli.main", "run", "--config", str(cfg)],
+                                stdout=log, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+    rec.update(rc=os.waitstatus_to_exitcode(status), process_s=round(time.perf_counter() - start, 1),
+               peak_rss_mb=round(usage.ru_maxrss / 1024, 1))
+    text = (work / "seed.log").read_text()
+    rec["evaluations_logged"] = [line.strip() for line in text.splitlines()
+                                 if "eval loss" in line or "evaluat" in line.lower()][:5]
+    if rec["rc"] != 0:
+        rec["log_tail"] = text[-2000:].replace(f"{benchlib.ROOT}/", "")
+        return rec
+    fp = json.loads((out / "footprints.json").read_text())
+    steps_rec = fp.get("passes") or fp.get("steps") or []
+    for name in SEED_PASSES:
+        r = next((s for s in steps_rec if s.get("name") == name), None) if isinstance(steps_rec, list) else (
+            steps_rec.get(name))
+        if not r:
+            continue
+        metrics = r.get("metrics") or {}
+        rec[name] = {"pass_s": r.get("wall_s"), "sampled_peak_mb": r.get("peak_rss_mb"),
+                     **{k: metrics[k] for k in ("train_tokens_per_s", "eval_loss", "best_eval_loss", "merge_streamed",
+                                                "int4_codes_mb", "onnx_size_mb", "kl_mean", "kl_p99",
+                                                "top1_agreement", "perplexity", "source_perplexity") if k in metrics}}
+    gen = subprocess.run([sys.executable, "-c", GENERATE, str(out)], capture_output=True, text=True, env=env,
+                         check=False)
+    rec["generated"] = json.loads(gen.stdout) if gen.returncode == 0 else {"rc": gen.returncode,
+                                                                          "error": gen.stderr[-500:]}
+    return rec
+
+
+GENERATE = r"""
+import json, sys, time
+from honed.models.runtime import load_generator
+rt = load_generator(sys.argv[1])
+ids = rt.encode("### Text: I got the job!\n### The tone is:\n")
+t = time.perf_counter()
+out = rt.generate_ids(ids, max_new_tokens=8, stop_at_eos=False)
+print(json.dumps({"prompt_tokens": len(ids), "new_tokens": len(out), "s": round(time.perf_counter() - t, 2),
+                  "text": rt.tokenizer.decode(out)}))
+"""
 
 
 def run_pass(work: Path, model: Path, data: Path, upto: str, steps: int, env: dict[str, str]) -> dict:
@@ -230,6 +333,8 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=BATCH, help="LoRA rows a step (8, the seed's)")
     ap.add_argument("--append", action="store_true", help="keep the other models' results already in --out")
     ap.add_argument("--smoke", action="store_true", help=benchlib.SMOKE_HELP)
+    ap.add_argument("--seed", action="store_true", help="run the seed's own config (LoRA -> merge -> ModelBuilder "
+                    "int4 with its default fidelity check) on each model instead; rows go under 'seed' in --out")
     a = ap.parse_args()
     BATCH = a.batch
     if a.smoke:
@@ -240,6 +345,8 @@ def main() -> int:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     olive = benchlib.WORK / "olive-venv" / "bin" / "python"
     print(f"Olive skipped: {'not run by this bench' if olive.is_file() else 'no bench/.work/olive-venv'}")
+    if a.seed:
+        return seed_main(a, env)
     results: list[dict] = []
     if a.append and a.out.is_file():
         done = {(f, z) for f in a.family for z in a.sizes}
@@ -262,6 +369,46 @@ def main() -> int:
     print(table(results))
     print(f"wrote {a.out}")
     return 0 if all(r.get(p, {}).get("rc", 0) == 0 for r in results for p in ("lora", "merge", "int4")) else 1
+
+
+def seed_table(rows: list[dict]) -> str:
+    head = ("model", "pass", "pass s", "sampled peak MiB", "x bf16", "notes")
+    lines = [" | ".join(head), " | ".join("---" for _ in head)]
+    for r in rows:
+        bf16 = r["bf16_bytes"] / 2**20
+        if r["rc"] != 0:
+            lines.append(f"{r['family']}-{r['size']} | seed | failed rc {r['rc']} | | | ")
+            continue
+        for name in SEED_PASSES:
+            x = r.get(name) or {}
+            peak = x.get("sampled_peak_mb") or 0
+            notes = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in x.items()
+                              if k not in ("pass_s", "sampled_peak_mb"))
+            lines.append(f"{r['family']}-{r['size']} | {name} | {x.get('pass_s') or 0:.1f} | {peak:.0f} | "
+                         f"{peak / bf16:.2f} | {notes}")
+        lines.append(f"{r['family']}-{r['size']} | process | {r['process_s']:.1f} | {r['peak_rss_mb']:.0f} (wait4) | "
+                     f"{r['peak_rss_mb'] / bf16:.2f} | evaluations logged: {len(r['evaluations_logged'])}; "
+                     f"generated: {r.get('generated')}")
+    return "\n".join(lines)
+
+
+def seed_main(a: argparse.Namespace, env: dict[str, str]) -> int:
+    """``--seed``: the seed's workflow per model; its rows replace the same models' under ``seed`` in ``a.out``."""
+    doc = json.loads(a.out.read_text()) if a.out.is_file() else {"results": []}
+    done = {(f, z) for f in a.family for z in a.sizes}
+    rows = [r for r in doc.get("seed", []) if (r["family"], r["size"]) not in done]
+    doc["seed"] = rows
+    for family in a.family:
+        for size in a.sizes:
+            print(f"seed workflow on {family}-{size} ...", flush=True)
+            rows.append(seed_run(family, size, a.work, a.steps, env))
+            a.out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = a.out.with_name(f".{a.out.name}.tmp")
+            tmp.write_text(json.dumps(doc, indent=2) + "\n")
+            os.replace(tmp, a.out)
+            print(seed_table(rows[-1:]), flush=True)
+    print(f"wrote {a.out}")
+    return 0 if all(r["rc"] == 0 for r in rows) else 1
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from honed import run as run_workflow
 from honed.config.load import validate
@@ -235,3 +236,171 @@ def test_fidelity_metric_needs_a_reference(tiny_llama: Path, rows: DataConfig) -
     target = Accelerator()
     other = hf.model_copy(update={"id": "b"})
     assert eval_key("m", ev, {"rows": rows}, target, hf) != eval_key("m", ev, {"rows": rows}, target, other)
+
+
+# ------------------------------------------------------------------ memory and progress of the post-build check
+
+@pytest.fixture(scope="module")
+def bf16_source(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tiny_llama stored in bf16 (the merged fine-tune a 3.8B build reads)."""
+    import shutil
+
+    from honed.models.loaders import load_model
+
+    out = tmp_path_factory.mktemp("bf16src") / "llama"
+    shutil.copytree(tiny_llama, out)
+    load_model(ModelHandle(kind="hf", path=str(tiny_llama)), dtype="bfloat16").save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def genai_int4(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> ModelHandle:
+    """tiny_llama built at int4 (blocks of 16), without its own fidelity check."""
+    from tests.helpers import run_pass
+
+    return run_pass("ModelBuilder", tiny_llama, tmp_path_factory.mktemp("int4"), precision="int4",
+                    int4_block_size=16, fidelity_samples=0)
+
+
+def _bf16_policy(monkeypatch: pytest.MonkeyPatch, native: bool) -> None:
+    from honed.util.cpus import cpu_has_fast_bf16
+
+    monkeypatch.setenv("HONED_CPU_BF16", "1" if native else "0")
+    cpu_has_fast_bf16.cache_clear()  # the callers clear it again when done
+
+
+def _opened(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The runtimes record_fidelity opens (a spy on honed.models.runtime.open_runtime)."""
+    import honed.models.runtime as runtime
+
+    opened: list[Any] = []
+    real = runtime.open_runtime
+
+    def spy(handle: ModelHandle, *a: Any, **k: Any) -> Any:
+        rt = real(handle, *a, **k)
+        if handle.kind == "hf":
+            opened.append({m.weight.dtype for m in rt.model.modules() if isinstance(m, torch.nn.Linear)})
+        return rt
+
+    monkeypatch.setattr(runtime, "open_runtime", spy)
+    return opened
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_a_bf16_source_is_held_in_bf16_and_scores_as_fp32(bf16_source: Path, genai_int4: ModelHandle,
+                                                          rows: DataConfig, tmp_path: Path, native: bool,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fidelity reference of a bf16 checkpoint stays bf16 (no fp32 copy of its weights) and its KL to the
+    output is the KL an fp32 copy of the same weights gives: equal within float rounding where the CPU has no
+    native bf16 (fp32 per layer; bf16 arithmetic moves it 0.13% here), within 2% where it computes in bf16.
+    Catches: record_fidelity opening the source at fp32 (or transformers' old fp32 default), the per-layer upcast
+    computing in bf16 or leaving norms in bf16 (the KL moves), the bf16 policy ignored."""
+    from honed.util.cpus import cpu_has_fast_bf16
+    from tests.test_finetune import make_ctx
+
+    _bf16_policy(monkeypatch, native)
+    try:
+        opened = _opened(monkeypatch)
+        ctx, _ = make_ctx(tmp_path, "mb")
+        ctx.data_configs = {"rows": rows}
+        source = ModelHandle(kind="hf", path=str(bf16_source))
+        cfg = get_pass("ModelBuilder").config_class(precision="int4")
+        held = record_fidelity(source, genai_int4, cfg, ctx)
+        assert held is not None and opened == [{torch.bfloat16}]
+        fp32 = record_fidelity(source.model_copy(update={"load_kwargs": {"torch_dtype": "float32"}}), genai_int4,
+                               cfg, ctx)
+        assert fp32 is not None and opened[1] == {torch.float32}
+        assert held["kl_mean"] > 1e-5  # the int4 build: something to measure
+        rel = 0.02 if native else 1e-5
+        assert held["kl_mean"] == pytest.approx(fp32["kl_mean"], rel=rel)
+        assert held["source_perplexity"] == pytest.approx(fp32["source_perplexity"], rel=rel / 10)
+    finally:
+        monkeypatch.delenv("HONED_CPU_BF16")
+        cpu_has_fast_bf16.cache_clear()
+
+
+def test_held_bytes_are_what_the_runtime_holds(bf16_source: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The estimate of the source's bytes equals the parameters the runtime really holds, with and without the
+    per-layer upcast.  Catches: the estimate counting an fp32 copy, or missing the embeddings and norms that
+    upcast_linears casts to fp32."""
+    from honed.models.memory import held_bytes, weights
+    from honed.models.runtime import HFRuntime
+    from honed.util.cpus import cpu_has_fast_bf16
+
+    w = weights(bf16_source)
+    try:
+        for native in (True, False):
+            _bf16_policy(monkeypatch, native)
+            rt = HFRuntime(bf16_source, tokenizer=False)
+            real = sum(p.numel() * p.element_size() for p in rt.model.parameters())
+            assert (rt.held_dtype, rt.compute_dtype) == ("bfloat16", "bfloat16" if native else "float32")
+            assert held_bytes(w, rt.held_dtype, rt.compute_dtype) == real
+            rt.close()
+    finally:
+        monkeypatch.delenv("HONED_CPU_BF16")
+        cpu_has_fast_bf16.cache_clear()
+
+
+def test_a_check_that_would_not_fit_is_skipped_before_loading(bf16_source: Path, genai_fp32: ModelHandle,
+                                                              rows: DataConfig, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """Under HONED_MEMORY_LIMIT_GB below source + output + runtime the check is skipped with one warning line
+    naming fidelity_samples: 0 and the estimate, and nothing is loaded; with room it runs.
+    Catches: the check loading the models anyway (and running out of memory on a real machine), a skip that says
+    nothing or raises, an estimate that ignores the output model."""
+    import honed.models.runtime as runtime
+
+    ctx = PassContext(pass_name="mb", host=Accelerator(), target=Accelerator(), data_configs={"rows": rows},
+                      work_dir=tmp_path, cache_dir=tmp_path)
+    source = ModelHandle(kind="hf", path=str(bf16_source))
+    cfg = get_pass("ModelBuilder").config_class(precision="int4")
+    real = runtime.open_runtime
+
+    def refuse(*a: Any, **k: Any) -> Any:
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(runtime, "open_runtime", refuse)
+    monkeypatch.setenv("HONED_MEMORY_LIMIT_GB", "1.0")  # the runtime term alone is 1 GiB
+    caplog.set_level("INFO", logger="honed")
+    assert record_fidelity(source, genai_fp32, cfg, ctx) is None
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "\n" not in warnings[0].getMessage()
+    msg = warnings[0].getMessage()
+    assert "fidelity check skipped" in msg and "fidelity_samples: 0" in msg and "smaller model" in msg
+    assert "HONED_MEMORY_LIMIT_GB allows 1.0 GiB" in msg and "output" in msg and "source" in msg
+    assert "kl_mean" not in ctx.metrics
+    monkeypatch.setattr(runtime, "open_runtime", real)
+    monkeypatch.setenv("HONED_MEMORY_LIMIT_GB", "64")
+    assert record_fidelity(source, genai_fp32, cfg, ctx) is not None
+
+
+def test_the_check_moves_a_bar_once_per_row(tiny_llama: Path, genai_fp32: ModelHandle, rows: DataConfig,
+                                            tmp_path: Path) -> None:
+    """One bar named after the pass, total = the rows scored, advanced by one per row, closed at the end.
+    Catches: a check with no progress (a 3.8B check ran 12 minutes with nothing on screen), a bar counting
+    positions or tokens, a bar left open."""
+    from tests.test_finetune import make_ctx
+
+    ctx, bars = make_ctx(tmp_path, "mb")
+    ctx.data_configs = {"rows": rows}
+    steps: list[float] = []
+    real_progress = ctx.progress
+
+    def progress(description: str, total: float | None) -> Any:
+        bar = real_progress(description, total)
+        advance = bar.advance
+
+        def record(n: float = 1, **fields: Any) -> None:
+            steps.append(n)
+            advance(n, **fields)
+
+        bar.advance = record
+        bar.description = description
+        return bar
+
+    ctx.progress = progress
+    cfg = get_pass("ModelBuilder").config_class(precision="int4", fidelity_samples=4)
+    assert record_fidelity(ModelHandle(kind="hf", path=str(tiny_llama)), genai_fp32, cfg, ctx) is not None
+    assert [(b.description, b.total, b.done, b.closed) for b in bars] == [("mb: fidelity rows", 4, 4, True)]
+    assert steps == [1, 1, 1, 1]

@@ -32,6 +32,7 @@ from honed.models.runtime import Runtime, log_softmax, open_runtime
 
 if TYPE_CHECKING:
     from honed.util.accelerator import Accelerator
+    from honed.util.context import ProgressTask
 
 log = logging.getLogger("honed")
 
@@ -105,23 +106,27 @@ def _logits(runtime: Runtime, ids: list[int]) -> np.ndarray:
     return Runtime.forward(runtime, [ids])[0]
 
 
-def compare_runtimes(reference: Runtime, candidate: Runtime, sequences: Iterable[Sequence[int]]) -> Fidelity:
+def compare_runtimes(reference: Runtime, candidate: Runtime, sequences: Iterable[Sequence[int]],
+                     bar: ProgressTask | None = None) -> Fidelity:
     """``Fidelity`` of ``candidate`` to ``reference`` on token-id ``sequences`` (teacher-forced, one sequence per
     forward call, no padding).  A sequence longer than either model's context is cut to it (+1, the last token
-    is only predicted); one of fewer than two tokens scores nothing and is skipped."""
+    is only predicted); one of fewer than two tokens scores nothing and is skipped.  ``bar`` advances by one per
+    sequence (skipped ones included)."""
     limits = [c + 1 for c in (reference.context_length, candidate.context_length) if c]
     longest = min(limits) if limits else None
     scores = []
     for seq in sequences:
         ids = [int(t) for t in seq][:longest]
-        if len(ids) < 2:
-            continue
-        scores.append(compare_logits(_logits(reference, ids[:-1]), _logits(candidate, ids[:-1]), ids[1:]))
+        if len(ids) >= 2:
+            scores.append(compare_logits(_logits(reference, ids[:-1]), _logits(candidate, ids[:-1]), ids[1:]))
+        if bar is not None:
+            bar.advance(1)
     return summarize(scores)
 
 
 def compare_models(reference: ModelHandle | Runtime, candidate: ModelHandle | Runtime,
-                   sequences: Iterable[Sequence[int]], target: Accelerator | None = None) -> Fidelity:
+                   sequences: Iterable[Sequence[int]], target: Accelerator | None = None,
+                   bar: ProgressTask | None = None) -> Fidelity:
     """``compare_runtimes`` for model handles or runtimes; a handle is opened (``open_runtime``: an HF/PEFT model in
     its stored dtype, a PEFT adapter applied) on ``target`` and closed afterwards; a runtime is used as is."""
     opened: list[Runtime] = []
@@ -134,7 +139,7 @@ def compare_models(reference: ModelHandle | Runtime, candidate: ModelHandle | Ru
         return rt
 
     try:
-        return compare_runtimes(_open(reference), _open(candidate), list(sequences))
+        return compare_runtimes(_open(reference), _open(candidate), list(sequences), bar)
     finally:
         for rt in opened:
             rt.close()

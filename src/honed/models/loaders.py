@@ -146,3 +146,100 @@ def load_tokenizer(handle: ModelHandle) -> Any:
         src = handle.base
     with _local_load(src.path):
         return AutoTokenizer.from_pretrained(src.path, trust_remote_code=trusts_remote_code(handle))
+
+
+# ---------------------------------------------------------------- a model held as stored, computed wider
+
+
+class _UpcastLinearFn:
+    """Namespace for the autograd function, built on first use (torch is imported lazily)."""
+
+    fn: Any = None
+
+    @classmethod
+    def get(cls) -> Any:
+        if cls.fn is None:
+            import torch
+            import torch.nn.functional as F
+
+            class Fn(torch.autograd.Function):
+                @staticmethod
+                def forward(ctx: Any, x: Any, weight: Any, bias: Any) -> Any:
+                    ctx.save_for_backward(weight)  # the stored (bf16) weight: no fp32 copy outlives the call
+                    return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
+
+                @staticmethod
+                def backward(ctx: Any, gy: Any) -> tuple[Any, None, None]:
+                    (weight,) = ctx.saved_tensors
+                    gx = gy @ weight.to(gy.dtype) if ctx.needs_input_grad[0] else None
+                    return gx, None, None
+
+            cls.fn = Fn
+        return cls.fn
+
+
+def _upcast_forward(self: Any, x: Any) -> Any:
+    import torch.nn.functional as F
+
+    if x.dtype == self.weight.dtype:
+        return F.linear(x, self.weight, self.bias)
+    if self.weight.requires_grad or (self.bias is not None and self.bias.requires_grad):
+        return F.linear(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+    return _UpcastLinearFn.get().apply(x, self.weight, self.bias)
+
+
+def upcast_linears(model: Any, compute: str) -> int:
+    """Hold ``model``'s linear weights as they are and compute them in ``compute``: every other float parameter
+    and buffer (norms, embeddings) is cast to ``compute``, and each ``nn.Linear`` becomes a subclass whose
+    forward upcasts its weight for the call only (a frozen weight's backward upcasts it again rather than keeping
+    the copy).  Returns how many linears were switched."""
+    import torch
+
+    dtype = torch_dtype(compute)
+    linear_cls: dict[type, type] = {}
+    n = 0
+    for module in model.modules():
+        if type(module) is torch.nn.Linear:
+            cls = linear_cls.setdefault(type(module), type("UpcastLinear", (torch.nn.Linear,),
+                                                            {"forward": _upcast_forward}))
+            module.__class__ = cls
+            n += 1
+            continue
+        if isinstance(module, torch.nn.Linear):
+            continue
+        for p in module.parameters(recurse=False):
+            if p.is_floating_point() and p.dtype != dtype:
+                p.data = p.data.to(dtype)
+        for name, b in module.named_buffers(recurse=False):
+            if b is not None and b.is_floating_point() and b.dtype != dtype:
+                setattr(module, name, b.to(dtype))
+    return n
+
+
+def cpu_compute_dtype(stored: str) -> str:
+    """The dtype a model whose weights are stored in ``stored`` computes in on this CPU: bf16 where the CPU
+    multiplies it natively (``honed.util.cpus.cpu_has_fast_bf16``, ``HONED_CPU_BF16``), else fp32; fp16 always
+    fp32 (emulated on CPUs); fp32 as it is."""
+    from honed.util.cpus import cpu_has_fast_bf16
+
+    if stored == "bfloat16" and cpu_has_fast_bf16():
+        return "bfloat16"
+    return "float32" if stored in ("bfloat16", "float16", "float32") else stored
+
+
+def hold_as_stored(model: Any) -> tuple[str, str]:
+    """Keep a loaded CPU model's linear weights in their stored dtype and compute them in
+    ``cpu_compute_dtype``: a bf16/fp16 model on a CPU without native bf16 gets ``upcast_linears`` (each linear
+    upcasts its weight for the call only; norms and embeddings are cast), so it never holds an fp32 copy of its
+    weights nor runs emulated bf16 GEMMs.  Returns (held, compute) dtype names."""
+    import torch
+
+    linears = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear) and m.weight.is_floating_point()]
+    if not linears:
+        return "float32", "float32"
+    held = str(linears[0].dtype).removeprefix("torch.")
+    compute = cpu_compute_dtype(held)
+    if compute != held:
+        upcast_linears(model, compute)
+    return held, compute
+

@@ -295,14 +295,48 @@ def available_memory() -> tuple[int, str]:
     return avail, "available"
 
 
-def check_fits(estimate: Estimate, fix: str) -> None:
-    """UserError (one line: the estimate, the memory there is, ``fix``) when the estimate exceeds it."""
+def shortfall(estimate: Estimate) -> str | None:
+    """None when the estimate fits the memory there is (``available_memory``), else what says it does not:
+    ``needs about 18.2 GiB (...), the machine has 12.0 GiB available``."""
     have, source = available_memory()
     if estimate.total <= have:
-        return
+        return None
     where = f"{ENV_LIMIT} allows {have / GIB:.1f} GiB" if source == ENV_LIMIT else (
         f"the machine has {have / GIB:.1f} GiB available" + (" (cgroup limit)" if source != "available" else ""))
-    raise UserError(f"{estimate.what}: {estimate.describe()}, {where}; {fix}")
+    return f"{estimate.describe()}, {where}"
+
+
+def check_fits(estimate: Estimate, fix: str) -> None:
+    """UserError (one line: the estimate, the memory there is, ``fix``) when the estimate exceeds it."""
+    short_of = shortfall(estimate)
+    if short_of is not None:
+        raise UserError(f"{estimate.what}: {short_of}; {fix}")
+
+
+def held_bytes(w: Weights, held: str, compute: str) -> int:
+    """Bytes of ``w`` loaded for inference as ``honed.models.loaders.hold_as_stored`` holds it: the linear layers'
+    weights in ``held``, embeddings and 1-D tensors (norms, biases) in ``compute`` (``upcast_linears`` casts them)
+    when the two differ; integer tensors as stored."""
+    if held == compute or not w.tensors:
+        return w.bytes_as(held)
+    h, c = _DTYPE_BYTES.get(held, 4), _DTYPE_BYTES.get(compute, 4)
+    total = 0
+    for name, t in w.tensors.items():
+        if t.dtype not in _FLOAT_NAMES:
+            total += t.nbytes
+        else:
+            total += t.numel * (c if len(t.shape) < 2 or "embed" in name else h)
+    return total
+
+
+def fidelity_estimate(what: str, w: Weights, held: str, compute: str, output_bytes: int,
+                      extra_bytes: int = 0) -> Estimate:
+    """A fidelity check (``honed.passes._fidelity``): the source model held for inference (``held_bytes``; plus
+    ``extra_bytes``, an adapter), the output model (``output_bytes``: its ONNX files, or its weights), the runtime;
+    the activations of one row are small beside them."""
+    label = short(held) + (f", computed in {short(compute)}" if compute != held else "")
+    return Estimate(what, {"source": held_bytes(w, held, compute) + extra_bytes, "output": output_bytes,
+                           "runtime": RUNTIME_BYTES}, {"source": label})
 
 
 CODES_COPIES = 2

@@ -292,21 +292,27 @@ class Runtime:
 class HFRuntime(Runtime):
     """A transformers causal LM or classifier (``hf``) or a PEFT adapter over one (``peft``), in torch.
 
-    ``dtype`` None keeps the checkpoint's dtype; ``device`` a torch device string; ``tokenizer=False`` skips
-    loading the tokenizer (``forward`` only: no text, and EOS ids from the config files alone).
+    ``dtype`` None keeps the checkpoint's dtype: on a CPU a bf16/fp16 model is held as stored and computes in
+    ``honed.models.loaders.cpu_compute_dtype`` (fp32 per layer where the CPU has no native bf16: never a full fp32
+    copy); ``device`` a torch device string; ``tokenizer=False`` skips loading the tokenizer (``forward`` only:
+    no text, and EOS ids from the config files alone).
     """
 
     kind = "hf"
 
     def __init__(self, model: ModelHandle | str | Path, device: str = "cpu", dtype: str | None = None,
                  tokenizer: bool = True) -> None:
-        from honed.models.loaders import load_model, load_tokenizer
+        from honed.models.loaders import hold_as_stored, load_model, load_tokenizer
 
         handle = _handle(model, "hf")
         self.handle = handle
         self.folder = Path(handle.path)
         self.tokenizer = load_tokenizer(handle) if tokenizer else None
         self.model = load_model(handle, dtype=dtype, device=device)
+        self.held_dtype = self.compute_dtype = dtype
+        """The linear weights' dtype and the dtype they compute in (names; None: as loaded on a GPU)."""
+        if dtype is None and str(device).startswith("cpu"):
+            self.held_dtype, self.compute_dtype = hold_as_stored(self.model)
         self.device = device
         self.config = getattr(self.model, "config", None)
         self.context_length = config_context(self.config.to_dict() if self.config is not None else {})

@@ -10,6 +10,7 @@ of ``FidelityOptions`` (a mixin, or the two fields declared with ``fidelity_data
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from pydantic import Field
@@ -80,11 +81,66 @@ def token_sequences(data_config: Any, tokenizer: Any, limit: int, cache_dir: Any
     return [list(ids[: pre.max_seq_len]) for ids in given if len(ids) >= 2]
 
 
+def _held_dtype(handle: ModelHandle, stored: str) -> str:
+    """The dtype ``open_runtime`` holds an HF model's weights in: a ``torch_dtype`` its load_kwargs name, else the
+    stored one."""
+    named = handle.load_kwargs.get("torch_dtype") or handle.load_kwargs.get("dtype")
+    if isinstance(named, str) and named != "auto":
+        from honed.models.loaders import torch_dtype
+
+        return str(torch_dtype(named)).removeprefix("torch.")
+    return stored
+
+
+def _model_bytes(handle: ModelHandle) -> int:
+    """Bytes an output model takes once loaded, about: an ONNX or genai folder's ``*.onnx*`` files (graph and
+    external data), an HF folder's weights as stored; 0 when unknown."""
+    from honed.models.memory import weights
+
+    path = Path(handle.path)
+    if handle.kind in ("onnx", "genai"):
+        files = [path] if path.is_file() else list(path.glob("*.onnx*"))
+        return sum(f.stat().st_size for f in files if f.is_file())
+    if handle.kind == "hf" and path.is_dir():
+        try:
+            return weights(path).stored_bytes
+        except UserError:
+            return 0
+    return 0
+
+
+def memory_shortfall(source: ModelHandle, output: ModelHandle, ctx: PassContext) -> str | None:
+    """What the fidelity check would need beyond the memory there is (``honed.models.memory.shortfall``: the
+    source held as ``open_runtime`` holds it on a CPU, the output, the runtime), or None when it fits, runs on a
+    GPU, or the source's size is unknown (a hub id not on disk)."""
+    if ctx.host.torch_device != "cpu" or source.kind not in ("hf", "peft"):
+        return None
+    from honed.models.loaders import cpu_compute_dtype
+    from honed.models.memory import fidelity_estimate, shortfall, weights
+
+    base = source.base if source.kind == "peft" and source.base is not None else source
+    if not Path(base.path).is_dir():
+        return None
+    try:
+        w = weights(base.path)
+    except UserError:
+        return None
+    adapter = 0
+    if base is not source:
+        adapter = sum(f.stat().st_size for f in Path(source.path).glob("*.safetensors"))
+    held = _held_dtype(base, w.dtype)
+    est = fidelity_estimate(f"{ctx.pass_name}: fidelity check", w, held, cpu_compute_dtype(held),
+                            _model_bytes(output), adapter)
+    return shortfall(est)
+
+
 def record_fidelity(source: ModelHandle, output: ModelHandle, config: Any, ctx: PassContext,
                     quantized: bool = True) -> dict[str, float] | None:
     """Score ``output`` against ``source`` (the pass input, in its stored dtype; a PEFT adapter applied) on the
     rows ``_data_config`` picks and put the numbers in ``ctx.metrics``; returns them, or None when skipped.
-    ``quantized`` False (e.g. an fp32 build) measures only when the config names ``fidelity_data_config``."""
+    ``quantized`` False (e.g. an fp32 build) measures only when the config names ``fidelity_data_config``.
+    Skipped with one warning line, before anything loads, when both models will not fit the memory there is
+    (``memory_shortfall``); a progress bar counts the rows."""
     data = _data_config(config, ctx, quantized)
     if data is None:
         return None
@@ -93,16 +149,25 @@ def record_fidelity(source: ModelHandle, output: ModelHandle, config: Any, ctx: 
         log.info("%s: the output is built for %s, which this host does not run; fidelity not measured",
                  ctx.pass_name, ep)
         return None
+    short_of = memory_shortfall(source, output, ctx)
+    if short_of is not None:
+        log.warning("%s: fidelity check skipped: it %s; set fidelity_samples: 0 to build without it, or measure "
+                    "fidelity on a smaller model", ctx.pass_name, short_of)
+        return None
     from honed.models.fidelity import compare_models
     from honed.models.runtime import open_runtime
 
-    src = open_runtime(source, ctx.host)  # dtype None: the checkpoint's own, not an fp32 copy
+    src = open_runtime(source, ctx.host)  # dtype None: held as stored (bf16), computed per the CPU's bf16 policy
     try:
         seqs = token_sequences(data, src.tokenizer, config.fidelity_samples, ctx.cache_dir)
         if not seqs:
             raise UserError(f"{ctx.pass_name}: data config '{data.name}' gave no rows of two or more tokens to "
                             "measure fidelity on; point fidelity_data_config at rows of text")
-        result = compare_models(src, output, seqs, ctx.host)
+        bar = ctx.task(f"{ctx.pass_name}: fidelity rows", len(seqs))
+        try:
+            result = compare_models(src, output, seqs, ctx.host, bar=bar)
+        finally:
+            bar.close()
     finally:
         src.close()
     values = {"kl_mean": result.kl_mean, "kl_p99": result.kl_p99, "top1_agreement": result.top1_agreement,

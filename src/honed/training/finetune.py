@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import functools
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,9 +18,11 @@ from typing import Any
 from honed.errors import UserError
 from honed.models.handle import ModelHandle
 from honed.models.loaders import load_model, load_tokenizer, torch_dtype, trust_kwargs
+from honed.models.loaders import upcast_linears as upcast_linears  # the bf16-held LoRA base's per-layer fp32
 from honed.training import distributed as ddp
 from honed.training.loop import Callback, train
 from honed.util.context import PassContext
+from honed.util.cpus import cpu_has_fast_bf16 as cpu_has_fast_bf16  # the CPU bf16 policy (HONED_CPU_BF16)
 
 log = logging.getLogger("honed")
 
@@ -39,28 +39,6 @@ DEFAULT_TARGETS: dict[str, list[str]] = {
 
 
 # ----------------------------------------------------------------------------- device and dtype
-
-
-@functools.cache
-def cpu_has_fast_bf16() -> bool:
-    """True when the CPU multiplies bf16 natively (AVX512-BF16, AMX or Arm BF16).
-
-    There oneDNN's bf16 GEMMs run about 2x faster than fp32 ones (SmolLM2's layer shapes on 2 Zen 4
-    cores: 390-410 vs 170-180 GFLOP/s); without them bf16 is emulated and slower than fp32.
-    ``HONED_CPU_BF16=0`` (or ``1``) overrides the detection.
-    """
-    forced = os.environ.get("HONED_CPU_BF16", "").strip()
-    if forced in ("0", "1"):  # benches and tests: behave as a CPU without (0) or with (1) native bf16
-        return forced == "1"
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    flags = set()
-    for line in info.splitlines():
-        if line.startswith(("flags", "Features")):
-            flags.update(line.split(":", 1)[-1].split())
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
 def default_dtype(device: str) -> str:
@@ -98,71 +76,6 @@ def held_dtype(device: str, compute: str, stored: str, *, chosen: bool, variant:
     if chosen or variant != "lora" or not device.startswith("cpu") or compute != "float32":
         return compute
     return stored if stored in ("bfloat16", "float16") else compute
-
-
-class _UpcastLinearFn:
-    """Namespace for the autograd function, built on first use (torch is imported lazily)."""
-
-    fn: Any = None
-
-    @classmethod
-    def get(cls) -> Any:
-        if cls.fn is None:
-            import torch
-            import torch.nn.functional as F
-
-            class Fn(torch.autograd.Function):
-                @staticmethod
-                def forward(ctx: Any, x: Any, weight: Any, bias: Any) -> Any:
-                    ctx.save_for_backward(weight)  # the stored (bf16) weight: no fp32 copy outlives the call
-                    return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
-
-                @staticmethod
-                def backward(ctx: Any, gy: Any) -> tuple[Any, None, None]:
-                    (weight,) = ctx.saved_tensors
-                    gx = gy @ weight.to(gy.dtype) if ctx.needs_input_grad[0] else None
-                    return gx, None, None
-
-            cls.fn = Fn
-        return cls.fn
-
-
-def _upcast_forward(self: Any, x: Any) -> Any:
-    import torch.nn.functional as F
-
-    if x.dtype == self.weight.dtype:
-        return F.linear(x, self.weight, self.bias)
-    if self.weight.requires_grad or (self.bias is not None and self.bias.requires_grad):
-        return F.linear(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
-    return _UpcastLinearFn.get().apply(x, self.weight, self.bias)
-
-
-def upcast_linears(model: Any, compute: str) -> int:
-    """Hold ``model``'s linear weights as they are and compute them in ``compute``: every other float parameter
-    and buffer (norms, embeddings) is cast to ``compute``, and each ``nn.Linear`` becomes a subclass whose
-    forward upcasts its weight for the call only (a frozen weight's backward upcasts it again rather than keeping
-    the copy).  Returns how many linears were switched."""
-    import torch
-
-    dtype = torch_dtype(compute)
-    linear_cls: dict[type, type] = {}
-    n = 0
-    for module in model.modules():
-        if type(module) is torch.nn.Linear:
-            cls = linear_cls.setdefault(type(module), type("UpcastLinear", (torch.nn.Linear,),
-                                                            {"forward": _upcast_forward}))
-            module.__class__ = cls
-            n += 1
-            continue
-        if isinstance(module, torch.nn.Linear):
-            continue
-        for p in module.parameters(recurse=False):
-            if p.is_floating_point() and p.dtype != dtype:
-                p.data = p.data.to(dtype)
-        for name, b in module.named_buffers(recurse=False):
-            if b is not None and b.is_floating_point() and b.dtype != dtype:
-                setattr(module, name, b.to(dtype))
-    return n
 
 
 def training_device(ctx: PassContext) -> str:

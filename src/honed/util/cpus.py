@@ -23,6 +23,7 @@ The rule (:func:`cpu_budget`):
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -194,3 +195,25 @@ def ort_config_entries(existing: dict[str, str] | None = None) -> dict[str, str]
         return {}
     return {k: "0" for k in ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning")
             if k not in existing}
+
+
+@functools.cache
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU multiplies bf16 natively (AVX512-BF16, AMX or Arm BF16).
+
+    There oneDNN's bf16 GEMMs run about 2x faster than fp32 ones (SmolLM2's layer shapes on 2 Zen 4
+    cores: 390-410 vs 170-180 GFLOP/s); without them bf16 is emulated and slower than fp32.
+    ``HONED_CPU_BF16=0`` (or ``1``) overrides the detection.
+    """
+    forced = os.environ.get("HONED_CPU_BF16", "").strip()
+    if forced in ("0", "1"):  # benches and tests: behave as a CPU without (0) or with (1) native bf16
+        return forced == "1"
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = set()
+    for line in info.splitlines():
+        if line.startswith(("flags", "Features")):
+            flags.update(line.split(":", 1)[-1].split())
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})

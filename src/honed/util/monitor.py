@@ -1,7 +1,12 @@
-"""Peak memory of a pass: RSS of this process and its children, sampled in a thread."""
+"""Peak memory of a pass: RSS of this process and its children, sampled in a thread; and handing freed memory
+back to the system."""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
+import sys
 import threading
 
 import psutil
@@ -49,3 +54,20 @@ class PeakMemory:
     @property
     def peak_mb(self) -> float:
         return round(self.peak / 2**20, 1)
+
+
+def release_memory() -> None:
+    """Collect reference cycles and hand the heap's free pages back to the system (glibc's ``malloc_trim``; a
+    no-op elsewhere).  After the genai builder returns, its model graph lives on in cycles and glibc keeps the
+    freed arenas: at 1.5B, 3.35 GiB resident after the build, 1.70 GiB after ``gc.collect``, 0.46 GiB after
+    ``malloc_trim`` (at 3.8B about 7 GiB stayed resident through the fidelity check that follows)."""
+    gc.collect()
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):  # musl and other C libraries have no malloc_trim
+        return
+    trim(0)
+
