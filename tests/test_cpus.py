@@ -24,6 +24,7 @@ def machine(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cpus, "_physical_cores", lambda: 4)
     monkeypatch.delenv(cpus.POLICY_ENV, raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(cpus, "_runnable_now", lambda: None)  # the test's load1 is the only load
     cpus.set_share(None)
 
 
@@ -51,20 +52,32 @@ def test_usable_cpus_from_affinity_and_cgroup(machine: None, tmp_path: Path, fil
     assert cpus.usable_cpus(tmp_path) == want
 
 
-@pytest.mark.parametrize(("load1", "own", "affinity", "shared"), [
-    (0.2, 1, 4, False),   # idle machine
-    (4.3, 4, 4, False),   # the load is this process's own 4 running threads
-    (2.0, 1, 4, True),    # one other busy thread beyond half a core of slack: 1.0 > 0 + 0.5
-    (0.0, 1, 2, True),    # affinity narrower than the machine
+@pytest.mark.parametrize(("load1", "runnable", "own", "affinity", "shared", "threads"), [
+    (0.2, None, 1, 4, False, 4),  # idle machine
+    (4.3, None, 4, 4, False, 4),  # the load is this process's own 4 running threads
+    (2.0, None, 1, 4, True, 3),   # one other busy thread beyond half a core of slack: 1.0 > 0 + 0.5
+    (0.0, None, 1, 2, True, 2),   # affinity narrower than the machine
+    (0.3, 3, 1, 4, True, 2),      # two spinners started a moment ago: the load average lags, runnable does not
+    (0.3, 7, 1, 4, True, 1),      # more others than cores: one thread
+    (0.3, 2, 2, 4, False, 4),     # runnable now is this process's own 2 threads
+    (3.5, 1, 1, 4, False, 4),     # load1 still high from a load that just stopped: runnable rules
 ])
-def test_shared_flag(machine: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, load1: float, own: int,
-                     affinity: int, shared: bool) -> None:
+def test_shared_flag(machine: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, load1: float,
+                     runnable: int | None, own: int, affinity: int, shared: bool, threads: int) -> None:
     """Fault caught: not subtracting this process's own running threads (``others = load``) marks the
-    second row shared; dropping the affinity check misses the last row."""
+    second and last rows shared; dropping the affinity check misses the fourth row; ignoring the runnable count
+    misses the fifth and sixth; preferring the lagging load average marks the last row shared; not cutting the threads keeps 4 where others hold cores."""
     monkeypatch.setattr(cpus, "affinity_count", lambda: affinity)
+    monkeypatch.setattr(cpus, "_runnable_now", lambda: runnable)
     b = cpus.cpu_budget(tmp_path, load1=load1, own_running=own)
     assert b.shared is shared, b.reason
-    assert b.usable == affinity and b.threads == affinity
+    assert b.usable == affinity and b.threads == threads, b.reason
+
+
+def test_runnable_now_reads_proc_loadavg() -> None:
+    """The median of the 4th field's numerator: at least this thread is runnable while it reads."""
+    n = cpus._runnable_now()
+    assert n is None or n >= 1
 
 
 def test_threads_follow_share_and_policy_switch(machine: None, monkeypatch: pytest.MonkeyPatch,

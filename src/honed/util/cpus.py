@@ -13,8 +13,9 @@ The rule (:func:`cpu_budget`):
 * ``threads`` = ``min(usable, physical cores)`` (hyper-threads slow GEMMs down), or this process's share when a
   parent split the CPUs among workers (:func:`set_share`).
 * ``shared`` is True when the affinity is narrower than the machine, or when the other runnable threads
-  (1-minute load average minus this process's runnable threads) exceed the machine's cores that this process
-  does not use by more than half a core: ``load1 - own_running > (machine - usable) + 0.5``.
+  (the threads runnable right now, read from ``/proc/loadavg``; where that cannot be read, the 1-minute load
+  average, which lags a load that started or stopped in the last minute; minus this process's runnable threads) exceed the machine's cores that this process does not use by more than half a core:
+  ``others > (machine - usable) + 0.5``; ``threads`` is then cut to the cores the others leave free (at least 1).
 
 ``HONED_CPU_POLICY=off`` restores the old behaviour (physical cores of the machine, spinning pools), for
 ``bench/contention.py`` to compare.  A user's explicit setting (``OMP_NUM_THREADS``, a session's
@@ -131,6 +132,25 @@ def _own_running() -> int:
     return max(1, running)
 
 
+def _runnable_now(samples: int = 5) -> int | None:
+    """Runnable threads on the machine now (``/proc/loadavg``'s 4th field, this process's included): the median
+    of a few reads 2 ms apart, so a burst does not count; None where it cannot be read. Unlike the 1-minute
+    load average it sees a competing load that started a moment ago, and forgets one that stopped."""
+    import statistics
+    import time
+
+    seen = []
+    for i in range(samples):
+        text = _read(Path("/proc/loadavg"))
+        try:
+            seen.append(int(text.split()[3].split("/")[0]))  # type: ignore[union-attr]
+        except (AttributeError, IndexError, ValueError):
+            return None
+        if i + 1 < samples:
+            time.sleep(0.002)
+    return int(statistics.median(seen))
+
+
 def _load1() -> float | None:
     try:
         return os.getloadavg()[0]
@@ -154,7 +174,11 @@ def set_share(threads: int | None) -> None:
 
 
 def cpu_budget(root: Path = CGROUP, load1: float | None = None, own_running: int | None = None) -> CpuBudget:
-    """This process's :class:`CpuBudget` now (``load1``/``own_running`` override the measured ones, for tests)."""
+    """This process's :class:`CpuBudget` now (``load1``/``own_running`` override the measured ones, for tests).
+
+    When other threads keep cores busy, ``threads`` drops to the cores they leave free (at least 1): a thread
+    pool wider than its free cores waits at every barrier for a thread the scheduler has parked (LoRA under two
+    spinning processes on 2 cores: 4.2x slower with 2 threads, where a fair share is 2x)."""
     machine = os.cpu_count() or 1
     physical = _physical_cores() or machine
     if not policy_enabled():
@@ -164,14 +188,17 @@ def cpu_budget(root: Path = CGROUP, load1: float | None = None, own_running: int
     threads = max(1, min(usable, physical, _share or usable))
     load = _load1() if load1 is None else load1
     own = _own_running() if own_running is None else own_running
-    others = max(0.0, (load or 0.0) - own)
+    runnable = _runnable_now()
+    others = max(0.0, (load or 0.0) - own if runnable is None else runnable - own)
     narrower = affinity_count() < machine
     busy = others > (machine - usable) + SHARED_SLACK
     why = [f"{usable} usable of {machine} CPUs"]
     if narrower:
         why.append("affinity narrower than the machine")
     if busy:
-        why.append(f"other load {others:.1f} > {machine - usable} free cores")
+        free = usable - (others - (machine - usable))
+        threads = max(1, min(threads, math.floor(free + 0.5)))
+        why.append(f"other load {others:.1f} > {machine - usable} free cores: {threads} threads")
     return CpuBudget(usable=usable, threads=threads, shared=narrower or busy, machine=machine,
                      reason="; ".join(why))
 
