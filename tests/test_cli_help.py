@@ -61,3 +61,16 @@ def test_help_exits_zero(path: tuple[str, ...], capsys: pytest.CaptureFixture[st
         cli(*path, "--help")
     assert e.value.code == 0
     assert "usage: honed " + " ".join(path) in capsys.readouterr().out
+
+
+def test_the_cli_log_format_leaves_the_shared_record_alone() -> None:
+    """honed's handler prints ``warning: ...``; the record itself must keep ``WARNING`` for every other handler
+    (a log capture, a user's handler). Fault caught: lower-casing ``record.levelname`` in place, which made a later
+    test's capture see no WARNING records after any in-process CLI run."""
+    import logging
+
+    from honed.cli.main import _LowerLevel
+
+    record = logging.LogRecord("honed", logging.WARNING, __file__, 1, "disk %s", ("full",), None)
+    assert _LowerLevel("%(levelname)s: %(message)s").format(record) == "warning: disk full"
+    assert record.levelname == "WARNING"

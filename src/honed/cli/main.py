@@ -48,7 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class _LowerLevel(logging.Formatter):
+    """``warning: ...`` lines. Formats a copy: the record is shared with every other handler (a test's log
+    capture, a user's own handler), which must still see ``WARNING``."""
+
     def format(self, record: logging.LogRecord) -> str:
+        record = logging.makeLogRecord(record.__dict__)
         record.levelname = record.levelname.lower()
         return super().format(record)
 
