@@ -25,6 +25,20 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def bf16_llama(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama stored in bf16 (as a merged fine-tune of a big model is)."""
+    import shutil
+
+    from honed.models.handle import ModelHandle
+    from honed.models.loaders import load_model
+
+    out = tmp_path_factory.mktemp("bf16") / "llama"
+    shutil.copytree(tiny_llama, out)
+    load_model(ModelHandle(kind="hf", path=str(tiny_llama)), dtype="bfloat16").save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_phi3(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_causal_lm(tmp_path_factory.mktemp("tiny") / "phi3", "phi3")
 

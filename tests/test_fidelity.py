@@ -241,16 +241,9 @@ def test_fidelity_metric_needs_a_reference(tiny_llama: Path, rows: DataConfig) -
 # ------------------------------------------------------------------ memory and progress of the post-build check
 
 @pytest.fixture(scope="module")
-def bf16_source(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def bf16_source(bf16_llama: Path) -> Path:
     """tiny_llama stored in bf16 (the merged fine-tune a 3.8B build reads)."""
-    import shutil
-
-    from honed.models.loaders import load_model
-
-    out = tmp_path_factory.mktemp("bf16src") / "llama"
-    shutil.copytree(tiny_llama, out)
-    load_model(ModelHandle(kind="hf", path=str(tiny_llama)), dtype="bfloat16").save_pretrained(out)
-    return out
+    return bf16_llama
 
 
 @pytest.fixture(scope="module")

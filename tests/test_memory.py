@@ -21,16 +21,6 @@ from honed.passes.base import get_pass
 from tests.test_finetune import _one_thread, make_ctx, run_pass  # noqa: F401  (_one_thread: autouse fixture)
 from tests.test_finetune import rows_for as rows_for  # fixture
 
-
-@pytest.fixture(scope="module")
-def bf16_llama(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny Llama stored in bf16."""
-    out = tmp_path_factory.mktemp("bf16") / "llama"
-    shutil.copytree(tiny_llama, out)
-    load_model(ModelHandle(kind="hf", path=str(tiny_llama)), dtype="bfloat16").save_pretrained(out)
-    return out
-
-
 # ----------------------------------------------------------------------------- the estimate
 
 
