@@ -203,11 +203,10 @@ def _round(w: Any, bits: int, block_size: int, symmetric: bool) -> tuple[Any, An
 
 
 def write_rtn_checkpoint(plan: RtnPlan, out: Path) -> int:
-    """Write ``plan`` into ``out`` (created; an existing folder is replaced): the shards, config.json with a
-    ``quantization_config`` (quant_method olive, ``overrides`` for the 8-bit modules, ``algorithm: rtn``) and the
-    source's other files (tokenizer, generation config).  Returns the bytes of tensor data written."""
-    if out.exists():
-        shutil.rmtree(out)
+    """Write ``plan`` into ``out`` (created; FileExistsError if it exists: nothing of the caller's is deleted here):
+    the shards, config.json with a ``quantization_config`` (quant_method olive, ``overrides`` for the 8-bit modules,
+    ``algorithm: rtn``) and the source's other files (tokenizer, generation config).  Returns the bytes of tensor
+    data written."""
     out.mkdir(parents=True)
     by_module = {f"{p.module}.{s}": p for p in plan.parts for s in ("qweight", "scales", "qzeros")}
     source: dict[str, Any] = {}  # the one source tensor held: {name: tensor}

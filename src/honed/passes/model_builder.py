@@ -647,6 +647,7 @@ def build_int4_or_float(src: Path, out: Path, precision: str, ep: str, cache: Pa
     from honed.models.rtn import drop_default_zero_points, write_rtn_checkpoint
 
     codes = ctx.work_dir / "rtn"
+    shutil.rmtree(codes, ignore_errors=True)  # this pass's own scratch, left by an interrupted run
     log.info("ModelBuilder: rounding the decoder weights to int4 in honed, streamed (onnxruntime's RTN)")
     try:
         ctx.metrics["int4_codes_mb"] = round(write_rtn_checkpoint(plan, codes) / 2**20, 1)
